@@ -1,0 +1,1 @@
+"""Input: data sources and their iteration as global batches."""

@@ -1,0 +1,1 @@
+"""Evaluations of learned representations."""

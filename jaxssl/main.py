@@ -1,0 +1,46 @@
+r"""Command-line entry point: flags → `train.train_and_evaluate`.
+
+  python -m jaxssl.main --config=configs/simclr_cifar10.py --workdir=/tmp/run \
+      --config.batch_size=256
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:variant]).",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for logs, results, checkpoints.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _hide_accelerators_from_tensorflow():
+  """tf.data runs on the host; TensorFlow must not reserve GPU/TPU memory."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  tf.config.set_visible_devices([], "GPU")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  _hide_accelerators_from_tensorflow()
+  from jaxssl import train  # pylint: disable=g-import-not-at-top
+  try:
+    train.prepare_workdir(FLAGS.workdir)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  logging.info("config:\n%s", FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Self-supervised methods: a network, a loss, optional target/state."""

@@ -1,0 +1,37 @@
+"""Backbones and heads (flax.linen), built from config sections."""
+
+from typing import Optional
+
+import ml_collections
+
+from jaxssl.models.heads import ProjectionHead
+from jaxssl.models.resnet import ResNet
+
+
+def _resnet(cfg: ml_collections.ConfigDict, axis_name: Optional[str]) -> ResNet:
+  return ResNet(depth=cfg.depth, width_multiplier=cfg.width,
+                cifar_stem=cfg.cifar_stem, bn_momentum=cfg.bn_momentum,
+                bn_epsilon=cfg.bn_epsilon, axis_name=axis_name,
+                bn_group_size=cfg.bn_group_size or None)
+
+
+ENCODERS = {"resnet": _resnet}
+
+
+def create_encoder(cfg: ml_collections.ConfigDict, axis_name: Optional[str]):
+  """The encoder named by `cfg.name` (config section `model`)."""
+  if cfg.name not in ENCODERS:
+    raise ValueError(f"config.model.name={cfg.name!r} is not one of "
+                     f"{sorted(ENCODERS)}")
+  return ENCODERS[cfg.name](cfg, axis_name)
+
+
+def create_projector(head: ml_collections.ConfigDict,
+                     model: ml_collections.ConfigDict,
+                     axis_name: Optional[str]) -> ProjectionHead:
+  """The projection head of config section `head`, normalised like `model`."""
+  return ProjectionHead(num_layers=head.num_layers, hidden_dim=head.hidden_dim,
+                        out_dim=head.out_dim, use_bn=head.use_bn,
+                        bn_momentum=model.bn_momentum,
+                        bn_epsilon=model.bn_epsilon, axis_name=axis_name,
+                        bn_group_size=model.bn_group_size or None)

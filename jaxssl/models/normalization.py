@@ -1,0 +1,99 @@
+"""BatchNorm over a named device axis, globally or in groups of k devices."""
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+from jax import lax
+import jax.numpy as jnp
+
+Initializer = Callable[..., Any]
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm whose batch statistics span devices ("global BN").
+
+  SimCLR (Chen et al. 2020, §2.2 "Global BN") and BYOL aggregate BatchNorm mean and
+  variance over all devices, since with per-device statistics the model can
+  "cheat" the contrastive task through information leaking within a device.
+  `flax.linen.BatchNorm` does this with `lax.pmean`, but its
+  `axis_index_groups` option is not implemented under `jax.shard_map`, so
+  this module also offers groups: statistics of every device are gathered
+  (two small `[C]` vectors each) and averaged within consecutive groups of
+  `group_size` devices.
+
+  The running averages are always updated with the statistics averaged over
+  the *whole* axis (for groups: the mean over groups of the group statistics),
+  so they stay identical on every device and the model state remains
+  replicated. Parameter and statistic names (`scale`, `bias`, `mean`, `var`)
+  match `flax.linen.BatchNorm`.
+
+  Attributes:
+    use_running_average: normalise with the running statistics (eval mode).
+    momentum: decay of the running averages, `ra = m·ra + (1 - m)·batch`.
+    epsilon: added to the variance.
+    axis_name: mapped device axis to aggregate over; None for local stats.
+    group_size: aggregate within groups of this many consecutive devices
+      along `axis_name`; None for all devices.
+    use_bias, use_scale: learn β, γ.
+    scale_init: initialiser of γ (zeros for the last BN of a residual block).
+    dtype: output dtype; statistics are computed in float32.
+  """
+  use_running_average: Optional[bool] = None
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+  group_size: Optional[int] = None
+  use_bias: bool = True
+  use_scale: bool = True
+  scale_init: Initializer = nn.initializers.ones
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, use_running_average: Optional[bool] = None):
+    use_running_average = nn.merge_param(
+        "use_running_average", self.use_running_average, use_running_average)
+    features = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,),
+                            jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,),
+                           jnp.float32)
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      x32 = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      stats = jnp.stack([jnp.mean(x32, axes), jnp.mean(jnp.square(x32), axes)])
+      if self.axis_name is None or self.is_initializing():
+        local = global_ = stats
+      elif self.group_size is None:
+        local = global_ = lax.pmean(stats, self.axis_name)
+      else:
+        local, global_ = _group_and_global_mean(stats, self.axis_name,
+                                                self.group_size)
+      mean = local[0]
+      var = jnp.maximum(local[1] - jnp.square(local[0]), 0.0)
+      if not self.is_initializing():
+        g_mean = global_[0]
+        g_var = jnp.maximum(global_[1] - jnp.square(global_[0]), 0.0)
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * g_mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * g_var
+    y = (x.astype(jnp.float32) - mean) * lax.rsqrt(var + self.epsilon)
+    if self.use_scale:
+      y = y * self.param("scale", self.scale_init, (features,), jnp.float32)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    return y.astype(self.dtype or x.dtype)
+
+
+def _group_and_global_mean(stats, axis_name, group_size):
+  """Mean of `stats` over this device's group, and over all devices."""
+  gathered = lax.all_gather(stats, axis_name)  # [num_devices, 2, C]
+  num_devices = gathered.shape[0]
+  if num_devices % group_size:
+    raise ValueError(
+        f"BatchNorm group_size={group_size} does not divide the "
+        f"{num_devices} devices on axis {axis_name!r}")
+  grouped = gathered.reshape(num_devices // group_size, group_size,
+                             *stats.shape).mean(axis=1)
+  group = lax.axis_index(axis_name) // group_size
+  return grouped[group], lax.pmean(stats, axis_name)

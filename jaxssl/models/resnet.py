@@ -1,0 +1,146 @@
+"""ResNet v1.5 backbones as used by SimCLR/BYOL, with a CIFAR stem option.
+
+He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016
+(https://arxiv.org/abs/1512.03385), in the "v1.5" form (stride in the 3×3
+convolution of the bottleneck) of the TF official and SimCLR reference models:
+
+* convolutions without bias, He/variance-scaling initialised (fan-in,
+  truncated normal: `tf.keras.initializers.VarianceScaling()`);
+* BatchNorm momentum 0.9, epsilon 1e-5, statistics over the device axis;
+* the last BatchNorm of every residual block starts with γ = 0, so each block
+  starts as the identity (Goyal et al. 2017);
+* a width multiplier on every convolution (SimCLR's R50 (2×), (4×));
+* for images of 32 px or less, the CIFAR stem: one 3×3 stride-1 convolution
+  and no max-pooling (SimCLR appendix B.9).
+
+The network returns the globally average-pooled features (the representation
+`h` of SimCLR), without a classifier.
+"""
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxssl.models.normalization import BatchNorm
+
+STAGE_SIZES = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+
+# Same initialiser as the reference's VarianceScaling(): scale 1, fan-in,
+# truncated normal (flax's lecun_normal).
+conv_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+class BasicBlock(nn.Module):
+  """Two 3×3 convolutions (ResNet-18/34)."""
+  filters: int
+  strides: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=conv_init)
+    y = conv(self.filters, (3, 3), (self.strides, self.strides),
+             padding=((1, 1), (1, 1)), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = self.norm(scale_init=nn.initializers.zeros, name="bn2")(y)
+    if x.shape[-1] != self.filters or self.strides != 1:
+      x = conv(self.filters, (1, 1), (self.strides, self.strides),
+               name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1×1 → 3×3 (strided, v1.5) → 1×1 with 4× expansion (ResNet-50+)."""
+  filters: int
+  strides: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=conv_init)
+    y = conv(self.filters, (1, 1), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = conv(self.filters, (3, 3), (self.strides, self.strides),
+             padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = conv(self.filters * 4, (1, 1), name="conv3")(y)
+    y = self.norm(scale_init=nn.initializers.zeros, name="bn3")(y)
+    if x.shape[-1] != self.filters * 4 or self.strides != 1:
+      x = conv(self.filters * 4, (1, 1), (self.strides, self.strides),
+               name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """ResNet v1.5 encoder returning pooled features `[batch, channels]`.
+
+  Attributes:
+    depth: 18, 34, 50, 101, 152 or 200.
+    width_multiplier: multiplies every convolution's channels.
+    cifar_stem: 3×3 stride-1 stem without max-pool (small images).
+    bn_momentum: BatchNorm running-average decay (reference: 0.9).
+    bn_epsilon: BatchNorm epsilon (reference: 1e-5).
+    axis_name: device axis for global BatchNorm statistics, None for local.
+    bn_group_size: aggregate BatchNorm statistics over groups of this many
+      devices (None: all devices).
+    dtype: computation dtype.
+  """
+  depth: int = 50
+  width_multiplier: float = 1.0
+  cifar_stem: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+  bn_group_size: Optional[int] = None
+  dtype: Any = jnp.float32
+
+  @property
+  def num_features(self) -> int:
+    widest = int(64 * self.width_multiplier * 8)
+    return widest * (4 if self.depth >= 50 else 1)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    if self.depth not in STAGE_SIZES:
+      raise ValueError(f"unsupported ResNet depth {self.depth}; expected one "
+                       f"of {sorted(STAGE_SIZES)}")
+    norm = functools.partial(
+        BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, axis_name=self.axis_name,
+        group_size=self.bn_group_size, dtype=self.dtype)
+    block_cls = BottleneckBlock if self.depth >= 50 else BasicBlock
+    width = int(64 * self.width_multiplier)
+    x = x.astype(self.dtype)
+    if self.cifar_stem:
+      x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                  kernel_init=conv_init, dtype=self.dtype, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+    else:
+      x = nn.Conv(width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
+                  use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                  name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+    for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+      for block in range(num_blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = block_cls(width * 2**stage, strides, norm, dtype=self.dtype,
+                      name=f"stage{stage + 1}_block{block + 1}")(x)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -1,0 +1,171 @@
+"""Optimizers with the weight-decay / trust-ratio exclusions SSL papers use.
+
+Biases and BatchNorm parameters get neither weight decay nor the LARS trust
+ratio (SimCLR, BYOL, MoCo v3 references). We identify them by rank: every
+parameter of rank <= 1 is a bias or a normalisation scale/offset; kernels are
+rank >= 2. Note that `optax.lars` applies both to *every* parameter unless
+given masks, which is why we pass them explicitly everywhere.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+MaskOrFn = Union[PyTree, Callable[[PyTree], PyTree], None]
+ScalarOrSchedule = Union[float, Callable[[jax.Array], jax.Array]]
+
+
+def default_lars_mask(params: PyTree) -> PyTree:
+  """True for kernels (rank > 1); False for biases and BatchNorm scale/bias."""
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _resolve_mask(mask: MaskOrFn, params: PyTree) -> PyTree:
+  if mask is None:
+    return default_lars_mask(params)
+  if callable(mask):
+    return mask(params)
+  return mask
+
+
+class LarsState(NamedTuple):
+  """State of `lars`: the update count and the momentum buffer."""
+  count: jax.Array
+  momentum: PyTree
+
+
+def lars(
+    learning_rate: ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    momentum: float = 0.9,
+    trust_coefficient: float = 1e-3,
+    nesterov: bool = False,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+  """LARS with the learning rate inside the momentum buffer (SimCLR reference).
+
+  You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks"
+  (https://arxiv.org/abs/1708.03888), in the "classic momentum" form of the
+  SimCLR reference `LARSOptimizer`. For each parameter `p` with gradient `g`:
+
+      g  <- g + weight_decay·p                        (masked-in only)
+      r  <- trust_coefficient·‖p‖/‖g‖ if ‖p‖ > 0 and ‖g‖ > 0 else 1
+                                                      (masked-in only, else 1)
+      v  <- momentum·v + lr_t·r·g
+      p  <- p - v            (Nesterov: p - (momentum·v + lr_t·r·g))
+
+  Args:
+    learning_rate: a float or a schedule of the update count (0 at the first
+      update).
+    weight_decay: L2 coefficient added to the gradient of masked-in leaves.
+    momentum: momentum coefficient.
+    trust_coefficient: η of the layer-wise trust ratio.
+    nesterov: use Nesterov momentum.
+    mask: pytree of bools (or function of the params returning one): True
+      where weight decay and the trust ratio apply. Defaults to
+      `default_lars_mask` (kernels only).
+
+  Returns:
+    An optax transformation; its updates are to be *added* to the params.
+  """
+  def init_fn(params):
+    return LarsState(count=jnp.zeros([], jnp.int32),
+                     momentum=jax.tree.map(jnp.zeros_like, params))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("lars needs the params: call tx.update(grads, state, "
+                       "params)")
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    flags = _resolve_mask(mask, params)
+
+    def one(g, p, v, adapt):
+      g = g.astype(jnp.float32)
+      p32 = p.astype(jnp.float32)
+      if adapt:
+        g = g + weight_decay * p32
+        p_norm = jnp.linalg.norm(p32)
+        g_norm = jnp.linalg.norm(g)
+        trust = jnp.where(
+            (p_norm > 0) & (g_norm > 0), trust_coefficient * p_norm / g_norm,
+            1.0)
+      else:
+        trust = 1.0
+      scaled_lr = lr * trust
+      new_v = momentum * v + scaled_lr * g
+      step = momentum * new_v + scaled_lr * g if nesterov else new_v
+      return (-step).astype(p.dtype), new_v
+
+    out = jax.tree.map(one, updates, params, state.momentum, flags)
+    treedef = jax.tree.structure(updates)
+    leaves = treedef.flatten_up_to(out)
+    new_updates = treedef.unflatten([l[0] for l in leaves])
+    new_momentum = treedef.unflatten([l[1] for l in leaves])
+    return new_updates, LarsState(count=state.count + 1, momentum=new_momentum)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _sgd(learning_rate, *, weight_decay, momentum, nesterov=False, mask=None):
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=mask or default_lars_mask),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+
+
+def _lars(learning_rate, *, weight_decay, momentum, nesterov=False,
+          trust_coefficient=1e-3, mask=None):
+  return lars(learning_rate, weight_decay=weight_decay, momentum=momentum,
+              trust_coefficient=trust_coefficient, nesterov=nesterov, mask=mask)
+
+
+def _adamw(learning_rate, *, weight_decay, momentum, b2=0.999, eps=1e-8,
+           mask=None):
+  return optax.adamw(learning_rate, b1=momentum, b2=b2, eps=eps,
+                     weight_decay=weight_decay, mask=mask or default_lars_mask)
+
+
+def _lamb(learning_rate, *, weight_decay, momentum, b2=0.999, eps=1e-6,
+          mask=None):
+  return optax.lamb(learning_rate, b1=momentum, b2=b2, eps=eps,
+                    weight_decay=weight_decay, mask=mask or default_lars_mask)
+
+
+OPTIMIZERS = {
+    "lars": _lars,
+    "sgd": _sgd,
+    "adamw": _adamw,
+    "lamb": _lamb,
+}
+
+
+def create_optimizer(
+    name: str,
+    learning_rate: ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    momentum: float = 0.9,
+    **kwargs,
+) -> optax.GradientTransformation:
+  """Builds optimizer `name` with biases and BatchNorm params excluded from decay.
+
+  Args:
+    name: one of 'lars', 'sgd' (momentum SGD, L2 added to the gradient),
+      'adamw', 'lamb'.
+    learning_rate: float or schedule of the step.
+    weight_decay: decay coefficient, applied to kernels only.
+    momentum: momentum (SGD/LARS) or β1 (AdamW/LAMB).
+    **kwargs: optimizer-specific options (`nesterov`, `trust_coefficient`,
+      `b2`, `eps`, `mask`).
+
+  Returns:
+    The optax transformation.
+  """
+  if name not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {name!r}; expected one of "
+                     f"{sorted(OPTIMIZERS)}")
+  return OPTIMIZERS[name](learning_rate, weight_decay=weight_decay,
+                          momentum=momentum, **kwargs)

@@ -1,0 +1,39 @@
+"""Console progress: step, metrics, throughput and ETA every `log_every` steps."""
+
+import time
+from typing import Mapping
+
+from absl import logging
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class Progress:
+  """Prints one line per report with img/s and ETA (process 0 only)."""
+
+  def __init__(self, total_steps: int, batch_size: int, start_step: int = 0,
+               print_fn=print):
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.print_fn = print_fn
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+
+  def report(self, step: int, metrics: Mapping[str, float]) -> str:
+    now = time.perf_counter()
+    steps = max(step - self._last_step, 1)
+    step_time = (now - self._last_time) / steps
+    self._last_step, self._last_time = step, now
+    eta = step_time * (self.total_steps - step)
+    parts = [f"step {step}/{self.total_steps}"]
+    parts += [f"{k} {v:.4g}" for k, v in metrics.items()]
+    parts += [f"{self.batch_size / step_time:.0f} img/s", f"ETA {_duration(eta)}"]
+    line = " | ".join(parts)
+    self.print_fn(line, flush=True)
+    logging.info(line)
+    return line

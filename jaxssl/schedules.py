@@ -1,0 +1,81 @@
+"""Learning-rate (and later momentum/temperature) schedules: plain functions of the step."""
+
+import math
+from typing import Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+Schedule = Callable[[Union[int, jax.Array]], jax.Array]
+
+_SCALINGS = ("linear", "sqrt")
+
+
+def warmup_steps(num_examples: int, warmup_epochs: float, batch_size: int) -> int:
+  """Warm-up length of the SimCLR reference: `round(warmup_epochs·N // B)`."""
+  return int(round(warmup_epochs * num_examples // batch_size))
+
+
+def simclr_total_steps(num_examples: int, epochs: float, batch_size: int) -> int:
+  """Training length of the SimCLR reference: `N·epochs // B + 1`."""
+  return int(num_examples * epochs // batch_size + 1)
+
+
+def scale_learning_rate(base_lr: float, batch_size: int, scaling: str) -> float:
+  """Peak learning rate: `base·B/256` (linear) or `base·√B` (sqrt)."""
+  if scaling == "linear":
+    return base_lr * batch_size / 256.0
+  if scaling == "sqrt":
+    return base_lr * math.sqrt(batch_size)
+  raise ValueError(f"unknown learning-rate scaling {scaling!r}; expected one "
+                   f"of {_SCALINGS}")
+
+
+def warmup_cosine(
+    base_lr: float,
+    *,
+    batch_size: int,
+    num_examples: int,
+    epochs: float,
+    warmup_epochs: float,
+    scaling: str = "linear",
+    total_steps: Optional[int] = None,
+) -> Schedule:
+  """Linear warm-up then cosine decay to zero, as the SimCLR reference.
+
+  `WarmUpAndCosineDecay` of the SimCLR TF2 code (Chen et al. 2020,
+  https://arxiv.org/abs/2002.05709, appendix B.1): the rate grows linearly from
+  0 to the peak over `round(warmup_epochs·N // B)` steps, then follows
+  `peak·(1 + cos(π·t/T))/2` over the remaining `T = total - warmup` steps and
+  stays at 0 after them.
+
+  Args:
+    base_lr: learning rate per 256 examples (linear) or per example (sqrt).
+    batch_size: global batch size B.
+    num_examples: examples per epoch N.
+    epochs: training length in epochs.
+    warmup_epochs: warm-up length in epochs.
+    scaling: 'linear' (peak = base·B/256) or 'sqrt' (peak = base·√B).
+    total_steps: overrides the reference's `N·epochs // B + 1` (BYOL uses
+      `epochs·N // B`).
+
+  Returns:
+    A function of the (integer, possibly traced) step giving the rate.
+  """
+  peak = scale_learning_rate(base_lr, batch_size, scaling)
+  warmup = warmup_steps(num_examples, warmup_epochs, batch_size)
+  total = (simclr_total_steps(num_examples, epochs, batch_size)
+           if total_steps is None else int(total_steps))
+  decay_steps = max(total - warmup, 1)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    if warmup > 0:
+      warm = step / warmup * peak
+    else:
+      warm = jnp.asarray(peak, jnp.float32)
+    t = jnp.clip(step - warmup, 0.0, decay_steps)
+    cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * t / decay_steps))
+    return jnp.where(step < warmup, warm, cosine)
+
+  return schedule

@@ -1,0 +1,34 @@
+"""jaxssl: self-supervised visual representation learning in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="jaxssl",
+    version="0.1.0",
+    description=("Self-supervised visual representation learning (SimCLR, "
+                 "BYOL, ...) in JAX/Flax for TPU pods and GPUs."),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["jaxssl", "jaxssl.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12",
+        "optax>=0.2.6",
+        "orbax-checkpoint>=0.11",
+        "chex>=0.1.90",
+        "ml-collections>=1.0",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "scipy>=1.11",            # digits upsampling (scipy.ndimage)
+        "scikit-learn>=1.4",      # bundled digits for the quickstart
+        "tensorflow-cpu>=2.16",   # tf.data on the host only
+        "tensorflow-datasets>=4.9.7",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,27 @@
+"""Test set-up: 8 fake CPU devices, configured before JAX is imported.
+
+Every test module sees `jax.device_count() == 8`, so the multi-device code
+paths (shard_map over a mesh, cross-device all_gather, global BatchNorm) run on
+a laptop or a 2-core CI machine exactly as they would on a TPU slice.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# TensorFlow (used by input pipelines only) must never grab an accelerator.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402  (must come after the flags above)
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _check_devices():
+  assert jax.device_count() == 8, (
+      "tests expect 8 fake CPU devices; XLA_FLAGS was set too late: "
+      f"{os.environ.get('XLA_FLAGS')!r}, got {jax.devices()}")
+  yield

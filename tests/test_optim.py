@@ -1,0 +1,297 @@
+"""Tests for `jaxssl.optim` against a hand-written float64 LARS reference.
+
+The reference follows the SimCLR TF2 "classic" LARS (`lars_optimizer.py`):
+weight decay is added to the gradient and the trust ratio
+`eta * ||p|| / ||g||` scales the learning rate, both only for masked-in
+parameters; the momentum buffer accumulates `lr_t * trust * g`.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxssl import optim
+
+_SHAPES = {
+    "conv": {"kernel": (3, 3, 2, 4)},
+    "dense": {"kernel": (4, 3), "bias": (3,)},
+    "bn": {"scale": (4,), "bias": (4,)},
+}
+# Paths of the leaves (in a fixed order) and whether LARS adapts them.
+_LEAVES = [
+    (("conv", "kernel"), True),
+    (("dense", "kernel"), True),
+    (("dense", "bias"), False),
+    (("bn", "scale"), False),
+    (("bn", "bias"), False),
+]
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _random_tree(seed, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return {
+      mod: {
+          name: (scale * rng.standard_normal(shape)).astype(np.float32)
+          for name, shape in leaves.items()
+      } for mod, leaves in _SHAPES.items()
+  }
+
+
+def _to_jnp(tree):
+  return jax.tree.map(jnp.asarray, tree)
+
+
+def _np_lars(params, grads_seq, lr_fn, *, weight_decay, momentum,
+             trust_coefficient, nesterov, mask):
+  """float64 LARS: returns the list of per-step update dicts and final params.
+
+  `mask` maps leaf path -> bool. Updates are returned with optax's sign
+  convention (`new_p = p + update`).
+  """
+  params = {path: np.asarray(_get(params, path), np.float64)
+            for path, _ in _LEAVES}
+  velocity = {path: np.zeros_like(p) for path, p in params.items()}
+  all_updates = []
+  for step, grads in enumerate(grads_seq):
+    lr = float(lr_fn(step))
+    updates = {}
+    for path, _ in _LEAVES:
+      p = params[path]
+      g = np.asarray(_get(grads, path), np.float64)
+      trust = 1.0
+      if mask[path]:
+        g = g + weight_decay * p
+        p_norm = np.linalg.norm(p)
+        g_norm = np.linalg.norm(g)
+        if p_norm > 0 and g_norm > 0:
+          trust = trust_coefficient * p_norm / g_norm
+      scaled_lr = lr * trust
+      velocity[path] = momentum * velocity[path] + scaled_lr * g
+      if nesterov:
+        update = momentum * velocity[path] + scaled_lr * g
+      else:
+        update = velocity[path]
+      updates[path] = -update
+      params[path] = p - update
+    all_updates.append(updates)
+  return all_updates, params
+
+
+def _run(tx, params, grads_seq):
+  """Applies `tx` for len(grads_seq) steps; returns updates and params."""
+  params = _to_jnp(params)
+  state = tx.init(params)
+  all_updates = []
+  for grads in grads_seq:
+    updates, state = tx.update(_to_jnp(grads), state, params)
+    params = optax.apply_updates(params, updates)
+    all_updates.append(updates)
+  return all_updates, params
+
+
+def _lr_schedule(count):
+  return 0.5 + 0.25 * count
+
+
+def _assert_matches(got_updates, got_params, want_updates, want_params):
+  for step, (got, want) in enumerate(zip(got_updates, want_updates)):
+    for path, _ in _LEAVES:
+      np.testing.assert_allclose(
+          np.asarray(_get(got, path)), want[path], rtol=1e-5, atol=1e-8,
+          err_msg=f"update of {path} at step {step}")
+  for path, _ in _LEAVES:
+    np.testing.assert_allclose(
+        np.asarray(_get(got_params, path)), want_params[path], rtol=1e-5,
+        atol=1e-7, err_msg=f"param {path}")
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+# 2.0 > weight_decay makes the trust ratio exceed 1 (no clipping to 1).
+@pytest.mark.parametrize("trust_coefficient", [1e-3, 0.05, 2.0])
+def test_lars_matches_reference(nesterov, trust_coefficient):
+  """Two steps with a schedule and weight decay 0.1 equal the float64 LARS;
+  kernels get decay + trust ratio, biases/BN scales plain momentum SGD."""
+  params = _random_tree(0)
+  grads_seq = [_random_tree(1, 0.5), _random_tree(2, 2.0)]
+  tx = optim.lars(_lr_schedule, weight_decay=0.1, momentum=0.9,
+                  trust_coefficient=trust_coefficient, nesterov=nesterov)
+  got_updates, got_params = _run(tx, params, grads_seq)
+  want_updates, want_params = _np_lars(
+      params, grads_seq, _lr_schedule, weight_decay=0.1, momentum=0.9,
+      trust_coefficient=trust_coefficient, nesterov=nesterov,
+      mask=dict(_LEAVES))
+  _assert_matches(got_updates, got_params, want_updates, want_params)
+
+  # Masked-out leaves: exactly momentum SGD with lr_0 = 0.5, lr_1 = 0.75.
+  m = 0.9
+  for path, adapted in _LEAVES:
+    if adapted:
+      continue
+    g0 = np.asarray(_get(grads_seq[0], path), np.float64)
+    g1 = np.asarray(_get(grads_seq[1], path), np.float64)
+    v0 = 0.5 * g0
+    v1 = m * v0 + 0.75 * g1
+    u0 = m * v0 + 0.5 * g0 if nesterov else v0
+    u1 = m * v1 + 0.75 * g1 if nesterov else v1
+    np.testing.assert_allclose(
+        np.asarray(_get(got_updates[0], path)), -u0, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(
+        np.asarray(_get(got_updates[1], path)), -u1, rtol=1e-5, atol=1e-8)
+
+  # Adapted kernels: step 0 is -lr_0 * trust * (g + wd p), not plain SGD.
+  for path, adapted in _LEAVES:
+    if not adapted:
+      continue
+    p = np.asarray(_get(params, path), np.float64)
+    g = np.asarray(_get(grads_seq[0], path), np.float64) + 0.1 * p
+    trust = trust_coefficient * np.linalg.norm(p) / np.linalg.norm(g)
+    u0 = 0.5 * trust * g * ((1 + m) if nesterov else 1.0)
+    np.testing.assert_allclose(
+        np.asarray(_get(got_updates[0], path)), -u0, rtol=1e-5, atol=1e-8)
+    plain = -0.5 * np.asarray(_get(grads_seq[0], path), np.float64)
+    assert not np.allclose(np.asarray(_get(got_updates[0], path)), plain,
+                           rtol=1e-2)
+
+
+def test_lars_constant_learning_rate_float():
+  """A float learning rate works and equals the reference with that constant."""
+  params = _random_tree(3)
+  grads_seq = [_random_tree(4), _random_tree(5)]
+  tx = optim.lars(0.3, weight_decay=1e-2, momentum=0.8)
+  got_updates, got_params = _run(tx, params, grads_seq)
+  want_updates, want_params = _np_lars(
+      params, grads_seq, lambda _: 0.3, weight_decay=1e-2, momentum=0.8,
+      trust_coefficient=1e-3, nesterov=False, mask=dict(_LEAVES))
+  _assert_matches(got_updates, got_params, want_updates, want_params)
+
+
+def test_default_lars_mask():
+  """The default mask is True exactly for leaves with ndim > 1."""
+  params = _to_jnp(_random_tree(6))
+  params["scalar"] = jnp.float32(2.0)
+  mask = optim.default_lars_mask(params)
+  assert bool(mask["conv"]["kernel"]) is True
+  assert bool(mask["dense"]["kernel"]) is True
+  assert bool(mask["dense"]["bias"]) is False
+  assert bool(mask["bn"]["scale"]) is False
+  assert bool(mask["bn"]["bias"]) is False
+  assert bool(mask["scalar"]) is False
+  assert (jax.tree.structure(mask) ==
+          jax.tree.structure(jax.tree.map(lambda _: True, params)))
+
+
+@pytest.mark.parametrize("kind", ["tree_all", "callable_none"])
+def test_lars_explicit_mask(kind):
+  """An explicit mask (pytree or callable) replaces the ndim-based default."""
+  params = _random_tree(7)
+  grads_seq = [_random_tree(8), _random_tree(9)]
+  if kind == "tree_all":
+    mask_arg = jax.tree.map(lambda _: True, params)
+    want_mask = {path: True for path, _ in _LEAVES}
+  else:
+    mask_arg = lambda p: jax.tree.map(lambda _: False, p)
+    want_mask = {path: False for path, _ in _LEAVES}
+  tx = optim.lars(_lr_schedule, weight_decay=0.1, momentum=0.9,
+                  trust_coefficient=0.02, mask=mask_arg)
+  got_updates, got_params = _run(tx, params, grads_seq)
+  want_updates, want_params = _np_lars(
+      params, grads_seq, _lr_schedule, weight_decay=0.1, momentum=0.9,
+      trust_coefficient=0.02, nesterov=False, mask=want_mask)
+  _assert_matches(got_updates, got_params, want_updates, want_params)
+
+
+def test_lars_zero_norm_param_has_unit_trust():
+  """A zero kernel (||p|| = 0) uses trust 1: update = -lr * g, no NaN; a zero
+  kernel with a zero gradient gets a zero update."""
+  params = _random_tree(10)
+  params["conv"]["kernel"][...] = 0.0
+  params["dense"]["kernel"][...] = 0.0
+  grads = _random_tree(11)
+  grads["dense"]["kernel"][...] = 0.0
+  tx = optim.lars(0.5, weight_decay=0.1, momentum=0.9)
+  (updates,), new_params = _run(tx, params, [grads])
+  for leaf in jax.tree.leaves(updates) + jax.tree.leaves(new_params):
+    assert np.all(np.isfinite(np.asarray(leaf)))
+  np.testing.assert_allclose(
+      np.asarray(updates["conv"]["kernel"]),
+      -0.5 * grads["conv"]["kernel"].astype(np.float64), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(updates["dense"]["kernel"]), 0.0)
+
+
+def test_lars_zero_grad_without_decay_is_finite():
+  """||g|| = 0 after (zero) weight decay: trust 1 and a zero update."""
+  params = _random_tree(12)
+  grads = jax.tree.map(np.zeros_like, params)
+  tx = optim.lars(0.5, weight_decay=0.0)
+  (updates,), new_params = _run(tx, params, [grads])
+  for leaf in jax.tree.leaves(updates):
+    np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+  for path, _ in _LEAVES:
+    np.testing.assert_array_equal(np.asarray(_get(new_params, path)),
+                                  _get(params, path))
+
+
+def test_lars_under_jit():
+  """The update is traceable under jit and gives the same result."""
+  params = _random_tree(13)
+  grads_seq = [_random_tree(14), _random_tree(15)]
+  tx = optim.lars(_lr_schedule, weight_decay=0.1, trust_coefficient=0.02)
+  state = tx.init(_to_jnp(params))
+  step = jax.jit(tx.update)
+  p = _to_jnp(params)
+  got_updates = []
+  for grads in grads_seq:
+    updates, state = step(_to_jnp(grads), state, p)
+    p = optax.apply_updates(p, updates)
+    got_updates.append(updates)
+  want_updates, want_params = _np_lars(
+      params, grads_seq, _lr_schedule, weight_decay=0.1, momentum=0.9,
+      trust_coefficient=0.02, nesterov=False, mask=dict(_LEAVES))
+  _assert_matches(got_updates, p, want_updates, want_params)
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd", "adamw", "lamb"])
+def test_create_optimizer_decays_only_kernels(name):
+  """Zero gradients, weight decay > 0: kernels shrink, biases/BN untouched."""
+  params = _random_tree(16)
+  grads = jax.tree.map(np.zeros_like, params)
+  lr, wd = 0.1, 0.5
+  tx = optim.create_optimizer(name, lr, weight_decay=wd, momentum=0.9)
+  (updates,), new_params = _run(tx, params, [grads])
+  for path, adapted in _LEAVES:
+    old = _get(params, path)
+    new = np.asarray(_get(new_params, path))
+    upd = np.asarray(_get(updates, path))
+    assert np.all(np.isfinite(upd)), path
+    if adapted:
+      assert np.max(np.abs(new - old)) > 1e-6, (name, path)
+      # Decay pulls every entry towards zero.
+      assert np.all(np.abs(new) <= np.abs(old)), (name, path)
+      assert np.any(np.abs(new) < np.abs(old)), (name, path)
+    else:
+      np.testing.assert_array_equal(upd, 0.0, err_msg=f"{name} {path}")
+      np.testing.assert_array_equal(new, old, err_msg=f"{name} {path}")
+  kernel = _get(params, ("conv", "kernel")).astype(np.float64)
+  got = np.asarray(updates["conv"]["kernel"])
+  if name == "sgd":
+    # optax.sgd on g + wd * p: the first momentum step is -lr * wd * p.
+    np.testing.assert_allclose(got, -lr * wd * kernel, rtol=1e-5)
+  elif name == "lars":
+    # g = wd * p, trust = 1e-3 / wd: update = -lr * 1e-3 * p.
+    np.testing.assert_allclose(got, -lr * 1e-3 * kernel, rtol=1e-5)
+
+
+def test_create_optimizer_unknown_name():
+  """An unknown optimizer name raises ValueError listing the valid names."""
+  with pytest.raises(ValueError) as err:
+    optim.create_optimizer("rmsprop", 0.1, weight_decay=1e-4)
+  for valid in ("lars", "sgd", "adamw", "lamb"):
+    assert valid in str(err.value)

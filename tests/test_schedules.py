@@ -1,0 +1,123 @@
+"""Tests for `jaxssl.schedules` (SimCLR `WarmUpAndCosineDecay`)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxssl import schedules
+
+# ImageNet, batch 4096, 100 epochs, 10 warm-up epochs (SimCLR defaults).
+_N = 1_281_167
+_BATCH = 4096
+_EPOCHS = 100
+_WARMUP_EPOCHS = 10
+_STEPS = [0, 1, 1000, 3126, 3127, 10000, 20000, 31278, 31279, 40000]
+
+
+def _ref_lr(step, peak, warmup, total):
+  """Independent math-module formula of the warm-up + cosine schedule."""
+  if step < warmup:
+    return step / warmup * peak
+  progress = min(step - warmup, total - warmup) / (total - warmup)
+  return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _imagenet(base_lr, scaling):
+  return schedules.warmup_cosine(
+      base_lr, batch_size=_BATCH, num_examples=_N, epochs=_EPOCHS,
+      warmup_epochs=_WARMUP_EPOCHS, scaling=scaling)
+
+
+def test_step_counts_imagenet():
+  """Hard-coded SimCLR step counts: 3127 warm-up steps, 31279 in total."""
+  assert schedules.warmup_steps(_N, _WARMUP_EPOCHS, _BATCH) == 3127
+  assert schedules.simclr_total_steps(_N, _EPOCHS, _BATCH) == 31279
+
+
+@pytest.mark.parametrize("num_examples,epochs,warmup_epochs,batch_size", [
+    (50_000, 1000, 10, 512),
+    (50_000, 800, 0.5, 1024),
+    (1_281_167, 90, 0, 256),
+    (10, 3, 1, 4),
+])
+def test_step_counts_formula(num_examples, epochs, warmup_epochs, batch_size):
+  """Step counts follow the reference's integer arithmetic."""
+  want_warmup = int(round(warmup_epochs * num_examples // batch_size))
+  want_total = num_examples * epochs // batch_size + 1
+  assert schedules.warmup_steps(
+      num_examples, warmup_epochs, batch_size) == want_warmup
+  assert schedules.simclr_total_steps(
+      num_examples, epochs, batch_size) == want_total
+
+
+@pytest.mark.parametrize("base_lr,scaling", [(0.3, "linear"), (0.075, "sqrt")])
+def test_warmup_cosine_values(base_lr, scaling):
+  """Values at key steps equal the float64 formula; peak 4.8 at step 3127 and
+  zero from the last step on, for both scalings."""
+  sched = _imagenet(base_lr, scaling)
+  peak = (base_lr * _BATCH / 256 if scaling == "linear"
+          else base_lr * math.sqrt(_BATCH))
+  assert peak == pytest.approx(4.8, rel=1e-12)
+  for step in _STEPS:
+    want = _ref_lr(step, peak, 3127, 31279)
+    np.testing.assert_allclose(float(sched(step)), want, rtol=1e-5, atol=1e-6,
+                               err_msg=f"step {step}")
+  # Hard-coded facts.
+  assert float(sched(0)) == 0.0
+  np.testing.assert_allclose(float(sched(1)), 4.8 / 3127, rtol=1e-5)
+  np.testing.assert_allclose(float(sched(3127)), 4.8, rtol=1e-5)
+  assert float(sched(3126)) < float(sched(3127))
+  np.testing.assert_allclose(float(sched(31279)), 0.0, atol=1e-6)
+  np.testing.assert_allclose(float(sched(40000)), 0.0, atol=1e-6)
+  # Half-way through the decay the rate is half the peak.
+  mid = 3127 + (31279 - 3127) // 2
+  np.testing.assert_allclose(float(sched(mid)), 2.4, rtol=1e-5)
+
+
+def test_warmup_cosine_under_jit_with_traced_int32_step():
+  """The schedule accepts a traced int32 step inside jit (and vmap)."""
+  sched = _imagenet(0.3, "linear")
+  steps = jnp.asarray(_STEPS, dtype=jnp.int32)
+  got = jax.jit(jax.vmap(sched))(steps)
+  want = [_ref_lr(s, 4.8, 3127, 31279) for s in _STEPS]
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  one = jax.jit(sched)(jnp.int32(10000))
+  np.testing.assert_allclose(float(one), _ref_lr(10000, 4.8, 3127, 31279),
+                             rtol=1e-5)
+
+
+def test_warmup_cosine_total_steps_override():
+  """An explicit total_steps replaces the epoch-derived length."""
+  sched = schedules.warmup_cosine(
+      1.0, batch_size=512, num_examples=50_000, epochs=100, warmup_epochs=1,
+      total_steps=500)
+  peak = 1.0 * 512 / 256
+  warmup = int(round(1 * 50_000 // 512))  # 97
+  for step in [0, 50, 96, 97, 200, 300, 499, 500, 700]:
+    np.testing.assert_allclose(float(sched(step)),
+                               _ref_lr(step, peak, warmup, 500),
+                               rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+  np.testing.assert_allclose(float(sched(500)), 0.0, atol=1e-6)
+
+
+def test_warmup_cosine_no_warmup_starts_at_peak():
+  """With zero warm-up epochs the first step already uses the peak rate."""
+  sched = schedules.warmup_cosine(
+      0.1, batch_size=1024, num_examples=10_000, epochs=10, warmup_epochs=0)
+  total = 10_000 * 10 // 1024 + 1  # 98
+  peak = 0.1 * 1024 / 256
+  np.testing.assert_allclose(float(sched(0)), peak, rtol=1e-5)
+  for step in [0, 1, 40, 97, 98, 150]:
+    np.testing.assert_allclose(float(sched(step)), _ref_lr(step, peak, 0, total),
+                               rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+
+
+def test_warmup_cosine_unknown_scaling():
+  """An unknown learning-rate scaling raises ValueError."""
+  with pytest.raises(ValueError):
+    schedules.warmup_cosine(
+        0.3, batch_size=_BATCH, num_examples=_N, epochs=_EPOCHS,
+        warmup_epochs=_WARMUP_EPOCHS, scaling="quadratic")

@@ -1,0 +1,159 @@
+"""The train step: 1 device and 8 devices agree on the same global batch.
+
+Global BatchNorm, cross-device negatives and the gradient reduction under
+`shard_map` each change the result if done wrong (per-device BN statistics,
+local negatives, a pmap-style extra `psum` making gradients N× too large);
+all show up here as a mismatch between a 1-device and an 8-device mesh.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxssl import optim
+from jaxssl import sharding
+from jaxssl import train
+from jaxssl.methods import simclr
+from jaxssl.models.heads import ProjectionHead
+from jaxssl.models.resnet import ResNet
+
+GLOBAL_BATCH = 16
+IMAGE_SIZE = 8
+
+
+def _learner(tx, bn_axis=sharding.DATA_AXIS):
+  network = simclr.Network(
+      ResNet(depth=18, width_multiplier=1 / 16, cifar_stem=True,
+             axis_name=bn_axis),
+      ProjectionHead(num_layers=2, out_dim=16, axis_name=bn_axis))
+  return train.Learner(network=network, tx=tx,
+                       schedule=lambda step: 0.1 + 0.05 * step,
+                       temperature=0.2, image_size=IMAGE_SIZE,
+                       color_strength=0.5)
+
+
+def _batches():
+  rng = np.random.default_rng(0)
+  return [rng.integers(0, 256, (GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3),
+                       dtype=np.uint8) for _ in range(2)]
+
+
+def _run(learner, num_devices, steps=2):
+  mesh = sharding.data_mesh(jax.devices()[:num_devices])
+  state = train.create_train_state(jax.random.key(0), learner, mesh)
+  init_params = jax.device_get(state.params)
+  step_fn = train.compile_train_step(learner, mesh)
+  metrics = []
+  for images in _batches()[:steps]:
+    batch = sharding.global_batch({"image": images}, mesh)
+    state, m = step_fn(state, batch)
+    metrics.append(jax.device_get(m))
+  return init_params, jax.device_get(state), metrics
+
+
+def _assert_trees_close(a, b, rtol):
+  """Leafwise `|a - b| <= rtol·(|b| + max|b|)`: relative to each leaf's scale."""
+  leaves_a = jax.tree_util.tree_leaves_with_path(a)
+  leaves_b = jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for (path, x), y in zip(leaves_a, leaves_b):
+    y = np.asarray(y)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * np.abs(y).max(),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope="module")
+def lars_runs():
+  learner = _learner(_lars())
+  return _run(learner, 1), _run(learner, 8)
+
+
+def _lars():
+  # A changing learning rate of the size the reference uses for biases and BN
+  # parameters (which get no trust ratio) in a short run.
+  return optim.lars(lambda c: 0.1 + 0.05 * c, weight_decay=1e-4)
+
+
+# Float32 noise floor of the parameters after 2 steps, measured between ANY
+# two device counts (1 vs 2 vs 8: 2e-5 to 5e-5 relative to the leaf's scale),
+# comes from gradients of zero-initialised leaves (BN offsets, the last BN
+# scale of each block) that are sums with cancellation; BN statistics,
+# losses and gradient norms agree to 1e-5. A real fault (per-device BN,
+# local negatives, an extra psum) moves them by > 1e-2 (the SGD test below checks the gradient's scale).
+PARAM_RTOL = 1e-4
+
+
+def test_lars_two_steps_match_on_1_and_8_devices(lars_runs):
+  (init1, state1, metrics1), (init8, state8, metrics8) = lars_runs
+  _assert_trees_close(init1, init8, rtol=0)
+  for m1, m8 in zip(metrics1, metrics8):
+    for key in ("loss", "contrast_acc", "grad_norm", "embed_std", "lr"):
+      np.testing.assert_allclose(m1[key], m8[key], rtol=1e-5, err_msg=key)
+  _assert_trees_close(state1.params, state8.params, rtol=PARAM_RTOL)
+  _assert_trees_close(state1.opt_state, state8.opt_state, rtol=PARAM_RTOL)
+  _assert_trees_close(state1.batch_stats, state8.batch_stats, rtol=1e-5)
+  assert int(state1.step) == int(state8.step) == 2
+
+
+def test_per_device_batchnorm_cannot_silently_happen():
+  """Per-device BN statistics would differ between devices, so shard_map's
+  replication check (check_vma) refuses the replicated state at trace time."""
+  with pytest.raises(ValueError, match="replicated"):
+    _run(_learner(_lars(), bn_axis=None), 8, steps=1)
+
+
+def test_training_changed_params_and_bn_statistics(lars_runs):
+  """Guards the test above against comparing two untouched states."""
+  (init1, state1, metrics1), _ = lars_runs
+  deltas = jax.tree.map(lambda a, b: np.abs(a - b).max(), init1, state1.params)
+  assert min(jax.tree.leaves(deltas)) > 0
+  means = jax.tree.leaves(state1.batch_stats)
+  assert max(np.abs(m).max() for m in means) > 0
+  assert np.isfinite(metrics1[-1]["loss"])
+  # lr is the schedule at the step before the update.
+  np.testing.assert_allclose([m["lr"] for m in metrics1], [0.1, 0.15])
+
+
+def test_sgd_update_equals_global_gradient_on_1_and_8_devices():
+  """Plain SGD exposes the gradient's scale: an extra psum would make it 8×."""
+  learner = _learner(optax.sgd(0.1))
+  (init1, state1, m1), (init8, state8, m8) = (_run(learner, 1, steps=1),
+                                              _run(learner, 8, steps=1))
+  delta1 = jax.tree.map(lambda a, b: a - b, state1.params, init1)
+  delta8 = jax.tree.map(lambda a, b: a - b, state8.params, init8)
+  _assert_trees_close(delta1, delta8, rtol=1e-4)
+  np.testing.assert_allclose(m1[0]["grad_norm"], m8[0]["grad_norm"], rtol=1e-5)
+  # SGD: ||Δθ|| = lr·||g||.
+  np.testing.assert_allclose(optax.tree.norm(delta1), 0.1 * m1[0]["grad_norm"],
+                             rtol=1e-4)
+
+
+def test_views_depend_on_example_not_on_device_count():
+  images = jnp.asarray(_batches()[0])
+  rng = jax.random.key(3)
+  whole = train.make_views(images, rng, image_size=IMAGE_SIZE,
+                           color_strength=0.5, axis_name=None)
+  mesh = sharding.data_mesh()
+  views = jax.jit(jax.shard_map(
+      lambda x: train.make_views(x, rng, image_size=IMAGE_SIZE,
+                                 color_strength=0.5),
+      mesh=mesh, in_specs=jax.sharding.PartitionSpec("data"),
+      out_specs=jax.sharding.PartitionSpec("data")))(images)
+  # Per device the local output is [view1; view2] of its 2 images.
+  views = np.asarray(views).reshape(8, 2, 2, IMAGE_SIZE, IMAGE_SIZE, 3)
+  whole = np.asarray(whole).reshape(2, 8, 2, IMAGE_SIZE, IMAGE_SIZE, 3)
+  np.testing.assert_allclose(views, whole.transpose(1, 0, 2, 3, 4, 5),
+                             atol=1e-6)
+  v1, v2 = np.split(np.asarray(whole).reshape(32, -1), 2)
+  assert np.abs(v1 - v2).max() > 0.1  # the two views differ
+  other = train.make_views(images, jax.random.key(4), image_size=IMAGE_SIZE,
+                           color_strength=0.5, axis_name=None)
+  assert np.abs(np.asarray(other) - np.asarray(whole).reshape(other.shape)).max() > 0.1
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error():
+  mesh = sharding.data_mesh()
+  with pytest.raises(ValueError, match=r"batch_size=12 .*8"):
+    sharding.check_batch_size(12, mesh)
