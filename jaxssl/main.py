@@ -16,6 +16,13 @@ config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py[:variant]).",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for logs, results, checkpoints.")
+flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() first (multi-host: TPU pods detect "
+    "their peers; GPU clusters also need the three flags below).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "Index of this process.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,10 +40,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   _hide_accelerators_from_tensorflow()
+  if FLAGS.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
   from jaxssl import train  # pylint: disable=g-import-not-at-top
+  from jaxssl import sharding  # pylint: disable=g-import-not-at-top
   try:
     train.prepare_workdir(FLAGS.workdir)
-  except ValueError as e:
+    train.check_config(FLAGS.config, sharding.data_mesh())
+  except (ValueError, NotImplementedError) as e:
     raise app.UsageError(str(e)) from e
   logging.info("config:\n%s", FLAGS.config)
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -202,9 +202,34 @@ def load_dataset(data: ml_collections.ConfigDict,
   if data.source == "synthetic":
     return in_memory.synthetic(data.synthetic_examples, data.image_size,
                                seed=0 if split == "train" else 1)
+  if data.source == "tfds":
+    raise NotImplementedError(
+        f"config.data.source='tfds' ({data.name}) needs the tf.data input "
+        "pipeline, which is not part of this version; use "
+        "--config.data.source=digits or synthetic (or a config's :runlocal "
+        "variant)")
   raise ValueError(
-      f"config.data.source={data.source!r} is not available; expected one of "
-      "['digits', 'synthetic']")
+      f"config.data.source={data.source!r} is not one of ['digits', "
+      "'synthetic', 'tfds']")
+
+
+def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """Rejects settings that cannot run, before anything is loaded or compiled."""
+  sharding.check_batch_size(config.batch_size, mesh)
+  if config.epochs <= 0:
+    raise ValueError(f"config.epochs={config.epochs} must be positive")
+  if config.method != "simclr":
+    raise ValueError(f"config.method={config.method!r} is not one of "
+                     "['simclr']")
+  if config.optimizer.name not in optim.OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name={config.optimizer.name!r} is not "
+                     f"one of {sorted(optim.OPTIMIZERS)}")
+  if config.augment.blur:
+    raise NotImplementedError(
+        "config.augment.blur=True: Gaussian blur is not implemented in the "
+        "on-device views of this version; set --config.augment.blur=False")
+  if config.data.source not in ("digits", "synthetic"):
+    load_dataset(config.data, config.data.train_split)  # raises, names it
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -284,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   workdir = prepare_workdir(workdir)
   mesh = sharding.data_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
+  check_config(config, mesh)
   train_ds = load_dataset(config.data, config.data.train_split)
   learner = create_learner(config, len(train_ds))
   total_steps = schedules.simclr_total_steps(len(train_ds), config.epochs,

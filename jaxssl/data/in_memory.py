@@ -126,10 +126,14 @@ def load_digits(split: str, image_size: int, seed: int = 0) -> ArrayDataset:
 
 def synthetic(num_examples: int, image_size: int, num_classes: int = 10,
               seed: int = 0) -> ArrayDataset:
-  """Random images with a class-dependent colour, for smoke runs."""
+  """Noisy images with a class-dependent colour, for smoke runs.
+
+  The class colours are the same for every `seed`, so differently seeded
+  sets (train/test) share their classes.
+  """
+  colours = np.random.default_rng(1234).uniform(0, 255, (num_classes, 1, 1, 3))
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, num_classes, num_examples).astype(np.int32)
-  colours = rng.uniform(0, 255, (num_classes, 1, 1, 3))
   noise = rng.normal(0, 40, (num_examples, image_size, image_size, 3))
   images = np.clip(colours[labels] + noise, 0, 255).astype(np.uint8)
   return ArrayDataset(images, labels, name="synthetic")

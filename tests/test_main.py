@@ -1,0 +1,111 @@
+"""End to end: configs, the command line, and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections.config_flags  # noqa: F401  (ensures it is installed)
+import numpy as np
+import pytest
+
+from jaxssl import train
+from jaxssl.config_utils import parse_arg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10"]
+
+
+def _load(name, arg=None):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module, module.get_config(arg)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_has_command_expected_and_runlocal(name):
+  module, config = _load(name)
+  assert "COMMAND" in module.__doc__ and "EXPECTED" in module.__doc__
+  _, local = _load(name, "runlocal")
+  assert local.batch_size <= 64 and local.data.source in ("digits", "synthetic")
+  assert local.batch_size % 8 == 0
+  config.lock()
+  with pytest.raises(AttributeError, match="nme"):
+    config.optimizer.nme = 1
+
+
+def test_simclr_resnet50_matches_paper_settings():
+  _, c = _load("simclr_resnet50")
+  assert (c.batch_size, c.epochs, c.model.depth, c.head.num_layers) == (
+      4096, 100, 50, 2)
+  assert (c.optimizer.name, c.optimizer.base_lr, c.optimizer.lr_scaling) == (
+      "lars", 0.3, "linear")
+  assert (c.optimizer.weight_decay, c.loss.temperature) == (1e-6, 0.1)
+  _, c = _load("simclr_resnet50", "sqrt,epochs=1000,v2")
+  assert (c.optimizer.base_lr, c.optimizer.lr_scaling) == (0.075, "sqrt")
+  assert (c.epochs, c.head.num_layers) == (1000, 3)
+  with pytest.raises(ValueError, match="unknown config variant 'epoch'"):
+    _load("simclr_resnet50", "epoch=1000")
+
+
+def test_simclr_cifar10_matches_reference_settings():
+  _, c = _load("simclr_cifar10")
+  assert (c.model.depth, c.model.cifar_stem, c.batch_size) == (18, True, 512)
+  assert (c.optimizer.base_lr, c.optimizer.weight_decay) == (1.0, 1e-4)
+  assert (c.loss.temperature, c.augment.color_strength, c.augment.blur) == (
+      0.5, 0.5, False)
+
+
+def test_parse_arg_types_and_errors():
+  arg = parse_arg("runlocal,epochs=7", runlocal=False, epochs=100)
+  assert arg.runlocal is True and arg.epochs == 7
+  with pytest.raises(ValueError, match="needs a value"):
+    parse_arg("epochs", epochs=100)
+
+
+def test_quickstart_runlocal_end_to_end(tmp_path):
+  """The whole path on 8 devices: data, views, step, loop, kNN, results."""
+  _, config = _load("quickstart", "runlocal")
+  results = train.train_and_evaluate(config, str(tmp_path / "wd"))
+  saved = json.load(open(tmp_path / "wd" / "results.json"))
+  assert saved["results"] == pytest.approx(results)
+  history = saved["history"]
+  assert history[-1]["step"] == results["steps"] == 1437 // 64 + 1
+  losses = [h["loss"] for h in history]
+  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+  for key in ("knn_pretrained", "knn_random_init"):
+    assert 0.1 < results[key] <= 1.0  # 10 classes: above chance
+
+
+def _cli(*args, devices=8):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run(
+      [sys.executable, "-m", "jaxssl.main", *args], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_rejects_unknown_config_key(tmp_path):
+  out = _cli("--config=configs/quickstart.py", f"--workdir={tmp_path}",
+             "--config.optimizer.nme=sgd")
+  assert out.returncode != 0
+  assert "nme" in out.stderr and 'Did you mean "name"' in out.stderr
+
+
+def test_cli_rejects_batch_not_divisible_by_devices(tmp_path):
+  out = _cli("--config=configs/quickstart.py", f"--workdir={tmp_path}",
+             "--config.batch_size=100")
+  assert out.returncode != 0
+  assert "config.batch_size=100 must be a positive multiple" in out.stderr
+  assert "step " not in out.stdout  # nothing trained
+
+
+def test_cli_rejects_workdir_that_cannot_be_created(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  out = _cli("--config=configs/quickstart.py", f"--workdir={blocker}/sub")
+  assert out.returncode != 0
+  assert f"cannot create workdir '{blocker}/sub'" in out.stderr
