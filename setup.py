@@ -10,6 +10,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["jaxssl", "jaxssl.*"]),
+    license="Apache-2.0",
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2",
@@ -28,7 +29,6 @@ setuptools.setup(
     extras_require={"test": ["pytest>=8"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

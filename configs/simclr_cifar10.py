@@ -45,13 +45,5 @@ def get_config(arg=None):
   c.optimizer.warmup_epochs = 10.0
   c.eval.knn_k = 200
   if arg.runlocal:
-    c.batch_size = 64
-    c.epochs = 2
-    c.log_every = 2
-    c.data.source = "synthetic"
-    c.data.synthetic_examples = 256
-    c.model.width = 0.125
-    c.optimizer.warmup_epochs = 1.0
-    c.eval.knn_k = 20
-    c.eval.batch_size = 256
+    config_utils.shrink_for_cpu(c)
   return c

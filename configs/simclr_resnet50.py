@@ -47,17 +47,5 @@ def get_config(arg=None):
   c.optimizer.warmup_epochs = 10.0
   c.eval.knn_k = 200
   if arg.runlocal:
-    c.batch_size = 64
-    c.epochs = 2
-    c.log_every = 2
-    c.data.source = "synthetic"
-    c.data.synthetic_examples = 256
-    c.data.image_size = 32
-    c.augment.blur = False
-    c.model.depth = 18
-    c.model.width = 0.125
-    c.model.cifar_stem = True
-    c.optimizer.warmup_epochs = 1.0
-    c.eval.knn_k = 20
-    c.eval.batch_size = 256
+    config_utils.shrink_for_cpu(c)
   return c

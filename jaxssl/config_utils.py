@@ -99,3 +99,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 1024
   c.eval.random_init_baseline = False
   return c
+
+
+def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `:runlocal` shrink: 256 synthetic 32 px images, ResNet-18/8, 2 epochs.
+
+  Keeps the method, loss and optimizer of `c` so that the whole code path of
+  the experiment runs on a CPU in well under a minute.
+  """
+  c.batch_size = 64
+  c.epochs = 2
+  c.log_every = 2
+  c.data.source = "synthetic"
+  c.data.synthetic_examples = 256
+  c.data.image_size = 32
+  c.augment.blur = False
+  c.model.depth = 18
+  c.model.width = 0.125
+  c.model.cifar_stem = True
+  c.optimizer.warmup_epochs = 1.0
+  c.eval.knn_k = 20
+  c.eval.batch_size = 256
+  return c

@@ -105,7 +105,10 @@ def _assert_matches(got_updates, got_params, want_updates, want_params):
   for step, (got, want) in enumerate(zip(got_updates, want_updates)):
     for path, _ in _LEAVES:
       np.testing.assert_allclose(
-          np.asarray(_get(got, path)), want[path], rtol=1e-5, atol=1e-8,
+          # Float32 rounding is relative to the leaf's scale, not to each
+          # element (small entries of a large leaf differ by ~1e-5 relative).
+          np.asarray(_get(got, path)), want[path], rtol=1e-5,
+          atol=1e-6 * np.abs(want[path]).max(),
           err_msg=f"update of {path} at step {step}")
   for path, _ in _LEAVES:
     np.testing.assert_allclose(

@@ -1,13 +1,12 @@
 """Projection heads (SimCLR g(·))."""
 
-import functools
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxssl.models.normalization import BatchNorm
+from jaxssl.models.normalization import batch_norm_factory
 
 # The SimCLR reference initialises its head's dense layers with N(0, 0.01²).
 dense_init = nn.initializers.normal(stddev=0.01)
@@ -45,10 +44,10 @@ class ProjectionHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     hidden = self.hidden_dim or x.shape[-1]
-    norm = functools.partial(
-        BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, axis_name=self.axis_name,
-        group_size=self.bn_group_size, dtype=self.dtype)
+    norm = batch_norm_factory(
+        train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        axis_name=self.axis_name, group_size=self.bn_group_size,
+        dtype=self.dtype)
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
       x = nn.Dense(self.out_dim if last else hidden, use_bias=not self.use_bn,

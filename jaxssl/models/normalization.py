@@ -1,5 +1,6 @@
 """BatchNorm over a named device axis, globally or in groups of k devices."""
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -21,10 +22,10 @@ class BatchNorm(nn.Module):
   (two small `[C]` vectors each) and averaged within consecutive groups of
   `group_size` devices.
 
-  The running averages are always updated with the statistics averaged over
-  the *whole* axis (for groups: the mean over groups of the group statistics),
-  so they stay identical on every device and the model state remains
-  replicated. Parameter and statistic names (`scale`, `bias`, `mean`, `var`)
+  The running averages are always updated with the mean and variance of the
+  *whole* global batch (the moments E[x], E[x²] averaged over every device),
+  also when normalising in groups, so they stay identical on every device and
+  the model state remains replicated. Parameter and statistic names (`scale`, `bias`, `mean`, `var`)
   match `flax.linen.BatchNorm`.
 
   Attributes:
@@ -97,3 +98,12 @@ def _group_and_global_mean(stats, axis_name, group_size):
                              *stats.shape).mean(axis=1)
   group = lax.axis_index(axis_name) // group_size
   return grouped[group], lax.pmean(stats, axis_name)
+
+
+def batch_norm_factory(*, train: bool, momentum: float, epsilon: float,
+                       axis_name: Optional[str], group_size: Optional[int],
+                       dtype: Any = None) -> Callable[..., BatchNorm]:
+  """`BatchNorm` with a model's shared settings; per-layer kwargs still apply."""
+  return functools.partial(
+      BatchNorm, use_running_average=not train, momentum=momentum,
+      epsilon=epsilon, axis_name=axis_name, group_size=group_size, dtype=dtype)

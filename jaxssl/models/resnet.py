@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxssl.models.normalization import BatchNorm
+from jaxssl.models.normalization import batch_norm_factory
 
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
@@ -38,6 +38,14 @@ STAGE_SIZES = {
 # Same initialiser as the reference's VarianceScaling(): scale 1, fan-in,
 # truncated normal (flax's lecun_normal).
 conv_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def _shortcut(x, features, strides, conv, norm):
+  """Identity, or a strided 1×1 projection + BN where the shape changes."""
+  if x.shape[-1] == features and strides == 1:
+    return x
+  x = conv(features, (1, 1), (strides, strides), name="proj_conv")(x)
+  return norm(name="proj_bn")(x)
 
 
 class BasicBlock(nn.Module):
@@ -56,11 +64,7 @@ class BasicBlock(nn.Module):
     y = nn.relu(self.norm(name="bn1")(y))
     y = conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
     y = self.norm(scale_init=nn.initializers.zeros, name="bn2")(y)
-    if x.shape[-1] != self.filters or self.strides != 1:
-      x = conv(self.filters, (1, 1), (self.strides, self.strides),
-               name="proj_conv")(x)
-      x = self.norm(name="proj_bn")(x)
-    return nn.relu(x + y)
+    return nn.relu(_shortcut(x, self.filters, self.strides, conv, self.norm) + y)
 
 
 class BottleneckBlock(nn.Module):
@@ -81,11 +85,8 @@ class BottleneckBlock(nn.Module):
     y = nn.relu(self.norm(name="bn2")(y))
     y = conv(self.filters * 4, (1, 1), name="conv3")(y)
     y = self.norm(scale_init=nn.initializers.zeros, name="bn3")(y)
-    if x.shape[-1] != self.filters * 4 or self.strides != 1:
-      x = conv(self.filters * 4, (1, 1), (self.strides, self.strides),
-               name="proj_conv")(x)
-      x = self.norm(name="proj_bn")(x)
-    return nn.relu(x + y)
+    return nn.relu(
+        _shortcut(x, self.filters * 4, self.strides, conv, self.norm) + y)
 
 
 class ResNet(nn.Module):
@@ -121,10 +122,10 @@ class ResNet(nn.Module):
     if self.depth not in STAGE_SIZES:
       raise ValueError(f"unsupported ResNet depth {self.depth}; expected one "
                        f"of {sorted(STAGE_SIZES)}")
-    norm = functools.partial(
-        BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, axis_name=self.axis_name,
-        group_size=self.bn_group_size, dtype=self.dtype)
+    norm = batch_norm_factory(
+        train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        axis_name=self.axis_name, group_size=self.bn_group_size,
+        dtype=self.dtype)
     block_cls = BottleneckBlock if self.depth >= 50 else BasicBlock
     width = int(64 * self.width_multiplier)
     x = x.astype(self.dtype)
