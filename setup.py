@@ -25,8 +25,10 @@ setuptools.setup(
         "scikit-learn>=1.4",      # bundled digits for the quickstart
         "tensorflow-cpu>=2.16",   # tf.data on the host only
         "tensorflow-datasets>=4.9.7",
+        "importlib_resources",    # needed by tfds to prepare datasets
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # pillow writes the grayscale/CMYK/RGBA fixtures of the input tests.
+    extras_require={"test": ["pytest>=8", "pillow>=10"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

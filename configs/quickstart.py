@@ -29,6 +29,7 @@ def get_config(arg=None):
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.image_size = 16
+  c.augment.preset = "simclr_cifar"
   c.augment.color_strength = 0.5
   c.augment.blur = False
   c.model.depth = 18

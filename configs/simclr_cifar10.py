@@ -4,9 +4,11 @@ The SimCLR TF2 reference's CIFAR-10 settings: LARS, learning rate 1.0·B/256,
 weight decay 1e-4, temperature 0.5, colour-jitter strength 0.5, no blur,
 32 px crops, 3×3 stride-1 stem without max-pooling.
 
-COMMAND (one GPU):
+COMMAND (one GPU; TFDS cifar10, or the JPEG zip with the two last flags):
   python -m jaxssl.main --config=configs/simclr_cifar10.py \
-      --workdir=/tmp/simclr_cifar10
+      --workdir=/tmp/simclr_cifar10 \
+      --config.data.source=files \
+      --config.data.path=../shared/datasets/cifar10-jpeg.zip
 Variants: `epochs=N` (default 1000), `runlocal`.
 
 EXPECTED: SimCLR paper Fig. B.7 reports ≈ 94 % linear evaluation with a
@@ -31,6 +33,7 @@ def get_config(arg=None):
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.image_size = 32
+  c.augment.preset = "simclr_cifar"
   c.augment.color_strength = 0.5
   c.augment.blur = False
   c.model.depth = 18

@@ -6,8 +6,9 @@ weight decay 1e-6, temperature 0.1, global BatchNorm, 2-layer projection head
 (v1) or 3-layer (v2) with output 128.
 
 COMMAND (TPU v3-32 / v4-32 VM, all hosts):
-  python -m jaxssl.main --config=configs/simclr_resnet50.py \
-      --workdir=gs://BUCKET/simclr_r50_100ep
+  python -m jaxssl.main --distributed --config=configs/simclr_resnet50.py \
+      --workdir=gs://BUCKET/simclr_r50_100ep \
+      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 Variants (comma-separated after `:`): `epochs=1000`, `sqrt`, `v2`, `runlocal`,
 e.g. `--config=configs/simclr_resnet50.py:epochs=1000,v2`.
 

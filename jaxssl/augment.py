@@ -1,40 +1,162 @@
 """Data augmentation on the device: pure functions of images and keys.
 
-Images are float32 in [0, 1], `[H, W, 3]`; batched helpers `vmap` them with one
-key per image. These run inside the jitted train step (the BYOL reference's
-design), so the host only has to deliver uint8 pixels.
+Shape work (decoding, random-resized crops) happens on the host in tf.data;
+photometric work runs here, inside the jitted train step, with one PRNG key
+per image (the design of the BYOL reference, which found the host to be the
+bottleneck otherwise).
+
+The deterministic ops follow `tf.image` semantics, as used by the SimCLR
+(https://github.com/google-research/simclr, `data_util.py`) and BYOL
+(https://github.com/deepmind/deepmind-research/tree/master/byol,
+`utils/augmentations.py`) references. They take float images in [0, 1],
+`[H, W, 3]` or batched `[B, H, W, 3]` (with scalar or per-image `[B]`
+parameters), and return float32 arrays of the same shape.
 """
 
-from typing import Tuple
+import dataclasses
+from typing import Tuple, Union
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 
+Scalar = Union[float, jax.Array]
+
 # ITU-R 601 luma weights, as `tf.image.rgb_to_grayscale`.
-_LUMA = jnp.array([0.2989, 0.5870, 0.1140], jnp.float32)
+_LUMA = (0.2989, 0.5870, 0.1140)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _per_image(value: Scalar, image: jax.Array) -> jax.Array:
+  """Broadcasts a scalar or per-image `[B]` parameter against `[..., H, W, C]`."""
+  value = jnp.asarray(value, jnp.float32)
+  return value.reshape(value.shape + (1,) * (image.ndim - value.ndim))
+
+
+# --------------------------------------------------------------------------
+# Deterministic ops.
+# --------------------------------------------------------------------------
+
+
+def rgb_to_hsv(image: jax.Array) -> jax.Array:
+  """RGB → HSV with all channels in [0, 1] (`tf.image.rgb_to_hsv`)."""
+  image = jnp.asarray(image, jnp.float32)
+  r, g, b = image[..., 0], image[..., 1], image[..., 2]
+  value = jnp.max(image, axis=-1)
+  minimum = jnp.min(image, axis=-1)
+  chroma = value - minimum
+  safe_value = jnp.where(value > 0, value, 1.0)
+  saturation = jnp.where(value > 0, chroma / safe_value, 0.0)
+  safe_chroma = jnp.where(chroma > 0, chroma, 1.0)
+  hue = jnp.where(
+      value == r, (g - b) / safe_chroma,
+      jnp.where(value == g, 2.0 + (b - r) / safe_chroma,
+                4.0 + (r - g) / safe_chroma))
+  hue = jnp.where(chroma > 0, hue / 6.0, 0.0)
+  hue = hue - jnp.floor(hue)  # wrap negative hues into [0, 1)
+  return jnp.stack([hue, saturation, value], axis=-1)
+
+
+def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
+  """HSV → RGB (`tf.image.hsv_to_rgb`), branch-free for vmap."""
+  hsv = jnp.asarray(hsv, jnp.float32)
+  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+  dh = h * 6.0
+  dr = jnp.clip(jnp.abs(dh - 3.0) - 1.0, 0.0, 1.0)
+  dg = jnp.clip(2.0 - jnp.abs(dh - 2.0), 0.0, 1.0)
+  db = jnp.clip(2.0 - jnp.abs(dh - 4.0), 0.0, 1.0)
+  one_minus_s = 1.0 - s
+  rgb = [v * (one_minus_s + s * d) for d in (dr, dg, db)]
+  return jnp.stack(rgb, axis=-1)
 
 
 def to_grayscale(image: jax.Array) -> jax.Array:
-  """Luma replicated on the three channels."""
-  gray = jnp.tensordot(image, _LUMA, axes=[[-1], [0]])[..., None]
-  return jnp.broadcast_to(gray, image.shape)
+  """Luma (`tf.image.rgb_to_grayscale`) replicated on the three channels."""
+  image = jnp.asarray(image, jnp.float32)
+  gray = jnp.tensordot(image, jnp.asarray(_LUMA, jnp.float32), axes=[[-1], [0]])
+  return jnp.broadcast_to(gray[..., None], image.shape)
 
 
-def adjust_brightness_multiplicative(image: jax.Array, factor) -> jax.Array:
-  """`image · factor` (SimCLR v2 `random_brightness`, multiplicative)."""
-  return image * factor
+def adjust_brightness(image: jax.Array, delta: Scalar) -> jax.Array:
+  """`image + delta` (`tf.image.adjust_brightness`; SimCLR v1, BYOL)."""
+  image = jnp.asarray(image, jnp.float32)
+  return image + _per_image(delta, image)
 
 
-def adjust_contrast(image: jax.Array, factor) -> jax.Array:
-  """`(image - mean)·factor + mean`, mean per channel over the image."""
+def adjust_contrast(image: jax.Array, factor: Scalar) -> jax.Array:
+  """`(x - mean)·factor + mean`, mean per image and channel (`tf.image`)."""
+  image = jnp.asarray(image, jnp.float32)
   mean = jnp.mean(image, axis=(-3, -2), keepdims=True)
-  return (image - mean) * factor + mean
+  return (image - mean) * _per_image(factor, image) + mean
 
 
-def adjust_saturation_gray_blend(image: jax.Array, factor) -> jax.Array:
-  """Blend with the grayscale image: `gray + factor·(image - gray)`."""
-  gray = to_grayscale(image)
-  return gray + factor * (image - gray)
+def adjust_saturation(image: jax.Array, factor: Scalar) -> jax.Array:
+  """Scales HSV saturation by `factor`, clipped to [0, 1] (`tf.image`)."""
+  hsv = rgb_to_hsv(image)
+  factor = _per_image(factor, hsv)[..., 0]
+  s = jnp.clip(hsv[..., 1] * factor, 0.0, 1.0)
+  return hsv_to_rgb(hsv.at[..., 1].set(s))
+
+
+def adjust_hue(image: jax.Array, delta: Scalar) -> jax.Array:
+  """Rotates HSV hue by `delta` (a fraction of the circle), wrapping (`tf.image`)."""
+  hsv = rgb_to_hsv(image)
+  delta = _per_image(delta, hsv)[..., 0]
+  h = hsv[..., 0] + delta
+  h = h - jnp.floor(h)
+  return hsv_to_rgb(hsv.at[..., 0].set(h))
+
+
+def solarize(image: jax.Array, threshold: Scalar = 0.5) -> jax.Array:
+  """Inverts pixels at or above `threshold` (BYOL: `x if x < 0.5 else 1 - x`)."""
+  image = jnp.asarray(image, jnp.float32)
+  return jnp.where(image < _per_image(threshold, image), image, 1.0 - image)
+
+
+def _blur_one(image: jax.Array, sigma: jax.Array, kernel_size: int) -> jax.Array:
+  radius = int(kernel_size / 2)
+  t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  weights = jnp.exp(-jnp.square(t) / (2.0 * jnp.square(sigma)))
+  weights = weights / jnp.sum(weights)
+  channels = image.shape[-1]
+  x = image[None]  # NHWC
+  dn = ("NHWC", "HWIO", "NHWC")
+  kernel_h = jnp.tile(weights.reshape(1, -1, 1, 1), (1, 1, 1, channels))
+  kernel_v = jnp.tile(weights.reshape(-1, 1, 1, 1), (1, 1, 1, channels))
+  x = lax.conv_general_dilated(x, kernel_h, (1, 1), "SAME",
+                               dimension_numbers=dn,
+                               feature_group_count=channels)
+  x = lax.conv_general_dilated(x, kernel_v, (1, 1), "SAME",
+                               dimension_numbers=dn,
+                               feature_group_count=channels)
+  return x[0]
+
+
+def gaussian_blur(image: jax.Array, sigma: Scalar, kernel_size: int) -> jax.Array:
+  """Separable Gaussian blur with zero padding, as the SimCLR/BYOL references.
+
+  Args:
+    image: `[H, W, C]` or `[B, H, W, C]` float image.
+    sigma: standard deviation in pixels, scalar or per image `[B]`.
+    kernel_size: the references' kernel size (image side // 10); the filter
+      has `2·int(kernel_size / 2) + 1` taps.
+
+  Returns:
+    The blurred image; pixels outside the image count as 0 (borders darken,
+    as with the references' 'SAME' depthwise convolution).
+  """
+  image = jnp.asarray(image, jnp.float32)
+  sigma = jnp.asarray(sigma, jnp.float32)
+  if image.ndim == 3:
+    return _blur_one(image, sigma, kernel_size)
+  sigma = jnp.broadcast_to(sigma, image.shape[:1])
+  return jax.vmap(lambda im, s: _blur_one(im, s, kernel_size))(image, sigma)
+
+
+# --------------------------------------------------------------------------
+# Random crops (device side, for in-memory data of one size).
+# --------------------------------------------------------------------------
 
 
 def sample_crop_box(key: jax.Array, height: int, width: int,
@@ -77,54 +199,217 @@ def crop_and_resize(image: jax.Array, box: jax.Array, size: int) -> jax.Array:
   return jnp.clip(out, 0.0, 1.0)
 
 
-def simple_view(key: jax.Array, image: jax.Array, *, size: int,
-                color_strength: float = 0.5) -> jax.Array:
-  """One SimCLR-style view: crop-resize, flip, colour jitter (p=0.8), gray (p=0.2).
+def random_resized_crop(key: jax.Array, image: jax.Array, size: int,
+                        area_range: Tuple[float, float] = (0.08, 1.0)) -> jax.Array:
+  """A random-resized crop of one image (uint8 or float) as float in [0, 1]."""
+  image = to_float(image)
+  box = sample_crop_box(key, image.shape[0], image.shape[1],
+                        area_range=area_range)
+  return crop_and_resize(image, box, size)
 
-  The light-weight on-device view used by in-memory data; colour jitter
-  strength `s` gives brightness/contrast/saturation 0.8·s as in SimCLR.
 
-  Args:
-    key: PRNG key for this image.
-    image: `[H, W, 3]` uint8 or float image (uint8 is scaled to [0, 1]).
-    size: output side.
-    color_strength: SimCLR's colour-jitter strength `s`.
-
-  Returns:
-    `[size, size, 3]` float32 in [0, 1].
-  """
+def to_float(image: jax.Array) -> jax.Array:
+  """uint8 [0, 255] → float32 [0, 1]; float input is passed through."""
   if image.dtype == jnp.uint8:
-    image = image.astype(jnp.float32) / 255.0
-  keys = jax.random.split(key, 8)
-  box = sample_crop_box(keys[0], image.shape[0], image.shape[1])
-  image = crop_and_resize(image, box, size)
-  image = jnp.where(jax.random.bernoulli(keys[1]), image[:, ::-1], image)
-  s = 0.8 * color_strength
+    return image.astype(jnp.float32) / 255.0
+  return image.astype(jnp.float32)
 
-  def jitter(img):
-    f = jax.random.uniform(keys[2], (3,), minval=-s, maxval=s) + 1.0
-    f = jnp.maximum(f, 0.0)
-    img = jnp.clip(adjust_brightness_multiplicative(img, f[0]), 0.0, 1.0)
-    img = jnp.clip(adjust_contrast(img, f[1]), 0.0, 1.0)
-    return jnp.clip(adjust_saturation_gray_blend(img, f[2]), 0.0, 1.0)
 
-  image = jnp.where(jax.random.bernoulli(keys[3], 0.8), jitter(image), image)
-  image = jnp.where(jax.random.bernoulli(keys[4], 0.2), to_grayscale(image),
-                    image)
+# --------------------------------------------------------------------------
+# Random views (device side).
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+  """How one view is made; hashable, so it can be static in a jitted step.
+
+  Attributes:
+    size: side of the crop (host crop, or device crop for in-memory data).
+    crop_area: area fraction range of the random-resized crop.
+    crop_min_covered: 'simclr' crops must cover this fraction of the image
+      (the reference's `min_object_covered=0.1`; 0 for multi-crop locals).
+    crop_mode: 'simclr' (up to 100 attempts, whole image as fallback) or
+      'byol' (one attempt, clamped to the image) — used by the host crop.
+    flip_prob: horizontal flip probability.
+    jitter_prob: probability of colour jitter.
+    brightness, contrast, saturation, hue: jitter ranges; brightness is a
+      factor in [1 - b, 1 + b] if `multiplicative_brightness` (SimCLR v2),
+      else an additive delta in [-b, b] (SimCLR v1, BYOL).
+    multiplicative_brightness: see above.
+    grayscale_prob: probability of grayscale.
+    blur_prob: probability of Gaussian blur (σ ~ U(blur_sigma)).
+    blur_sigma: σ range in pixels.
+    solarize_prob: probability of solarisation.
+    normalize: subtract the ImageNet mean and divide by its std (BYOL).
+  """
+  size: int = 224
+  crop_area: Tuple[float, float] = (0.08, 1.0)
+  crop_min_covered: float = 0.1
+  crop_mode: str = "simclr"
+  flip_prob: float = 0.5
+  jitter_prob: float = 0.8
+  brightness: float = 0.8
+  contrast: float = 0.8
+  saturation: float = 0.8
+  hue: float = 0.2
+  multiplicative_brightness: bool = True
+  grayscale_prob: float = 0.2
+  blur_prob: float = 0.5
+  blur_sigma: Tuple[float, float] = (0.1, 2.0)
+  solarize_prob: float = 0.0
+  normalize: bool = False
+
+  @property
+  def blur_kernel_size(self) -> int:
+    """The references' kernel size: a tenth of the image side."""
+    return max(self.size // 10, 1)
+
+
+def simclr_view(size: int = 224, color_strength: float = 1.0, blur: bool = True,
+                multiplicative_brightness: bool = True) -> ViewSpec:
+  """SimCLR view: jitter 0.8·s (hue 0.2·s) with p 0.8, gray 0.2, blur 0.5."""
+  s = color_strength
+  return ViewSpec(size=size, brightness=0.8 * s, contrast=0.8 * s,
+                  saturation=0.8 * s, hue=0.2 * s,
+                  multiplicative_brightness=multiplicative_brightness,
+                  blur_prob=0.5 if blur else 0.0)
+
+
+def _byol_view(blur_prob: float, solarize_prob: float,
+               size: int = 224) -> ViewSpec:
+  return ViewSpec(size=size, crop_mode="byol", brightness=0.4, contrast=0.4,
+                  saturation=0.2, hue=0.1, multiplicative_brightness=False,
+                  blur_prob=blur_prob, solarize_prob=solarize_prob,
+                  normalize=True)
+
+
+VIEW_PRESETS = {
+    # SimCLR v2 code (multiplicative brightness), ImageNet.
+    "simclr_v2": (simclr_view(),) * 2,
+    # SimCLR v1 code (additive brightness).
+    "simclr_v1": (simclr_view(multiplicative_brightness=False),) * 2,
+    # SimCLR on CIFAR-10: strength 0.5, no blur, 32 px.
+    "simclr_cifar": (simclr_view(32, 0.5, blur=False),) * 2,
+    # BYOL: asymmetric blur and solarisation.
+    "byol": (_byol_view(1.0, 0.0), _byol_view(0.1, 0.2)),
+    # Multi-crop (SwAV/DINO): 2 global 224 px + 6 local 96 px crops.
+    "multicrop": (dataclasses.replace(simclr_view(), crop_area=(0.14, 1.0)),) * 2
+                 + (dataclasses.replace(simclr_view(96), crop_area=(0.05, 0.14),
+                                        crop_min_covered=0.0),) * 6,
+}
+
+
+def view_specs(preset: str, *, image_size: int, color_strength: float,
+               blur: bool) -> Tuple[ViewSpec, ...]:
+  """The views of `preset`, with global crops at `image_size`.
+
+  `color_strength` rescales the SimCLR presets' jitter; `blur=False` turns
+  blur off. Local multi-crop views keep their own size (96 px at 224,
+  scaled proportionally otherwise).
+  """
+  if preset not in VIEW_PRESETS:
+    raise ValueError(f"config.augment.preset={preset!r} is not one of "
+                     f"{sorted(VIEW_PRESETS)}")
+  specs = []
+  base_size = VIEW_PRESETS[preset][0].size
+  for spec in VIEW_PRESETS[preset]:
+    size = max(round(spec.size * image_size / base_size), 1)
+    if preset.startswith("simclr") or preset == "multicrop":
+      jittered = simclr_view(size, color_strength, blur,
+                             spec.multiplicative_brightness)
+      spec = dataclasses.replace(jittered, crop_area=spec.crop_area,
+                                 crop_min_covered=spec.crop_min_covered)
+    else:
+      spec = dataclasses.replace(spec, size=size)
+    if not blur:
+      spec = dataclasses.replace(spec, blur_prob=0.0)
+    specs.append(spec)
+  return tuple(specs)
+
+
+def color_jitter(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
+  """Brightness, contrast, saturation, hue in random order, each clipped.
+
+  As `color_jitter_rand` of the SimCLR reference (and BYOL's): each op's
+  strength is drawn uniformly, the order is a random permutation, and the
+  image is clipped to [0, 1] after every op.
+  """
+  k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
+
+  def uniform(k, lo, hi):
+    return jax.random.uniform(k, (), minval=lo, maxval=hi)
+
+  b = spec.brightness
+  if spec.multiplicative_brightness:
+    factor = uniform(k_b, max(1.0 - b, 0.0), 1.0 + b)
+    brightness = lambda x: x * factor
+  else:
+    delta = uniform(k_b, -b, b)
+    brightness = lambda x: adjust_brightness(x, delta)
+  c = uniform(k_c, max(1.0 - spec.contrast, 0.0), 1.0 + spec.contrast)
+  s = uniform(k_s, max(1.0 - spec.saturation, 0.0), 1.0 + spec.saturation)
+  h = uniform(k_h, -spec.hue, spec.hue)
+  ops = [
+      brightness,
+      lambda x: adjust_contrast(x, c),
+      lambda x: adjust_saturation(x, s),
+      lambda x: adjust_hue(x, h),
+  ]
+  ops = [lambda x, op=op: jnp.clip(op(x), 0.0, 1.0) for op in ops]
+  order = jax.random.permutation(k_order, 4)
+  for i in range(4):
+    image = lax.switch(order[i], ops, image)
   return image
 
 
-def simple_views(keys: jax.Array, images: jax.Array, *, size: int,
-                 color_strength: float = 0.5) -> jax.Array:
-  """`simple_view` over a batch, one key per image."""
-  return jax.vmap(lambda k, im: simple_view(
-      k, im, size=size, color_strength=color_strength))(keys, images)
+def augment_view(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
+  """Flip, colour jitter, grayscale, blur, solarise, normalise one crop.
+
+  Args:
+    key: PRNG key of this image and view.
+    image: `[H, W, 3]` crop, uint8 or float in [0, 1].
+    spec: the view's settings.
+
+  Returns:
+    `[H, W, 3]` float32 (in [0, 1] unless `spec.normalize`).
+  """
+  image = to_float(image)
+  keys = jax.random.split(key, 9)
+
+  def maybe(k, prob, fn, x):
+    if prob <= 0.0:
+      return x
+    if prob >= 1.0:
+      return fn(x)
+    return jnp.where(jax.random.bernoulli(k, prob), fn(x), x)
+
+  image = maybe(keys[0], spec.flip_prob, lambda x: x[:, ::-1], image)
+  image = maybe(keys[1], spec.jitter_prob,
+                lambda x: color_jitter(keys[2], x, spec), image)
+  image = maybe(keys[3], spec.grayscale_prob, to_grayscale, image)
+  sigma = jax.random.uniform(keys[5], (), minval=spec.blur_sigma[0],
+                             maxval=spec.blur_sigma[1])
+  image = maybe(keys[4], spec.blur_prob,
+                lambda x: gaussian_blur(x, sigma, spec.blur_kernel_size), image)
+  image = maybe(keys[6], spec.solarize_prob, solarize, image)
+  image = jnp.clip(image, 0.0, 1.0)
+  if spec.normalize:
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+    std = jnp.asarray(IMAGENET_STD, jnp.float32)
+    image = (image - mean) / std
+  return image
+
+
+def augment_batch(keys: jax.Array, images: jax.Array,
+                  spec: ViewSpec) -> jax.Array:
+  """`augment_view` over a batch with one key per image."""
+  return jax.vmap(lambda k, im: augment_view(k, im, spec))(keys, images)
 
 
 def center_resize(images: jax.Array, size: int) -> jax.Array:
   """Eval view: the whole image resized to `size`, float in [0, 1]."""
-  if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
+  images = to_float(images)
   if images.shape[-3:-1] == (size, size):
     return images
   shape = images.shape[:-3] + (size, size, images.shape[-1])

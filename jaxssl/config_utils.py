@@ -54,14 +54,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 100
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "tfds"  # 'digits', 'synthetic' (in memory); 'tfds' next.
-  c.data.name = "imagenet2012"
+  # 'digits', 'synthetic' (in memory, cropped on device); 'files' (folder or
+  # .zip of <class>/<image>), 'tfds' (tf.data on the host).
+  c.data.source = "tfds"
+  c.data.name = "imagenet2012"  # TFDS name.
+  c.data.data_dir = ""  # TFDS data_dir ("" = default).
+  c.data.path = ""  # folder or .zip for source='files'.
+  c.data.shuffle_buffer = 50_000  # encoded records (TFDS).
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.image_size = 224
   c.data.synthetic_examples = 512
 
   c.augment = ml_collections.ConfigDict()
+  c.augment.preset = "simclr_v2"  # see jaxssl.augment.VIEW_PRESETS.
   c.augment.color_strength = 1.0
   c.augment.blur = True
 

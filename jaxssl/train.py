@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 from absl import logging
 import flax.linen as nn
@@ -33,7 +33,7 @@ from jaxssl import optim
 from jaxssl import progress
 from jaxssl import schedules
 from jaxssl import sharding
-from jaxssl.data import in_memory
+from jaxssl.data import sources
 from jaxssl.evaluators import knn
 from jaxssl.methods import simclr
 from jaxssl.train_state import TrainState
@@ -50,35 +50,48 @@ class Learner:
     tx: optax transformation.
     schedule: learning rate as a function of the step (for logging).
     temperature: NT-Xent temperature.
-    image_size: side of the training views.
-    color_strength: colour-jitter strength of the views.
+    view_specs: how each view is cropped and augmented.
   """
   network: nn.Module
   tx: optax.GradientTransformation
   schedule: Callable[[jax.Array], jax.Array]
   temperature: float
-  image_size: int
-  color_strength: float
+  view_specs: Tuple[augment.ViewSpec, ...]
+
+  @property
+  def image_size(self) -> int:
+    return self.view_specs[0].size
 
 
-def make_views(images: jax.Array, rng: jax.Array, *, image_size: int,
-               color_strength: float,
-               axis_name: Optional[str] = DATA_AXIS) -> jax.Array:
-  """Two augmented views of the local images, stacked as `[view1; view2]`.
+def make_views(batch: dict, rng: jax.Array, *,
+               specs: Tuple[augment.ViewSpec, ...],
+               axis_name: Optional[str] = DATA_AXIS) -> list:
+  """The augmented views of the local batch, one `[n, S_v, S_v, 3]` per spec.
 
-  Each image's key is `fold_in(rng, global_index)`, with the global index of
-  the example in the global batch; the views therefore depend on the step and
-  on the example, but not on how many devices share the batch.
+  Host pipelines deliver the crops (`batch['views']`); in-memory data
+  delivers whole images (`batch['image']`), which are cropped here. Each
+  image's key is `fold_in(rng, global_index)`, with the example's index in
+  the global batch: the views depend on the step and the example, not on how
+  many devices share the batch.
   """
-  n = images.shape[0]
+  host_crops = "views" in batch
+  if host_crops and len(batch["views"]) != len(specs):
+    raise ValueError(f"batch has {len(batch['views'])} views, the method "
+                     f"expects {len(specs)}")
+  n = (batch["views"][0] if host_crops else batch["image"]).shape[0]
   first = 0 if axis_name is None else lax.axis_index(axis_name) * n
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(n))
-  keys = jax.vmap(lambda k: jax.random.split(k, 2))(keys)
-  views = [
-      augment.simple_views(keys[:, v], images, size=image_size,
-                           color_strength=color_strength) for v in range(2)
-  ]
-  return jnp.concatenate(views, axis=0)
+  keys = jax.vmap(lambda k: jax.random.split(k, 2 * len(specs)))(keys)
+  views = []
+  for v, spec in enumerate(specs):
+    if host_crops:
+      crops = batch["views"][v]
+    else:
+      crops = jax.vmap(lambda k, im, spec=spec: augment.random_resized_crop(
+          k, im, spec.size, spec.crop_area))(keys[:, len(specs) + v],
+                                             batch["image"])
+    views.append(augment.augment_batch(keys[:, v], crops, spec))
+  return views
 
 
 def _embedding_std(z: jax.Array, axis_name: Optional[str]) -> jax.Array:
@@ -108,8 +121,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
   Returns:
     The new state and metrics averaged over devices.
   """
-  views = make_views(batch["image"], rng, image_size=learner.image_size,
-                     color_strength=learner.color_strength, axis_name=axis_name)
+  views = jnp.concatenate(
+      make_views(batch, rng, specs=learner.view_specs, axis_name=axis_name))
 
   def loss_fn(params):
     (_, z), new_vars = learner.network.apply(
@@ -188,29 +201,15 @@ def create_learner(config: ml_collections.ConfigDict,
   tx = optim.create_optimizer(opt.name, schedule,
                               weight_decay=opt.weight_decay,
                               momentum=opt.momentum, **extra)
+  specs = augment.view_specs(
+      config.augment.preset, image_size=config.data.image_size,
+      color_strength=config.augment.color_strength, blur=config.augment.blur)
+  if len(specs) != 2 or specs[0].size != specs[1].size:
+    raise ValueError(f"config.augment.preset={config.augment.preset!r}: "
+                     "SimCLR needs two views of one size")
   return Learner(network=simclr.create_network(config, DATA_AXIS), tx=tx,
                  schedule=schedule, temperature=config.loss.temperature,
-                 image_size=config.data.image_size,
-                 color_strength=config.augment.color_strength)
-
-
-def load_dataset(data: ml_collections.ConfigDict,
-                 split: str) -> in_memory.ArrayDataset:
-  """The in-memory dataset of config section `data` for `split`."""
-  if data.source == "digits":
-    return in_memory.load_digits(split, data.image_size)
-  if data.source == "synthetic":
-    return in_memory.synthetic(data.synthetic_examples, data.image_size,
-                               seed=0 if split == "train" else 1)
-  if data.source == "tfds":
-    raise NotImplementedError(
-        f"config.data.source='tfds' ({data.name}) needs the tf.data input "
-        "pipeline, which is not part of this version; use "
-        "--config.data.source=digits or synthetic (or a config's :runlocal "
-        "variant)")
-  raise ValueError(
-      f"config.data.source={data.source!r} is not one of ['digits', "
-      "'synthetic', 'tfds']")
+                 view_specs=specs)
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -224,12 +223,10 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   if config.optimizer.name not in optim.OPTIMIZERS:
     raise ValueError(f"config.optimizer.name={config.optimizer.name!r} is not "
                      f"one of {sorted(optim.OPTIMIZERS)}")
-  if config.augment.blur:
-    raise NotImplementedError(
-        "config.augment.blur=True: Gaussian blur is not implemented in the "
-        "on-device views of this version; set --config.augment.blur=False")
-  if config.data.source not in ("digits", "synthetic"):
-    load_dataset(config.data, config.data.train_split)  # raises, names it
+  if config.augment.preset not in augment.VIEW_PRESETS:
+    raise ValueError(f"config.augment.preset={config.augment.preset!r} is not "
+                     f"one of {sorted(augment.VIEW_PRESETS)}")
+  sources.check(config.data)
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -310,18 +307,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = prepare_workdir(workdir)
   mesh = sharding.data_mesh()
   check_config(config, mesh)
-  train_ds = load_dataset(config.data, config.data.train_split)
-  learner = create_learner(config, len(train_ds))
-  total_steps = schedules.simclr_total_steps(len(train_ds), config.epochs,
+  specs = augment.view_specs(
+      config.augment.preset, image_size=config.data.image_size,
+      color_strength=config.augment.color_strength, blur=config.augment.blur)
+  train_input = sources.train_input(config, mesh, specs)
+  num_examples = train_input.num_examples
+  learner = create_learner(config, num_examples)
+  total_steps = schedules.simclr_total_steps(num_examples, config.epochs,
                                              config.batch_size)
   _print0(f"jaxssl: {jax.device_count()} device(s) "
-          f"({jax.devices()[0].platform}), {len(train_ds)} examples, "
-          f"batch {config.batch_size}, {total_steps} steps")
+          f"({jax.devices()[0].platform}), {train_input.description}: "
+          f"{num_examples} examples, batch {config.batch_size}, "
+          f"{total_steps} steps")
 
   rng = jax.random.key(config.seed)
   state = create_train_state(rng, learner, mesh)
-  batches = in_memory.global_batches(train_ds, batch_size=config.batch_size,
-                                     mesh=mesh, seed=config.seed)
+  batches = train_input.batches
   step_fn = compile_train_step(learner, mesh)
   start = time.perf_counter()
   state, history = train_loop(state, step_fn, batches, total_steps=total_steps,
@@ -330,9 +331,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_seconds = time.perf_counter() - start
   results = {"steps": total_steps, "train_seconds": train_seconds,
              "final_loss": history[-1]["loss"]}
+  if train_input.skip_counter is not None:
+    results["skipped_images"] = train_input.skip_counter.skipped
+    if results["skipped_images"]:
+      _print0(f"skipped {results['skipped_images']} unreadable image(s) in "
+              f"completed epochs of {train_input.description}")
 
   if config.eval.knn_k > 0:
-    eval_ds = load_dataset(config.data, config.data.eval_split)
+    train_ds = sources.eval_arrays(config.data, config.data.train_split,
+                                   image_size=learner.image_size)
+    eval_ds = sources.eval_arrays(config.data, config.data.eval_split,
+                                  image_size=learner.image_size)
     knn_args = dict(mesh=mesh, k=config.eval.knn_k,
                     temperature=config.eval.knn_temperature,
                     batch_size=config.eval.batch_size)

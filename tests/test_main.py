@@ -109,3 +109,47 @@ def test_cli_rejects_workdir_that_cannot_be_created(tmp_path):
   out = _cli("--config=configs/quickstart.py", f"--workdir={blocker}/sub")
   assert out.returncode != 0
   assert f"cannot create workdir '{blocker}/sub'" in out.stderr
+
+
+def _write_jpeg_folder(root, per_class=24, size=20, corrupt=0):
+  """Class folders of noisy solid-colour JPEGs (+ `corrupt` bad files)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  colours = [(230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30)]
+  for c, colour in enumerate(colours):
+    folder = root / f"class{c}"
+    folder.mkdir(parents=True)
+    for i in range(per_class):
+      pixels = np.clip(np.asarray(colour) + rng.normal(0, 25, (size, size, 3)),
+                       0, 255).astype(np.uint8)
+      (folder / f"{i:03d}.jpg").write_bytes(
+          tf.io.encode_jpeg(pixels, quality=90).numpy())
+  for i in range(corrupt):
+    (root / "class0" / f"corrupt{i}.jpg").write_bytes(b"not a jpeg" * 10)
+
+
+def test_files_source_end_to_end_with_a_corrupt_jpeg(tmp_path):
+  """A folder source trains on host crops, skips and counts a bad file."""
+  _write_jpeg_folder(tmp_path / "data" / "train", corrupt=1)
+  _write_jpeg_folder(tmp_path / "data" / "test", per_class=8)
+  _, config = _load("simclr_cifar10", "runlocal")
+  config.data.source = "files"
+  config.data.path = str(tmp_path / "data")
+  config.data.image_size = 16
+  config.batch_size = 32
+  config.epochs = 3
+  config.log_every = 3
+  results = train.train_and_evaluate(config, str(tmp_path / "wd"))
+  assert results["steps"] == 97 * 3 // 32 + 1
+  # 97 files, 1 unreadable: each completed epoch is missing exactly one.
+  assert results["skipped_images"] >= 1
+  assert results["skipped_images"] % 1 == 0
+  assert 0.25 < results["knn_pretrained"] <= 1.0  # 4 colour classes
+
+
+def test_cli_names_a_missing_image_folder(tmp_path):
+  out = _cli("--config=configs/simclr_cifar10.py:runlocal",
+             f"--workdir={tmp_path}/wd", "--config.data.source=files",
+             f"--config.data.path={tmp_path}/nowhere")
+  assert out.returncode != 0
+  assert f"{tmp_path}/nowhere" in out.stderr and "does not exist" in out.stderr

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxssl import augment
 from jaxssl import optim
 from jaxssl import sharding
 from jaxssl import train
@@ -21,6 +22,8 @@ from jaxssl.models.resnet import ResNet
 
 GLOBAL_BATCH = 16
 IMAGE_SIZE = 8
+SPECS = augment.view_specs("simclr_cifar", image_size=IMAGE_SIZE,
+                           color_strength=0.5, blur=True)
 
 
 def _learner(tx, bn_axis=sharding.DATA_AXIS):
@@ -30,8 +33,7 @@ def _learner(tx, bn_axis=sharding.DATA_AXIS):
       ProjectionHead(num_layers=2, out_dim=16, axis_name=bn_axis))
   return train.Learner(network=network, tx=tx,
                        schedule=lambda step: 0.1 + 0.05 * step,
-                       temperature=0.2, image_size=IMAGE_SIZE,
-                       color_strength=0.5)
+                       temperature=0.2, view_specs=SPECS)
 
 
 def _batches():
@@ -133,12 +135,12 @@ def test_sgd_update_equals_global_gradient_on_1_and_8_devices():
 def test_views_depend_on_example_not_on_device_count():
   images = jnp.asarray(_batches()[0])
   rng = jax.random.key(3)
-  whole = train.make_views(images, rng, image_size=IMAGE_SIZE,
-                           color_strength=0.5, axis_name=None)
+  whole = jnp.concatenate(train.make_views({"image": images}, rng,
+                                           specs=SPECS, axis_name=None))
   mesh = sharding.data_mesh()
   views = jax.jit(jax.shard_map(
-      lambda x: train.make_views(x, rng, image_size=IMAGE_SIZE,
-                                 color_strength=0.5),
+      lambda x: jnp.concatenate(train.make_views({"image": x}, rng,
+                                                 specs=SPECS)),
       mesh=mesh, in_specs=jax.sharding.PartitionSpec("data"),
       out_specs=jax.sharding.PartitionSpec("data")))(images)
   # Per device the local output is [view1; view2] of its 2 images.
@@ -148,8 +150,8 @@ def test_views_depend_on_example_not_on_device_count():
                              atol=1e-6)
   v1, v2 = np.split(np.asarray(whole).reshape(32, -1), 2)
   assert np.abs(v1 - v2).max() > 0.1  # the two views differ
-  other = train.make_views(images, jax.random.key(4), image_size=IMAGE_SIZE,
-                           color_strength=0.5, axis_name=None)
+  other = jnp.concatenate(train.make_views(
+      {"image": images}, jax.random.key(4), specs=SPECS, axis_name=None))
   assert np.abs(np.asarray(other) - np.asarray(whole).reshape(other.shape)).max() > 0.1
 
 

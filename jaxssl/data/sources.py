@@ -1,0 +1,136 @@
+"""Config section `data` → training batches and evaluation arrays.
+
+Two kinds of source:
+* in memory (`digits`, `synthetic`): uint8 arrays of one size; the random-
+  resized crops are cut on the device, so no TensorFlow is needed (GPU
+  images without TF, benchmarks);
+* host pipelines (`files`: a folder or zip of `<class>/<image>`; `tfds`): a
+  tf.data pipeline per process decodes and crops on the host
+  (`input_pipeline`), and the device does the photometric augmentation.
+"""
+
+from typing import Any, Iterator, Optional, Sequence, Tuple
+
+import jax
+from jax.sharding import Mesh
+import ml_collections
+import numpy as np
+
+from jaxssl import augment
+from jaxssl import sharding
+from jaxssl.data import in_memory
+
+IN_MEMORY_SOURCES = ("digits", "synthetic")
+HOST_SOURCES = ("files", "tfds")
+SOURCES = IN_MEMORY_SOURCES + HOST_SOURCES
+
+
+def check(data: ml_collections.ConfigDict) -> None:
+  """Fails early on a source that cannot be read, naming the key."""
+  if data.source not in SOURCES:
+    raise ValueError(f"config.data.source={data.source!r} is not one of "
+                     f"{list(SOURCES)}")
+  if data.source == "files" and not data.path:
+    raise ValueError("config.data.source='files' needs config.data.path (a "
+                     "folder or .zip of <class>/<image> files)")
+
+
+def load_in_memory(data: ml_collections.ConfigDict,
+                   split: str) -> in_memory.ArrayDataset:
+  """The in-memory dataset of config section `data` for `split`."""
+  if data.source == "digits":
+    return in_memory.load_digits(split, data.image_size)
+  if data.source == "synthetic":
+    return in_memory.synthetic(data.synthetic_examples, data.image_size,
+                               seed=0 if split == data.train_split else 1)
+  raise ValueError(f"config.data.source={data.source!r} is not in memory")
+
+
+def host_source(data: ml_collections.ConfigDict, split: str, *, seed: int,
+                process_index: Optional[int] = None,
+                process_count: Optional[int] = None):
+  """This process's `input_pipeline.HostSource` for `split`."""
+  from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if data.source == "files":
+    return input_pipeline.files_source(
+        data.path, split or None, process_index=process_index,
+        process_count=process_count, seed=seed)
+  if data.source == "tfds":
+    return input_pipeline.tfds_source(
+        data.name, split, data_dir=data.data_dir or None,
+        process_index=process_index, process_count=process_count)
+  raise ValueError(f"config.data.source={data.source!r} has no host pipeline")
+
+
+class TrainInput:
+  """Global training batches on the mesh, and what the schedule needs.
+
+  Attributes:
+    batches: iterator of dicts of global `jax.Array`s: `{'image'}` (in
+      memory, cropped on device) or `{'views': (...)}` (host crops), with
+      `'label'` where known.
+    num_examples: examples per epoch over all processes.
+    description: for logs.
+    skip_counter: `input_pipeline.SkipCounter` of unreadable images, or None.
+  """
+
+  def __init__(self, batches: Iterator[Any], num_examples: int,
+               description: str, skip_counter=None):
+    self.batches = batches
+    self.num_examples = num_examples
+    self.description = description
+    self.skip_counter = skip_counter
+
+
+def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
+                specs: Sequence[augment.ViewSpec]) -> TrainInput:
+  """The training input of `config` on `mesh`."""
+  data = config.data
+  if data.source in IN_MEMORY_SOURCES:
+    dataset = load_in_memory(data, data.train_split)
+    batches = in_memory.global_batches(dataset, batch_size=config.batch_size,
+                                       mesh=mesh, seed=config.seed)
+    return TrainInput(batches, len(dataset), dataset.name)
+  from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  source = host_source(data, data.train_split, seed=config.seed)
+  input_pipeline.check_readable(source)
+  per_process = config.batch_size // jax.process_count()
+  dataset = input_pipeline.pretrain_dataset(
+      source, specs, batch_size=per_process, seed=config.seed,
+      shuffle_buffer=data.shuffle_buffer)
+  iterator = input_pipeline.HostIterator(
+      dataset, examples_per_epoch=source.num_examples,
+      description=source.description,
+      place=lambda b: sharding.global_batch(b, mesh))
+  return TrainInput(iterator, source.total_examples, source.description,
+                    iterator.counter)
+
+
+def eval_arrays(data: ml_collections.ConfigDict, split: str, *,
+                image_size: int) -> in_memory.ArrayDataset:
+  """Labelled evaluation images of `split` as uint8 arrays (kNN, probes).
+
+  Host sources are centre-cropped to `image_size` by the eval pipeline;
+  in-memory images are returned as they are.
+  """
+  if data.source in IN_MEMORY_SOURCES:
+    return load_in_memory(data, split)
+  if jax.process_count() > 1:
+    raise NotImplementedError(
+        "evaluation of host-pipeline sources on several processes is not "
+        "supported yet; set config.eval.knn_k=0")
+  from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  source = host_source(data, split, seed=0)
+  images, labels = [], []
+  for batch in input_pipeline.eval_dataset(
+      source, image_size=image_size, batch_size=1024).as_numpy_iterator():
+    images.append(batch["image"])
+    labels.append(batch["label"])
+  labels = np.concatenate(labels)
+  if labels.min() < 0:
+    raise ValueError(f"{source.description} has unlabelled images; kNN "
+                     "evaluation needs labels (or set config.eval.knn_k=0)")
+  return in_memory.ArrayDataset(np.concatenate(images), labels,
+                                name=source.description)
