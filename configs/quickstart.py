@@ -9,9 +9,8 @@ COMMAND:
   make quickstart
   # or: python -m jaxssl.main --config=configs/quickstart.py --workdir=/tmp/qs
 
-EXPECTED (2-core CPU, about 4 minutes of training, 225 steps): kNN top-1
-pretrained ≈ 0.95 vs random init ≈ 0.70 (measured 2026-11-23: 0.9556 vs
-0.6972).
+EXPECTED (2-core CPU, about 3 minutes, 225 steps): kNN top-1 pretrained
+≈ 0.93 vs random init ≈ 0.70 (measured 2026-11-23: 0.9333 vs 0.6972).
 
 `:runlocal` shrinks it to a few steps (a smoke test).
 """

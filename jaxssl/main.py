@@ -26,20 +26,13 @@ flags.DEFINE_integer("process_id", None, "Index of this process.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _hide_accelerators_from_tensorflow():
-  """tf.data runs on the host; TensorFlow must not reserve GPU/TPU memory."""
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return
-  tf.config.set_visible_devices([], "GPU")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  _hide_accelerators_from_tensorflow()
+  # tf.data runs on the host; TensorFlow must not reserve GPU memory.
+  from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  input_pipeline.hide_accelerators()
   if FLAGS.distributed:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,

@@ -159,3 +159,24 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
   mesh = sharding.data_mesh()
   with pytest.raises(ValueError, match=r"batch_size=12 .*8"):
     sharding.check_batch_size(12, mesh)
+
+
+def test_identical_images_get_different_views_per_position_and_step():
+  """Keys come from (step, global example index): copies of one image at
+  different positions (devices) or steps are augmented differently."""
+  image = _batches()[0][:1]
+  images = jnp.asarray(np.repeat(image, 16, axis=0))
+  mesh = sharding.data_mesh()
+  fn = jax.jit(jax.shard_map(
+      lambda x, k: jnp.concatenate(train.make_views({"image": x}, k,
+                                                    specs=SPECS)),
+      mesh=mesh, in_specs=(jax.sharding.PartitionSpec("data"),
+                           jax.sharding.PartitionSpec()),
+      out_specs=jax.sharding.PartitionSpec("data")))
+  step0 = np.asarray(fn(images, jax.random.fold_in(jax.random.key(0), 0)))
+  step1 = np.asarray(fn(images, jax.random.fold_in(jax.random.key(0), 1)))
+  view1 = step0.reshape(8, 2, 2, -1)[:, 0]  # first view, [device, example]
+  flat = view1.reshape(16, -1)
+  distinct = {flat[i].tobytes() for i in range(16)}
+  assert len(distinct) == 16
+  assert np.abs(step0 - step1).max() > 0.1
