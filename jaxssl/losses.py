@@ -138,3 +138,28 @@ def nt_xent(
   loss, _ = nt_xent_and_accuracy(
       z1, z2, temperature, normalize=normalize, axis_name=axis_name)
   return loss
+
+
+def regression_loss(p: jax.Array, z: jax.Array) -> jax.Array:
+  """BYOL's normalised regression loss, per example: `‖p̂ − ẑ‖² = 2 − 2·cos`.
+
+  Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020
+  (https://arxiv.org/abs/2006.07733), eq. 2, as the DeepMind JAX reference's
+  `regression_loss`: both vectors are L2-normalised with 1e-12 bounding the
+  squared norm (so zero rows stay finite). No stop-gradient is applied here:
+  the caller stops the gradient of the target `z`. BYOL symmetrises by
+  *summing* the two directions (the reference's scale; averaging them halves
+  the gradient, a known reproduction bug).
+
+  Args:
+    p: `[n, d]` online predictions.
+    z: `[n, d]` target projections.
+
+  Returns:
+    `[n]` per-example losses in [0, 4].
+  """
+  if p.shape != z.shape:
+    raise ValueError(f"regression_loss: shapes {p.shape} and {z.shape} differ")
+  p = l2_normalize(p.astype(jnp.float32))
+  z = l2_normalize(z.astype(jnp.float32))
+  return jnp.sum(jnp.square(p - z), axis=-1)

@@ -45,8 +45,9 @@ def lars(
     trust_coefficient: float = 1e-3,
     nesterov: bool = False,
     mask: MaskOrFn = None,
+    lr_in_momentum: bool = True,
 ) -> optax.GradientTransformation:
-  """LARS with the learning rate inside the momentum buffer (SimCLR reference).
+  """LARS, in the SimCLR (default) or the BYOL reference's form.
 
   You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks"
   (https://arxiv.org/abs/1708.03888), in the "classic momentum" form of the
@@ -58,6 +59,16 @@ def lars(
       v  <- momentum·v + lr_t·r·g
       p  <- p - v            (Nesterov: p - (momentum·v + lr_t·r·g))
 
+  With `lr_in_momentum=False` (the BYOL reference, optax-style: decay, trust
+  ratio, momentum trace, then the learning rate), the buffer holds unscaled
+  steps and the current rate multiplies all of it:
+
+      v  <- momentum·v + r·g
+      p  <- p - lr_t·v       (Nesterov: p - lr_t·(momentum·v + r·g))
+
+  The two agree at the first step and differ once the rate changes (warm-up,
+  cosine decay).
+
   Args:
     learning_rate: a float or a schedule of the update count (0 at the first
       update).
@@ -68,6 +79,8 @@ def lars(
     mask: pytree of bools (or function of the params returning one): True
       where weight decay and the trust ratio apply. Defaults to
       `default_lars_mask` (kernels only).
+    lr_in_momentum: True for the SimCLR form (rate inside the buffer), False
+      for the BYOL form (rate applied to the buffer).
 
   Returns:
     An optax transformation; its updates are to be *added* to the params.
@@ -95,9 +108,14 @@ def lars(
             1.0)
       else:
         trust = 1.0
-      scaled_lr = lr * trust
-      new_v = momentum * v + scaled_lr * g
-      step = momentum * new_v + scaled_lr * g if nesterov else new_v
+      if lr_in_momentum:
+        scaled_lr = lr * trust
+        new_v = momentum * v + scaled_lr * g
+        step = momentum * new_v + scaled_lr * g if nesterov else new_v
+      else:
+        u = trust * g
+        new_v = momentum * v + u
+        step = lr * (momentum * new_v + u if nesterov else new_v)
       return (-step).astype(p.dtype), new_v
 
     out = jax.tree.map(one, updates, params, state.momentum, flags)
@@ -117,9 +135,10 @@ def _sgd(learning_rate, *, weight_decay, momentum, nesterov=False, mask=None):
 
 
 def _lars(learning_rate, *, weight_decay, momentum, nesterov=False,
-          trust_coefficient=1e-3, mask=None):
+          trust_coefficient=1e-3, mask=None, lr_in_momentum=True):
   return lars(learning_rate, weight_decay=weight_decay, momentum=momentum,
-              trust_coefficient=trust_coefficient, nesterov=nesterov, mask=mask)
+              trust_coefficient=trust_coefficient, nesterov=nesterov, mask=mask,
+              lr_in_momentum=lr_in_momentum)
 
 
 def _adamw(learning_rate, *, weight_decay, momentum, b2=0.999, eps=1e-8,

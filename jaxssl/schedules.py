@@ -79,3 +79,27 @@ def warmup_cosine(
     return jnp.where(step < warmup, warm, cosine)
 
   return schedule
+
+
+def ema_momentum(base_tau: float, total_steps: int) -> Schedule:
+  """BYOL's target decay: `τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2`.
+
+  Grill et al. 2020 (https://arxiv.org/abs/2006.07733), §3.2: τ rises from
+  `base_tau` at step 0 to 1 at step `K = total_steps`; steps past K keep
+  τ = 1 (the step is clamped).
+
+  Args:
+    base_tau: τ at step 0 (0.99 for 300 epochs, 0.996 for 1000).
+    total_steps: K, the length of training.
+
+  Returns:
+    A function of the (possibly traced) step giving τ.
+  """
+  if total_steps <= 0:
+    raise ValueError(f"ema_momentum: total_steps={total_steps} must be > 0")
+
+  def schedule(step):
+    k = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, total_steps)
+    return 1.0 - (1.0 - base_tau) * (jnp.cos(jnp.pi * k / total_steps) + 1.0) / 2.0
+
+  return schedule
