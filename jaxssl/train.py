@@ -333,6 +333,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              "final_loss": history[-1]["loss"]}
   if train_input.skip_counter is not None:
     results["skipped_images"] = train_input.skip_counter.skipped
+    results["skipped_per_epoch"] = {
+        str(k): v
+        for k, v in train_input.skip_counter.skipped_per_epoch.items()}
     if results["skipped_images"]:
       _print0(f"skipped {results['skipped_images']} unreadable image(s) in "
               f"completed epochs of {train_input.description}")
