@@ -21,6 +21,7 @@ import pytest
 from jaxssl import losses
 from jaxssl import optim
 from jaxssl import schedules
+import lars_trees
 
 _EPS = 1e-12
 
@@ -262,40 +263,16 @@ def test_ema_momentum_past_total_steps():
 # lars(lr_in_momentum=False)
 # ----------------------------------------------------------------------------
 
-_SHAPES = {
-    "conv": {"kernel": (3, 3, 2, 4)},
-    "dense": {"bias": (4,)},
-    "bn": {"scale": (4,)},
-}
-# Leaf paths in a fixed order, and whether the default mask (ndim > 1) adapts
-# them.
-_LEAVES = [
-    (("conv", "kernel"), True),
-    (("dense", "bias"), False),
-    (("bn", "scale"), False),
-]
+# The tree of test_optim (conv/dense kernels, dense bias, BN scale and bias).
+_SHAPES = lars_trees.SHAPES
+_LEAVES = lars_trees.LEAVES
 _WD = 0.1
 _MOMENTUM = 0.9
 
 
-def _get(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _random_tree(seed, scale=1.0):
-  rng = np.random.default_rng(seed)
-  return {
-      mod: {
-          name: (scale * rng.standard_normal(shape)).astype(np.float32)
-          for name, shape in leaves.items()
-      } for mod, leaves in _SHAPES.items()
-  }
-
-
-def _to_jnp(tree):
-  return jax.tree.map(jnp.asarray, tree)
+_get = lars_trees.get
+_random_tree = lars_trees.random_tree
+_to_jnp = lars_trees.to_jnp
 
 
 def _lr_schedule(count):

@@ -13,40 +13,13 @@ import optax
 import pytest
 
 from jaxssl import optim
+import lars_trees
 
-_SHAPES = {
-    "conv": {"kernel": (3, 3, 2, 4)},
-    "dense": {"kernel": (4, 3), "bias": (3,)},
-    "bn": {"scale": (4,), "bias": (4,)},
-}
-# Paths of the leaves (in a fixed order) and whether LARS adapts them.
-_LEAVES = [
-    (("conv", "kernel"), True),
-    (("dense", "kernel"), True),
-    (("dense", "bias"), False),
-    (("bn", "scale"), False),
-    (("bn", "bias"), False),
-]
-
-
-def _get(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _random_tree(seed, scale=1.0):
-  rng = np.random.default_rng(seed)
-  return {
-      mod: {
-          name: (scale * rng.standard_normal(shape)).astype(np.float32)
-          for name, shape in leaves.items()
-      } for mod, leaves in _SHAPES.items()
-  }
-
-
-def _to_jnp(tree):
-  return jax.tree.map(jnp.asarray, tree)
+_SHAPES = lars_trees.SHAPES
+_LEAVES = lars_trees.LEAVES
+_get = lars_trees.get
+_random_tree = lars_trees.random_tree
+_to_jnp = lars_trees.to_jnp
 
 
 def _np_lars(params, grads_seq, lr_fn, *, weight_decay, momentum,
