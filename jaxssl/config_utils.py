@@ -67,7 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_examples = 512
 
   c.augment = ml_collections.ConfigDict()
-  c.augment.preset = "simclr_v2"  # see jaxssl.augment.VIEW_PRESETS.
+  # Views: jaxssl.augment.VIEW_PRESETS. For the SimCLR presets the colour
+  # strength and blur below override the preset's own (simclr_cifar's 0.5 and
+  # no blur are what configs/simclr_cifar10.py sets explicitly).
+  c.augment.preset = "simclr_v2"
   c.augment.color_strength = 1.0
   c.augment.blur = True
 

@@ -7,7 +7,7 @@ rank >= 2. Note that `optax.lars` applies both to *every* parameter unless
 given masks, which is why we pass them explicitly everywhere.
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp

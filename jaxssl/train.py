@@ -17,7 +17,6 @@ import os
 import time
 from typing import Any, Callable, Iterator, Optional, Tuple
 
-from absl import logging
 import flax.linen as nn
 import jax
 from jax import lax
@@ -69,7 +68,9 @@ def make_views(batch: dict, rng: jax.Array, *,
   """The augmented views of the local batch, one `[n, S_v, S_v, 3]` per spec.
 
   Host pipelines deliver the crops (`batch['views']`); in-memory data
-  delivers whole images (`batch['image']`), which are cropped here. Each
+  delivers whole images (`batch['image']`), which are cropped here with
+  `augment.random_resized_crop` (10 vectorised attempts at the spec's area
+  range, bilinear; the host's SimCLR/BYOL samplers need TensorFlow). Each
   image's key is `fold_in(rng, global_index)`, with the example's index in
   the global batch: the views depend on the step and the example, not on how
   many devices share the batch.
@@ -201,15 +202,24 @@ def create_learner(config: ml_collections.ConfigDict,
   tx = optim.create_optimizer(opt.name, schedule,
                               weight_decay=opt.weight_decay,
                               momentum=opt.momentum, **extra)
+  return Learner(network=simclr.create_network(config, DATA_AXIS), tx=tx,
+                 schedule=schedule, temperature=config.loss.temperature,
+                 view_specs=config_view_specs(config))
+
+
+def config_view_specs(
+    config: ml_collections.ConfigDict) -> Tuple[augment.ViewSpec, ...]:
+  """The views of config section `augment` at `data.image_size`."""
+  if config.augment.preset not in augment.VIEW_PRESETS:
+    raise ValueError(f"config.augment.preset={config.augment.preset!r} is not "
+                     f"one of {sorted(augment.VIEW_PRESETS)}")
   specs = augment.view_specs(
       config.augment.preset, image_size=config.data.image_size,
       color_strength=config.augment.color_strength, blur=config.augment.blur)
   if len(specs) != 2 or specs[0].size != specs[1].size:
     raise ValueError(f"config.augment.preset={config.augment.preset!r}: "
                      "SimCLR needs two views of one size")
-  return Learner(network=simclr.create_network(config, DATA_AXIS), tx=tx,
-                 schedule=schedule, temperature=config.loss.temperature,
-                 view_specs=specs)
+  return specs
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -223,9 +233,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   if config.optimizer.name not in optim.OPTIMIZERS:
     raise ValueError(f"config.optimizer.name={config.optimizer.name!r} is not "
                      f"one of {sorted(optim.OPTIMIZERS)}")
-  if config.augment.preset not in augment.VIEW_PRESETS:
-    raise ValueError(f"config.augment.preset={config.augment.preset!r} is not "
-                     f"one of {sorted(augment.VIEW_PRESETS)}")
+  config_view_specs(config)
   sources.check(config.data)
 
 
@@ -242,16 +250,25 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def evaluate_knn(learner: Learner, variables: Any, train_ds, test_ds, *,
-                 mesh: Mesh, k: int, temperature: float,
-                 batch_size: int) -> float:
-  """kNN accuracy of the encoder features (eval-mode BN) on `test_ds`."""
+def make_embed_fn(learner: Learner):
+  """Jitted `(variables, uint8 images) -> h`: encoder features, eval-mode BN.
+
+  The variables are an argument (not closed over), so one compilation serves
+  every set of weights evaluated (pretrained, random init, later epochs).
+  """
   @jax.jit
-  def embed(images):
+  def embed(variables, images):
     x = augment.center_resize(images, learner.image_size)
     h, _ = learner.network.apply(variables, x, train=False)
     return h
+  return embed
 
+
+def evaluate_knn(embed_fn, variables: Any, train_ds, test_ds, *,
+                 mesh: Mesh, k: int, temperature: float,
+                 batch_size: int) -> float:
+  """kNN accuracy of the encoder features of `variables` on `test_ds`."""
+  embed = functools.partial(embed_fn, variables)
   train_f = knn.extract_features(embed, train_ds.images, batch_size=batch_size,
                                  mesh=mesh)
   test_f = knn.extract_features(embed, test_ds.images, batch_size=batch_size,
@@ -307,10 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = prepare_workdir(workdir)
   mesh = sharding.data_mesh()
   check_config(config, mesh)
-  specs = augment.view_specs(
-      config.augment.preset, image_size=config.data.image_size,
-      color_strength=config.augment.color_strength, blur=config.augment.blur)
-  train_input = sources.train_input(config, mesh, specs)
+  train_input = sources.train_input(config, mesh, config_view_specs(config))
   num_examples = train_input.num_examples
   learner = create_learner(config, num_examples)
   total_steps = schedules.simclr_total_steps(num_examples, config.epochs,
@@ -345,16 +359,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                    image_size=learner.image_size)
     eval_ds = sources.eval_arrays(config.data, config.data.eval_split,
                                   image_size=learner.image_size)
+    embed_fn = make_embed_fn(learner)
     knn_args = dict(mesh=mesh, k=config.eval.knn_k,
                     temperature=config.eval.knn_temperature,
                     batch_size=config.eval.batch_size)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    results["knn_pretrained"] = evaluate_knn(learner, variables, train_ds,
+    results["knn_pretrained"] = evaluate_knn(embed_fn, variables, train_ds,
                                              eval_ds, **knn_args)
     if config.eval.random_init_baseline:
       init = create_train_state(rng, learner, mesh)
       variables = {"params": init.params, "batch_stats": init.batch_stats}
-      results["knn_random_init"] = evaluate_knn(learner, variables, train_ds,
+      results["knn_random_init"] = evaluate_knn(embed_fn, variables, train_ds,
                                                 eval_ds, **knn_args)
     line = (f"kNN top-1 (k={config.eval.knn_k}, T={config.eval.knn_temperature})"
             f" on {eval_ds.name}: pretrained {results['knn_pretrained']:.4f}")

@@ -684,15 +684,6 @@ def tfds_dir(tmp_path_factory):
   """A prepared TFDS dataset 'tiny_colours': 11 solid PNGs, 3 classes."""
   tfds = pytest.importorskip("tensorflow_datasets")
   tf = ip.tf_module()
-  try:
-    # pylint: disable-next=g-import-not-at-top,unused-import
-    import importlib_resources
-  except ImportError:
-    # etils needs it to *prepare* a dataset (not to read one); the stdlib
-    # module has what it uses.
-    import importlib.resources  # pylint: disable=g-import-not-at-top
-    import sys  # pylint: disable=g-import-not-at-top
-    sys.modules["importlib_resources"] = importlib.resources
   tfds.disable_progress_bar()
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   images = np.stack([np.full((_H, _W, 3), _solid_colour(k % 3, k), np.uint8)

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import ml_collections.config_flags  # noqa: F401  (ensures it is installed)
 import numpy as np
 import pytest
 

@@ -27,8 +27,6 @@ import numpy as np
 from jaxssl import augment
 from jaxssl.data import files as files_lib
 
-AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TF at module load
-
 
 def tf_module():
   """TensorFlow, imported lazily with accelerators hidden from it."""

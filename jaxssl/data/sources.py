@@ -9,7 +9,7 @@ Two kinds of source:
   (`input_pipeline`), and the device does the photometric augmentation.
 """
 
-from typing import Any, Iterator, Optional, Sequence, Tuple
+from typing import Any, Iterator, Optional, Sequence
 
 import jax
 from jax.sharding import Mesh

@@ -18,7 +18,7 @@ The network returns the globally average-pooled features (the representation
 """
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
