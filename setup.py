@@ -26,6 +26,8 @@ setuptools.setup(
         "tensorflow-cpu>=2.16",   # tf.data on the host only
         "tensorflow-datasets>=4.9.7",
         "importlib_resources",    # needed by tfds to prepare datasets
+        "tensorboard>=2.16",      # event files (its own writer: no TF needed)
+        "matplotlib>=3.8",        # loss/kNN curves of tools/benchmark_cifar10.py
     ],
     # pillow writes the grayscale/CMYK/RGBA fixtures of the input tests.
     extras_require={"test": ["pytest>=8", "pillow>=10"]},

@@ -40,7 +40,7 @@ def get_config(arg=None):
   c.optimizer.base_lr = 1.0
   c.optimizer.weight_decay = 1e-4
   c.optimizer.warmup_epochs = 2.0
-  c.eval.knn_k = 20
+  c.eval.knn_ks = (20,)
   c.eval.batch_size = 512
   c.eval.random_init_baseline = True
   if arg.runlocal:

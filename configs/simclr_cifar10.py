@@ -15,7 +15,7 @@ EXPECTED: SimCLR paper Fig. B.7 reports ≈ 94 % linear evaluation with a
 ResNet-50 at batch 1024 and 1000 epochs; for ResNet-18 at batch 512, lightly's
 benchmark reports kNN top-1 0.848 after 200 epochs.
 
-`:runlocal` trains 2 epochs on 256 synthetic 32 px images with a ResNet-18/8
+`:runlocal` trains 21 steps on 256 synthetic 32 px images with a ResNet-18/8
 (a CPU smoke run).
 """
 
@@ -24,21 +24,13 @@ from jaxssl import config_utils
 
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, runlocal=False, epochs=1000)
-  c = config_utils.base_config()
+  c = config_utils.use_cifar10(config_utils.base_config())
   c.batch_size = 512
   c.epochs = arg.epochs
   c.log_every = 50
-  c.data.source = "tfds"
-  c.data.name = "cifar10"
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.image_size = 32
   c.augment.preset = "simclr_cifar"
   c.augment.color_strength = 0.5
   c.augment.blur = False
-  c.model.depth = 18
-  c.model.width = 1.0
-  c.model.cifar_stem = True
   c.head.num_layers = 2
   c.loss.temperature = 0.5
   c.optimizer.name = "lars"
@@ -46,7 +38,6 @@ def get_config(arg=None):
   c.optimizer.lr_scaling = "linear"
   c.optimizer.weight_decay = 1e-4
   c.optimizer.warmup_epochs = 10.0
-  c.eval.knn_k = 200
   if arg.runlocal:
     config_utils.shrink_for_cpu(c)
   return c

@@ -16,8 +16,8 @@ EXPECTED (paper, linear evaluation top-1 on ImageNet): 100 epochs ≈ 64–65 %
 (Fig. 9, batch 4096), 1000 epochs 69.3 % (Table 6); v2 head, 800 epochs
 71.7 % (SimCLR v2, Table 1 row R50 1×).
 
-`:runlocal` replaces ImageNet by 256 synthetic 32 px images and a
-ResNet-18/8 so that the whole path runs on a CPU in about a minute.
+`:runlocal` trains 21 steps on 256 synthetic 32 px images with a ResNet-18/8
+(a CPU smoke run).
 """
 
 from jaxssl import config_utils
@@ -26,19 +26,12 @@ from jaxssl import config_utils
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, runlocal=False, epochs=100, sqrt=False,
                                v2=False)
-  c = config_utils.base_config()
+  c = config_utils.use_imagenet(config_utils.base_config())
   c.batch_size = 4096
   c.epochs = arg.epochs
   c.log_every = 100
-  c.data.source = "tfds"
-  c.data.name = "imagenet2012"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_size = 224
   c.augment.color_strength = 1.0
   c.augment.blur = True
-  c.model.depth = 50
-  c.model.width = 1.0
   c.head.num_layers = 3 if arg.v2 else 2
   c.loss.temperature = 0.1
   c.optimizer.name = "lars"
@@ -46,7 +39,6 @@ def get_config(arg=None):
   c.optimizer.lr_scaling = "sqrt" if arg.sqrt else "linear"
   c.optimizer.weight_decay = 1e-6
   c.optimizer.warmup_epochs = 10.0
-  c.eval.knn_k = 200
   if arg.runlocal:
     config_utils.shrink_for_cpu(c)
   return c

@@ -394,11 +394,14 @@ def augment_view(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
                 lambda x: gaussian_blur(x, sigma, spec.blur_kernel_size), image)
   image = maybe(keys[6], spec.solarize_prob, solarize, image)
   image = jnp.clip(image, 0.0, 1.0)
-  if spec.normalize:
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
-    image = (image - mean) / std
-  return image
+  return normalize_imagenet(image) if spec.normalize else image
+
+
+def normalize_imagenet(image: jax.Array) -> jax.Array:
+  """`(image − mean) / std` with the ImageNet channel statistics (BYOL)."""
+  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+  std = jnp.asarray(IMAGENET_STD, jnp.float32)
+  return (image - mean) / std
 
 
 def augment_batch(keys: jax.Array, images: jax.Array,
@@ -407,10 +410,12 @@ def augment_batch(keys: jax.Array, images: jax.Array,
   return jax.vmap(lambda k, im: augment_view(k, im, spec))(keys, images)
 
 
-def center_resize(images: jax.Array, size: int) -> jax.Array:
-  """Eval view: the whole image resized to `size`, float in [0, 1]."""
+def center_resize(images: jax.Array, size: int,
+                  normalize: bool = False) -> jax.Array:
+  """Eval view: the whole image resized to `size`, float in [0, 1] (or
+  ImageNet-normalised when the training views were, `normalize=True`)."""
   images = to_float(images)
-  if images.shape[-3:-1] == (size, size):
-    return images
-  shape = images.shape[:-3] + (size, size, images.shape[-1])
-  return jax.image.resize(images, shape, method="linear", antialias=True)
+  if images.shape[-3:-1] != (size, size):
+    shape = images.shape[:-3] + (size, size, images.shape[-1])
+    images = jax.image.resize(images, shape, method="linear", antialias=True)
+  return normalize_imagenet(images) if normalize else images

@@ -47,10 +47,14 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """All keys of an experiment, with SimCLR ImageNet defaults."""
   c = ml_collections.ConfigDict()
-  c.method = "simclr"
+  c.method = "simclr"  # jaxssl.methods.METHODS
   c.seed = 0
   c.batch_size = 4096
   c.epochs = 100
+  # Training length: 'simclr' = N·epochs//B + 1 steps (SimCLR reference),
+  # 'floor' = N·epochs//B (BYOL reference). Also the length of the lr and τ
+  # schedules.
+  c.steps_rule = "simclr"
   c.log_every = 100
 
   c.data = ml_collections.ConfigDict()
@@ -65,6 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = "validation"
   c.data.image_size = 224
   c.data.synthetic_examples = 512
+  # Class-balanced fraction of the training split used (0: all) for
+  # training and as the kNN bank: the labelled subset of semi-supervised
+  # fine-tuning, or a smaller pretraining set. ImageNet 0.01 and 0.1 use
+  # TFDS imagenet2012_subset; elsewhere in-memory sources only.
+  c.data.train_fraction = 0.0
 
   c.augment = ml_collections.ConfigDict()
   # Views: jaxssl.augment.VIEW_PRESETS. For the SimCLR presets the colour
@@ -73,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.preset = "simclr_v2"
   c.augment.color_strength = 1.0
   c.augment.blur = True
+  # Lower bound of the random-resized-crop area of every view (0: the
+  # preset's; MoCo v2 / SimSiam use 0.2).
+  c.augment.min_crop_area = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet"
@@ -88,9 +100,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.hidden_dim = 0  # 0: the encoder's width.
   c.head.out_dim = 128
   c.head.use_bn = True
+  c.head.last_bn = "scale"  # 'scale' | 'affine' | 'plain' | 'none'.
+  c.head.kernel_init = "simclr"  # 'simclr' N(0, 0.01²) | 'fan_in'.
+
+  # Predictor (BYOL, SimSiam); num_layers=0: none.
+  c.predictor = ml_collections.ConfigDict()
+  c.predictor.num_layers = 0
+  c.predictor.hidden_dim = 0
+  c.predictor.out_dim = 0  # 0: the projector's out_dim.
+  c.predictor.use_bn = True
+  c.predictor.last_bn = "none"
+  c.predictor.kernel_init = "fan_in"
+
+  # EMA target network (BYOL): τ from base_momentum to 1 on a cosine.
+  c.target = ml_collections.ConfigDict()
+  c.target.base_momentum = 0.99
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.temperature = 0.1
+  c.loss.temperature = 0.1  # SimCLR.
+  c.loss.barlow_lambda = 5e-3  # Barlow Twins' λ.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lars"
@@ -101,24 +129,126 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.9
   c.optimizer.nesterov = False
   c.optimizer.trust_coefficient = 1e-3
+  # LARS: True = rate inside the momentum buffer (SimCLR), False = rate
+  # applied to the buffer (BYOL, Barlow Twins).
+  c.optimizer.lr_in_momentum = True
+  # LARS: rate multiplier of the excluded leaves (biases, BN): Barlow Twins
+  # uses 0.0048/0.2 = 0.024.
+  c.optimizer.excluded_lr_scale = 1.0
+
+  # Checkpoints in workdir/checkpoints (orbax); a run resumes from the latest.
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 3
+  c.checkpoint.asynchronous = True
+
+  # Online linear probe on stop-gradient encoder features (its own Adam).
+  c.probe = ml_collections.ConfigDict()
+  c.probe.enabled = True
+  c.probe.learning_rate = 1e-3
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.knn_k = 200
+  c.eval.knn_ks = (20, 200)  # () disables kNN.
+  c.eval.every_epochs = 0  # evaluate every N epochs (0: at the end only).
   c.eval.knn_temperature = 0.07
   c.eval.batch_size = 1024
   c.eval.random_init_baseline = False
   return c
 
 
-def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The `:runlocal` shrink: 256 synthetic 32 px images, ResNet-18/8, 2 epochs.
+def use_imagenet(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """TFDS imagenet2012 at 224 px with a ResNet-50 (standard stem)."""
+  c.data.source = "tfds"
+  c.data.name = "imagenet2012"
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = 224
+  c.model.depth = 50
+  c.model.width = 1.0
+  c.model.cifar_stem = False
+  return c
 
-  Keeps the method, loss and optimizer of `c` so that the whole code path of
-  the experiment runs on a CPU in well under a minute.
+
+def use_cifar10(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """TFDS cifar10 (or the JPEG zip via data.source/path) at 32 px with a
+  ResNet-18 whose stem is a 3×3 stride-1 conv without max-pooling."""
+  c.data.source = "tfds"
+  c.data.name = "cifar10"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.image_size = 32
+  c.model.depth = 18
+  c.model.width = 1.0
+  c.model.cifar_stem = True
+  return c
+
+
+def set_head(section: ml_collections.ConfigDict, *, num_layers: int,
+             hidden_dim: int, out_dim: int, last_bn: str,
+             kernel_init: str = "fan_in") -> None:
+  """Sets an MLP head section (`head` or `predictor`) in one statement."""
+  section.num_layers = num_layers
+  section.hidden_dim = hidden_dim
+  section.out_dim = out_dim
+  section.use_bn = True
+  section.last_bn = last_bn
+  section.kernel_init = kernel_init
+
+
+def downstream_config(*, mode: str, epochs: int, batch_size: int,
+                      optimizer: str, base_lr: float, lr_scaling: str,
+                      runlocal: bool) -> ml_collections.ConfigDict:
+  """Schema of `jaxssl.linear_eval` configs (linear evaluation, fine-tuning).
+
+  `data.source=''` means the pretraining run's data section.
+  """
+  c = ml_collections.ConfigDict()
+  c.mode = mode  # 'linear' | 'finetune'
+  c.checkpoint = ""  # pretraining workdir or its encoder.msgpack
+  c.seed = 0
+  c.batch_size = batch_size
+  c.epochs = epochs
+  c.log_every = 100
+  c.head_layers = 0  # fine-tuning: projection-head layers kept
+  c.eval_every_epochs = 0
+  c.eval_batch_size = 1024
+  c.data = base_config().data
+  c.data.source = ""
+  c.optimizer = base_config().optimizer
+  c.optimizer.name = optimizer
+  c.optimizer.base_lr = base_lr
+  c.optimizer.lr_scaling = lr_scaling
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = optimizer == "sgd"
+  if runlocal:
+    c.batch_size = 64
+    c.epochs = 2
+    c.log_every = 2
+    c.eval_batch_size = 256
+  return c
+
+
+# `:runlocal` caps MLP widths (Barlow Twins' 8192) so CPU steps stay fast.
+_RUNLOCAL_HEAD_WIDTH = 128
+
+
+def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `:runlocal` shrink: 256 synthetic 32 px images, ResNet-18/8, 20 steps.
+
+  Keeps the method, loss and optimizer of `c` (heads capped at 128 wide) so
+  that the whole code path of the experiment runs on a CPU in about a
+  minute: 5 epochs of 4 steps at batch 64.
   """
   c.batch_size = 64
-  c.epochs = 2
+  c.epochs = 5
   c.log_every = 2
+  c.checkpoint.every_steps = 8
+  for section in (c.head, c.predictor):
+    if section.hidden_dim:  # 0 (the input width) stays
+      section.hidden_dim = min(section.hidden_dim, _RUNLOCAL_HEAD_WIDTH)
+    section.out_dim = min(section.out_dim, _RUNLOCAL_HEAD_WIDTH)
   c.data.source = "synthetic"
   c.data.synthetic_examples = 256
   c.data.image_size = 32
@@ -127,6 +257,6 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.width = 0.125
   c.model.cifar_stem = True
   c.optimizer.warmup_epochs = 1.0
-  c.eval.knn_k = 20
+  c.eval.knn_ks = (20,)
   c.eval.batch_size = 256
   return c

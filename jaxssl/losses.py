@@ -163,3 +163,91 @@ def regression_loss(p: jax.Array, z: jax.Array) -> jax.Array:
   p = l2_normalize(p.astype(jnp.float32))
   z = l2_normalize(z.astype(jnp.float32))
   return jnp.sum(jnp.square(p - z), axis=-1)
+
+
+def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
+  """SimSiam's `D(p, z) = −cos(p, z)` per example.
+
+  Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021
+  (https://arxiv.org/abs/2011.10566), eq. 1. Both vectors are L2-normalised
+  with 1e-12 bounding the squared norm (PyTorch's `cosine_similarity` bounds
+  each norm by 1e-8 instead; they differ only for near-zero rows). The caller
+  stops the gradient of `z` and symmetrises as `D(p1, z2)/2 + D(p2, z1)/2`.
+
+  Args:
+    p: `[n, d]` predictions.
+    z: `[n, d]` projections.
+
+  Returns:
+    `[n]` values in [−1, 1].
+  """
+  if p.shape != z.shape:
+    raise ValueError(f"negative_cosine: shapes {p.shape} and {z.shape} differ")
+  p = l2_normalize(p.astype(jnp.float32))
+  z = l2_normalize(z.astype(jnp.float32))
+  return -jnp.sum(p * z, axis=-1)
+
+
+def _global_sum(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
+  return x if axis_name is None else lax.psum(x, axis_name)
+
+
+def standardize(z: jax.Array, *, axis_name: Optional[str] = None,
+                epsilon: float = 1e-5) -> jax.Array:
+  """Per-dimension `(z − mean)/√(var + ε)` over the GLOBAL batch.
+
+  The statistics (biased variance, as BatchNorm's normalisation) are sums over
+  the local rows and then over `axis_name`, so N devices standardise with the
+  statistics of the concatenated batch.
+  """
+  z = z.astype(jnp.float32)
+  count = _global_sum(jnp.asarray(z.shape[0], jnp.float32), axis_name)
+  mean = _global_sum(jnp.sum(z, axis=0), axis_name) / count
+  var = _global_sum(jnp.sum(jnp.square(z - mean), axis=0), axis_name) / count
+  return (z - mean) * lax.rsqrt(var + epsilon)
+
+
+def cross_correlation(z1: jax.Array, z2: jax.Array, *,
+                      axis_name: Optional[str] = None,
+                      epsilon: float = 1e-5) -> jax.Array:
+  """Barlow Twins' `C = Σ_b ẑ1_b ẑ2_bᵀ / N` over the global batch of N rows.
+
+  `ẑ` are the embeddings standardised per dimension over the global batch
+  (the reference's `BatchNorm1d(affine=False)`, synchronised across GPUs);
+  the local products are summed over `axis_name`, as the reference's
+  `all_reduce` of `C`. Every device ends with the same `[d, d]` matrix.
+  """
+  if z1.shape != z2.shape:
+    raise ValueError(f"cross_correlation: shapes {z1.shape} and {z2.shape} "
+                     "differ")
+  z1 = standardize(z1, axis_name=axis_name, epsilon=epsilon)
+  z2 = standardize(z2, axis_name=axis_name, epsilon=epsilon)
+  count = _global_sum(jnp.asarray(z1.shape[0], jnp.float32), axis_name)
+  product = jnp.matmul(z1.T, z2, precision=lax.Precision.HIGHEST)
+  return _global_sum(product, axis_name) / count
+
+
+def barlow_twins(z1: jax.Array, z2: jax.Array, *, lambd: float = 5e-3,
+                 axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
+  """Barlow Twins redundancy-reduction loss.
+
+  Zbontar, Jing, Misra, LeCun, Deny, "Barlow Twins: Self-Supervised Learning
+  via Redundancy Reduction", ICML 2021 (https://arxiv.org/abs/2103.03230),
+  eq. 1: `Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²` with `C = cross_correlation`.
+  The value is the loss of the whole global batch on every device (its mean
+  over devices is itself).
+
+  Args:
+    z1: `[n, d]` embeddings of the first view of the local batch.
+    z2: `[n, d]` embeddings of the second view.
+    lambd: λ, the off-diagonal weight (5e-3 in the paper).
+    axis_name: mapped device axis holding the rest of the global batch.
+
+  Returns:
+    `(loss, C)`.
+  """
+  c = cross_correlation(z1, z2, axis_name=axis_name)
+  diagonal = jnp.diagonal(c)
+  on_diag = jnp.sum(jnp.square(1.0 - diagonal))
+  off_diag = jnp.sum(jnp.square(c)) - jnp.sum(jnp.square(diagonal))
+  return on_diag + lambd * off_diag, c

@@ -26,7 +26,9 @@ flags.DEFINE_integer("process_id", None, "Index of this process.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def initialize(argv) -> None:
+  """Shared start of the entry points: no stray arguments, TensorFlow kept
+  off the accelerators, `jax.distributed` if asked for."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,6 +40,10 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
+
+
+def main(argv):
+  initialize(argv)
   from jaxssl import train  # pylint: disable=g-import-not-at-top
   from jaxssl import sharding  # pylint: disable=g-import-not-at-top
   try:

@@ -46,6 +46,7 @@ def lars(
     nesterov: bool = False,
     mask: MaskOrFn = None,
     lr_in_momentum: bool = True,
+    excluded_lr_scale: float = 1.0,
 ) -> optax.GradientTransformation:
   """LARS, in the SimCLR (default) or the BYOL reference's form.
 
@@ -67,7 +68,8 @@ def lars(
       p  <- p - lr_t·v       (Nesterov: p - lr_t·(momentum·v + r·g))
 
   The two agree at the first step and differ once the rate changes (warm-up,
-  cosine decay).
+  cosine decay). Masked-out leaves use `excluded_lr_scale·lr_t` (Barlow
+  Twins trains biases and BN parameters at 0.0048/0.2 = 0.024 of the rate).
 
   Args:
     learning_rate: a float or a schedule of the update count (0 at the first
@@ -81,6 +83,7 @@ def lars(
       `default_lars_mask` (kernels only).
     lr_in_momentum: True for the SimCLR form (rate inside the buffer), False
       for the BYOL form (rate applied to the buffer).
+    excluded_lr_scale: rate multiplier of the masked-out leaves.
 
   Returns:
     An optax transformation; its updates are to be *added* to the params.
@@ -97,6 +100,7 @@ def lars(
     flags = _resolve_mask(mask, params)
 
     def one(g, p, v, adapt):
+      lr_leaf = lr if adapt else excluded_lr_scale * lr
       g = g.astype(jnp.float32)
       p32 = p.astype(jnp.float32)
       if adapt:
@@ -109,13 +113,13 @@ def lars(
       else:
         trust = 1.0
       if lr_in_momentum:
-        scaled_lr = lr * trust
+        scaled_lr = lr_leaf * trust
         new_v = momentum * v + scaled_lr * g
         step = momentum * new_v + scaled_lr * g if nesterov else new_v
       else:
         u = trust * g
         new_v = momentum * v + u
-        step = lr * (momentum * new_v + u if nesterov else new_v)
+        step = lr_leaf * (momentum * new_v + u if nesterov else new_v)
       return (-step).astype(p.dtype), new_v
 
     out = jax.tree.map(one, updates, params, state.momentum, flags)
@@ -135,10 +139,12 @@ def _sgd(learning_rate, *, weight_decay, momentum, nesterov=False, mask=None):
 
 
 def _lars(learning_rate, *, weight_decay, momentum, nesterov=False,
-          trust_coefficient=1e-3, mask=None, lr_in_momentum=True):
+          trust_coefficient=1e-3, mask=None, lr_in_momentum=True,
+          excluded_lr_scale=1.0):
   return lars(learning_rate, weight_decay=weight_decay, momentum=momentum,
               trust_coefficient=trust_coefficient, nesterov=nesterov, mask=mask,
-              lr_in_momentum=lr_in_momentum)
+              lr_in_momentum=lr_in_momentum,
+              excluded_lr_scale=excluded_lr_scale)
 
 
 def _adamw(learning_rate, *, weight_decay, momentum, b2=0.999, eps=1e-8,
@@ -178,7 +184,7 @@ def create_optimizer(
     weight_decay: decay coefficient, applied to kernels only.
     momentum: momentum (SGD/LARS) or β1 (AdamW/LAMB).
     **kwargs: optimizer-specific options (`nesterov`, `trust_coefficient`,
-      `b2`, `eps`, `mask`).
+      `lr_in_momentum`, `excluded_lr_scale`, `b2`, `eps`, `mask`).
 
   Returns:
     The optax transformation.
@@ -188,3 +194,18 @@ def create_optimizer(
                      f"{sorted(OPTIMIZERS)}")
   return OPTIMIZERS[name](learning_rate, weight_decay=weight_decay,
                           momentum=momentum, **kwargs)
+
+
+def from_config(opt, learning_rate: ScalarOrSchedule
+                ) -> optax.GradientTransformation:
+  """The optimizer of a config section `optimizer` at this rate/schedule."""
+  extra = {}
+  if opt.name in ("lars", "sgd"):
+    extra["nesterov"] = opt.nesterov
+  if opt.name == "lars":
+    extra.update(trust_coefficient=opt.trust_coefficient,
+                 lr_in_momentum=opt.lr_in_momentum,
+                 excluded_lr_scale=opt.excluded_lr_scale)
+  return create_optimizer(opt.name, learning_rate,
+                          weight_decay=opt.weight_decay,
+                          momentum=opt.momentum, **extra)

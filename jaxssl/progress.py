@@ -1,9 +1,13 @@
-"""Console progress: step, metrics, throughput and ETA every `log_every` steps."""
+"""Console progress: a bar, metrics, throughput and ETA every `log_every` steps.
+
+One line per report (not a redrawn bar), so logs of TPU VM runs collected
+from every host stay readable.
+"""
 
 import time
 from typing import Mapping
 
-from absl import logging
+_BAR_WIDTH = 20
 
 
 def _duration(seconds: float) -> str:
@@ -13,8 +17,17 @@ def _duration(seconds: float) -> str:
   return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def bar(done: int, total: int, width: int = _BAR_WIDTH) -> str:
+  """`[#####.....]  50%` for `done` of `total`."""
+  fraction = min(max(done / max(total, 1), 0.0), 1.0)
+  filled = int(round(fraction * width))
+  return f"[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%}"
+
+
 class Progress:
-  """Prints one line per report with img/s and ETA (process 0 only)."""
+  """Prints one line per report with a bar, img/s and ETA.
+
+  The img/s of the first report includes compilation."""
 
   def __init__(self, total_steps: int, batch_size: int, start_step: int = 0,
                print_fn=print):
@@ -30,10 +43,9 @@ class Progress:
     step_time = (now - self._last_time) / steps
     self._last_step, self._last_time = step, now
     eta = step_time * (self.total_steps - step)
-    parts = [f"step {step}/{self.total_steps}"]
+    parts = [f"{bar(step, self.total_steps)} step {step}/{self.total_steps}"]
     parts += [f"{k} {v:.4g}" for k, v in metrics.items()]
     parts += [f"{self.batch_size / step_time:.0f} img/s", f"ETA {_duration(eta)}"]
     line = " | ".join(parts)
     self.print_fn(line, flush=True)
-    logging.info(line)
     return line

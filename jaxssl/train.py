@@ -14,6 +14,8 @@ import dataclasses
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Tuple
 
@@ -27,39 +29,59 @@ import numpy as np
 import optax
 
 from jaxssl import augment
+from jaxssl import checkpointing
+from jaxssl import export
 from jaxssl import losses
+from jaxssl import metric_writers
 from jaxssl import optim
 from jaxssl import progress
 from jaxssl import schedules
 from jaxssl import sharding
+from jaxssl.data import in_memory
 from jaxssl.data import sources
-from jaxssl.evaluators import knn
-from jaxssl.methods import simclr
+from jaxssl.evaluators import linear_probe
+from jaxssl.evaluators import representation
+from jaxssl import methods
+from jaxssl.methods import base
 from jaxssl.train_state import TrainState
 
 DATA_AXIS = sharding.DATA_AXIS
+PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
 class Learner:
-  """The static parts of a train step: network, optimizer and view settings.
+  """The static parts of a train step: method, optimizer and view settings.
 
   Attributes:
-    network: flax module returning `(h, z)`, built with `axis_name=DATA_AXIS`.
+    method: networks, loss, optional target and state (`jaxssl.methods`),
+      built with `axis_name=DATA_AXIS`.
     tx: optax transformation.
     schedule: learning rate as a function of the step (for logging).
-    temperature: NT-Xent temperature.
     view_specs: how each view is cropped and augmented.
+    probe: the online linear probe's settings, or None.
   """
-  network: nn.Module
+  method: base.Method
   tx: optax.GradientTransformation
   schedule: Callable[[jax.Array], jax.Array]
-  temperature: float
   view_specs: Tuple[augment.ViewSpec, ...]
+  probe: Optional["OnlineProbe"] = None
+
+  @property
+  def network(self) -> nn.Module:
+    return self.method.network
 
   @property
   def image_size(self) -> int:
     return self.view_specs[0].size
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineProbe:
+  """A linear classifier trained during pretraining on stop-gradient
+  encoder features of every augmented view, with its own optimizer."""
+  num_classes: int
+  tx: optax.GradientTransformation
 
 
 def make_views(batch: dict, rng: jax.Array, *,
@@ -107,35 +129,54 @@ def _embedding_std(z: jax.Array, axis_name: Optional[str]) -> jax.Array:
   return jnp.mean(jnp.sqrt(jnp.maximum(moments[1] - moments[0]**2, 0.0)))
 
 
+def _target_params(online: PyTree, target: PyTree) -> PyTree:
+  """The online parameters the target tracks (its top-level names)."""
+  return {name: online[name] for name in target}
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
                learner: Learner,
                axis_name: str = DATA_AXIS) -> tuple[TrainState, dict]:
   """One optimisation step on one device's share of the global batch.
 
+  Views → online network → (target network) → method loss → optimizer
+  update → EMA of the target towards the updated online parameters.
+
   Args:
     state: replicated train state.
-    batch: `{'image': uint8 [n, H, W, 3], ...}`, this device's rows.
+    batch: `{'image': uint8 [n, H, W, 3]}` or `{'views': [...]}`, this
+      device's rows.
     rng: key of this step (the same on every device).
-    learner: network, optimizer and view settings.
+    learner: method, optimizer and view settings.
     axis_name: the mapped data axis.
 
   Returns:
     The new state and metrics averaged over devices.
   """
+  method = learner.method
   views = jnp.concatenate(
       make_views(batch, rng, specs=learner.view_specs, axis_name=axis_name))
 
+  target_out = None
+  if method.target_network is not None:
+    # Training mode (batch statistics), as the BYOL reference; the target's
+    # own running statistics are updated by this pass.
+    target_out, target_vars = method.target_network.apply(
+        state.target, views, train=True, mutable=["batch_stats"])
+    target_out = lax.stop_gradient(target_out)
+
   def loss_fn(params):
-    (_, z), new_vars = learner.network.apply(
+    out, new_vars = method.network.apply(
         {"params": params, "batch_stats": state.batch_stats}, views,
         train=True, mutable=["batch_stats"])
-    local_loss, aux = simclr.loss(z, temperature=learner.temperature,
-                                  axis_name=axis_name)
+    local_loss, aux, method_state = method.loss(
+        out, target_out, state.method_state, axis_name=axis_name)
     # The mean over devices of per-device means over local anchors is the
     # loss of the global batch; its gradient needs no further reduction.
-    return lax.pmean(local_loss, axis_name), (new_vars["batch_stats"], z, aux)
+    return lax.pmean(local_loss, axis_name), (new_vars["batch_stats"], out,
+                                              aux, method_state)
 
-  (loss, (batch_stats, z, aux)), grads = jax.value_and_grad(
+  (loss, (batch_stats, out, aux, method_state)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = learner.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -144,11 +185,30 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
       "lr": learner.schedule(state.step),
       "grad_norm": optax.tree.norm(grads),
       "param_norm": optax.tree.norm(params),
-      "embed_std": _embedding_std(z, axis_name),
+      "embed_std": _embedding_std(out["z"], axis_name),
   }
   metrics.update(jax.tree.map(lambda m: lax.pmean(m, axis_name), aux))
+  probe = state.probe
+  if learner.probe is not None:
+    labels = jnp.tile(batch["label"], len(learner.view_specs))
+    probe, metrics["probe_loss"], metrics["probe_acc"] = linear_probe.update(
+        state.probe, out["h"], labels, tx=learner.probe.tx,
+        num_classes=learner.probe.num_classes, axis_name=axis_name)
+  target = state.target
+  if method.target_network is not None:
+    tau = method.target_momentum(state.step)
+    target = {
+        # (1 − τ)·online + τ·target, towards the UPDATED online weights.
+        "params": optax.incremental_update(
+            _target_params(params, state.target["params"]),
+            state.target["params"], step_size=1.0 - tau),
+        "batch_stats": target_vars.get("batch_stats", {}),
+    }
+    metrics["tau"] = tau
   new_state = state.replace(step=state.step + 1, params=params,
-                            batch_stats=batch_stats, opt_state=opt_state)
+                            batch_stats=batch_stats, opt_state=opt_state,
+                            target=target, method_state=method_state,
+                            probe=probe)
   return new_state, metrics
 
 
@@ -171,40 +231,105 @@ def compile_train_step(learner: Learner, mesh: Mesh):
 
 def create_train_state(rng: jax.Array, learner: Learner,
                        mesh: Mesh) -> TrainState:
-  """Initialises parameters, BN statistics and optimizer state, replicated."""
+  """Initialises the state, replicated over `mesh`.
+
+  Parameters, BN statistics and optimizer state of the online network; for
+  methods with a target, a copy of the online parameters and statistics it
+  tracks (the BYOL reference's initialisation); the method state.
+  """
   init_rng, state_rng = jax.random.split(rng)
+  method = learner.method
 
   def init(init_rng, state_rng):
     dummy = jnp.zeros((2, learner.image_size, learner.image_size, 3))
-    variables = learner.network.init(init_rng, dummy, train=False)
+    variables = method.network.init(init_rng, dummy, train=False)
     params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    target = None
+    if method.target_network is not None:
+      shapes = jax.eval_shape(
+          functools.partial(method.target_network.init, train=False),
+          init_rng, dummy)
+      target = {
+          "params": _copy_tracked(params, shapes["params"], method.name),
+          "batch_stats": _copy_tracked(
+              batch_stats, shapes.get("batch_stats", {}), method.name)}
+    method_state = (None if method.init_method_state is None
+                    else method.init_method_state())
+    probe = None
+    if learner.probe is not None:
+      feature_dim = method.network.apply(variables, dummy,
+                                         method="encode").shape[-1]
+      probe = linear_probe.create(learner.probe.num_classes, feature_dim,
+                                  learner.probe.tx)
     return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                      batch_stats=variables["batch_stats"],
-                      opt_state=learner.tx.init(params), rng=state_rng)
+                      batch_stats=batch_stats,
+                      opt_state=learner.tx.init(params), rng=state_rng,
+                      target=target, method_state=method_state, probe=probe)
 
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(
       init_rng, state_rng)
 
 
-def create_learner(config: ml_collections.ConfigDict,
-                   num_examples: int) -> Learner:
-  """Network, optimizer and schedule of `config` for a dataset of this size."""
+def _copy_tracked(online: PyTree, target_shapes: PyTree, method: str) -> PyTree:
+  """Copies the online subtrees the target tracks, checking their shapes."""
+  missing = sorted(set(target_shapes) - set(online))
+  if missing:
+    raise ValueError(f"method {method!r}: target submodules {missing} have no "
+                     f"online counterpart among {sorted(online)}")
+  copy = _target_params(online, target_shapes)
+  got = jax.tree.map(lambda x: (x.shape, x.dtype), copy)
+  want = jax.tree.map(lambda x: (x.shape, x.dtype), target_shapes)
+  if got != want:
+    raise ValueError(f"method {method!r}: the target network's variables do "
+                     "not mirror the online ones they track")
+  return jax.tree.map(jnp.copy, copy)
+
+
+def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
+  """Steps of the run (and of its lr and τ schedules), per `steps_rule`."""
+  _check_steps_rule(config)
+  if config.steps_rule == "simclr":
+    return schedules.simclr_total_steps(num_examples, config.epochs,
+                                        config.batch_size)
+  steps = int(num_examples * config.epochs // config.batch_size)
+  if steps <= 0:
+    raise ValueError(f"{num_examples} examples × config.epochs="
+                     f"{config.epochs} // config.batch_size="
+                     f"{config.batch_size} is 0 steps")
+  return steps
+
+
+def _check_steps_rule(config: ml_collections.ConfigDict) -> None:
+  if config.steps_rule not in ("simclr", "floor"):
+    raise ValueError(f"config.steps_rule={config.steps_rule!r} is not one of "
+                     "['floor', 'simclr']")
+
+
+def create_learner(config: ml_collections.ConfigDict, num_examples: int,
+                   num_classes: int = 0) -> Learner:
+  """Method, optimizer and schedule of `config` for a dataset of this size.
+
+  `num_classes` (0: unlabelled) sizes the online probe of `config.probe`.
+  """
   opt = config.optimizer
+  steps = total_steps(config, num_examples)
   schedule = schedules.warmup_cosine(
       opt.base_lr, batch_size=config.batch_size, num_examples=num_examples,
       epochs=config.epochs, warmup_epochs=opt.warmup_epochs,
-      scaling=opt.lr_scaling)
-  extra = {}
-  if opt.name in ("lars", "sgd"):
-    extra["nesterov"] = opt.nesterov
-  if opt.name == "lars":
-    extra["trust_coefficient"] = opt.trust_coefficient
-  tx = optim.create_optimizer(opt.name, schedule,
-                              weight_decay=opt.weight_decay,
-                              momentum=opt.momentum, **extra)
-  return Learner(network=simclr.create_network(config, DATA_AXIS), tx=tx,
-                 schedule=schedule, temperature=config.loss.temperature,
-                 view_specs=config_view_specs(config))
+      scaling=opt.lr_scaling, total_steps=steps)
+  tx = optim.from_config(opt, schedule)
+  method = methods.METHODS[config.method](config, axis_name=DATA_AXIS,
+                                          total_steps=steps)
+  probe = None
+  if config.probe.enabled:
+    if num_classes <= 0:
+      raise ValueError("config.probe.enabled=True needs a labelled dataset; "
+                       f"{config.data.source} data has no labels (set "
+                       "--config.probe.enabled=False)")
+    probe = OnlineProbe(num_classes, optax.adam(config.probe.learning_rate))
+  return Learner(method=method, tx=tx, schedule=schedule,
+                 view_specs=config_view_specs(config), probe=probe)
 
 
 def config_view_specs(
@@ -216,9 +341,17 @@ def config_view_specs(
   specs = augment.view_specs(
       config.augment.preset, image_size=config.data.image_size,
       color_strength=config.augment.color_strength, blur=config.augment.blur)
+  min_area = config.augment.min_crop_area
+  if min_area:
+    if not 0.0 < min_area <= 1.0:
+      raise ValueError(f"config.augment.min_crop_area={min_area} must be in "
+                       "(0, 1]")
+    specs = tuple(dataclasses.replace(s, crop_area=(min_area, 1.0))
+                  for s in specs)
   if len(specs) != 2 or specs[0].size != specs[1].size:
     raise ValueError(f"config.augment.preset={config.augment.preset!r}: "
-                     "SimCLR needs two views of one size")
+                     f"config.method={config.method!r} needs two views of "
+                     "one size")
   return specs
 
 
@@ -227,9 +360,13 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   sharding.check_batch_size(config.batch_size, mesh)
   if config.epochs <= 0:
     raise ValueError(f"config.epochs={config.epochs} must be positive")
-  if config.method != "simclr":
+  if config.method not in methods.METHODS:
     raise ValueError(f"config.method={config.method!r} is not one of "
-                     "['simclr']")
+                     f"{sorted(methods.METHODS)}")
+  _check_steps_rule(config)
+  if config.method in ("byol", "simsiam") and config.predictor.num_layers < 1:
+    raise ValueError(f"config.method={config.method!r} needs a predictor: "
+                     "config.predictor.num_layers >= 1")
   if config.optimizer.name not in optim.OPTIMIZERS:
     raise ValueError(f"config.optimizer.name={config.optimizer.name!r} is not "
                      f"one of {sorted(optim.OPTIMIZERS)}")
@@ -250,59 +387,84 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def make_embed_fn(learner: Learner):
-  """Jitted `(variables, uint8 images) -> h`: encoder features, eval-mode BN.
+class Preempted(Exception):
+  """Training stopped on request (SIGTERM) after saving a checkpoint."""
 
-  The variables are an argument (not closed over), so one compilation serves
-  every set of weights evaluated (pretrained, random init, later epochs).
-  """
-  @jax.jit
-  def embed(variables, images):
-    x = augment.center_resize(images, learner.image_size)
-    h, _ = learner.network.apply(variables, x, train=False)
-    return h
-  return embed
+  def __init__(self, step: int):
+    super().__init__(f"stopped at step {step} on request; checkpoint saved")
+    self.step = step
 
 
-def evaluate_knn(embed_fn, variables: Any, train_ds, test_ds, *,
-                 mesh: Mesh, k: int, temperature: float,
-                 batch_size: int) -> float:
-  """kNN accuracy of the encoder features of `variables` on `test_ds`."""
-  embed = functools.partial(embed_fn, variables)
-  train_f = knn.extract_features(embed, train_ds.images, batch_size=batch_size,
-                                 mesh=mesh)
-  test_f = knn.extract_features(embed, test_ds.images, batch_size=batch_size,
-                                mesh=mesh)
-  return knn.knn_accuracy(train_f, train_ds.labels, test_f, test_ds.labels,
-                          num_classes=train_ds.num_classes, k=k,
-                          temperature=temperature)
-
-
-def train_loop(state: TrainState, step_fn, batches: Iterator[dict], *,
-               total_steps: int, log_every: int,
-               batch_size: int) -> tuple[TrainState, list]:
-  """Runs `step_fn` to `total_steps`, fetching metrics every `log_every` steps.
+def train_loop(state, step_fn, batches: Iterator[dict], *,
+               total_steps: int, log_every: int, batch_size: int,
+               steps_per_epoch: int,
+               writer: Optional[metric_writers.MetricWriter] = None,
+               on_epoch_end: Optional[Callable[[int, Any], dict]] = None,
+               checkpointer: Optional[checkpointing.Checkpointer] = None,
+               should_stop: Optional[Callable[[int], bool]] = None
+               ) -> tuple[Any, list, list]:
+  """Runs `step_fn` to `total_steps`; reports every `log_every` steps and
+  at the end of every epoch; saves checkpoints as `checkpointer` says.
 
   Metrics stay on the devices between reports, so the host never waits for
-  a step it does not need to; a non-finite loss stops the run.
+  a step it does not need to. A non-finite loss stops the run with
+  FloatingPointError; metrics are fetched and checked BEFORE every save, so
+  no NaN state is ever saved. When `should_stop(step)` says so (SIGTERM),
+  the state is saved and `Preempted` raised.
+  `on_epoch_end(epoch, state)` may return extra (evaluation) metrics.
+
+  Returns:
+    The final state, the per-report history and the per-epoch summaries.
   """
   start = int(jax.device_get(state.step))
   reporter = progress.Progress(total_steps, batch_size, start_step=start,
                                print_fn=_print0)
-  pending, history = [], []
+  pending, epoch_metrics, history, epochs = [], [], [], []
   for step in range(start + 1, total_steps + 1):
     state, metrics = step_fn(state, next(batches))
     pending.append(metrics)
-    if step % log_every == 0 or step == total_steps:
+    epoch_end = step % steps_per_epoch == 0 or step == total_steps
+    stop = should_stop is not None and should_stop(step)
+    save = checkpointer is not None and (
+        stop or step == total_steps or checkpointer.should_save(step))
+    if step % log_every == 0 or epoch_end or save:
       fetched = jax.device_get(pending)
       pending = []
-      summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      epoch_metrics += fetched
+      summary = _mean(fetched)
       if not np.isfinite(summary["loss"]):
         raise FloatingPointError(
             f"loss is {summary['loss']} around step {step}; stopping")
       reporter.report(step, summary)
       history.append({"step": step, **summary})
-  return state, history
+      if writer is not None:
+        writer.write_scalars(step, {f"train/{k}": v
+                                    for k, v in summary.items()})
+    if epoch_end:
+      epoch = -(-step // steps_per_epoch)
+      summary = {"epoch": epoch, "step": step, **_mean(epoch_metrics)}
+      epoch_metrics = []
+      if on_epoch_end is not None:
+        summary.update(on_epoch_end(epoch, state))
+      epochs.append(summary)
+      _print0(f"epoch {epoch}: " + " | ".join(
+          f"{k} {v:.4g}" for k, v in summary.items()
+          if k not in ("epoch", "step")), flush=True)
+      if writer is not None:
+        writer.write_scalars(step, {f"epoch/{k}": v for k, v in summary.items()
+                                    if k != "step"})
+        writer.flush()
+    if save:
+      checkpointer.save(state, force=True)
+    if stop:
+      if checkpointer is not None:
+        checkpointer.wait()
+      raise Preempted(step)
+  return state, history, epochs
+
+
+def _mean(metrics: list) -> dict:
+  return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
 
 
 def _print0(*args, **kwargs):
@@ -310,9 +472,44 @@ def _print0(*args, **kwargs):
     print(*args, **kwargs)
 
 
+def _variables(state: TrainState) -> dict:
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def create_evaluator(config: ml_collections.ConfigDict, learner: Learner,
+                     mesh: Mesh
+                     ) -> Optional[representation.RepresentationEvaluator]:
+  """The held-out evaluation of config section `eval` (None if disabled)."""
+  if not config.eval.knn_ks and learner.probe is None:
+    return None
+  kwargs = dict(image_size=learner.image_size)
+  train_ds = sources.eval_arrays(config.data, config.data.train_split,
+                                 **kwargs)
+  if config.data.train_fraction:  # the bank holds the examples trained on
+    train_ds = in_memory.label_subset(train_ds, config.data.train_fraction,
+                                      seed=config.seed)
+  eval_ds = sources.eval_arrays(config.data, config.data.eval_split, **kwargs)
+  return representation.RepresentationEvaluator(
+      learner.network, image_size=learner.image_size,
+      normalize=learner.view_specs[0].normalize, train_ds=train_ds,
+      eval_ds=eval_ds, mesh=mesh, ks=config.eval.knn_ks,
+      temperature=config.eval.knn_temperature,
+      batch_size=config.eval.batch_size,
+      num_classes=0 if learner.probe is None else learner.probe.num_classes)
+
+
+def _describe(results: dict) -> str:
+  return " | ".join(f"{k} {v:.4f}" for k, v in results.items())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
-  """Pretrains as `config` says, evaluates kNN, writes `results.json`.
+  """Pretrains as `config` says, evaluating on held-out data as it goes.
+
+  Writes `metrics.jsonl` and TensorBoard events (train metrics every
+  `log_every` steps, epoch summaries, evaluations every
+  `eval.every_epochs`), the exported encoder `encoder.msgpack` with
+  `config.json`, and `results.json`.
 
   Args:
     config: an experiment config (see `configs/`).
@@ -326,25 +523,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   check_config(config, mesh)
   train_input = sources.train_input(config, mesh, config_view_specs(config))
   num_examples = train_input.num_examples
-  learner = create_learner(config, num_examples)
-  total_steps = schedules.simclr_total_steps(num_examples, config.epochs,
-                                             config.batch_size)
+  learner = create_learner(config, num_examples, train_input.num_classes)
+  steps = total_steps(config, num_examples)
+  steps_per_epoch = max(num_examples // config.batch_size, 1)
   _print0(f"jaxssl: {jax.device_count()} device(s) "
           f"({jax.devices()[0].platform}), {train_input.description}: "
-          f"{num_examples} examples, batch {config.batch_size}, "
-          f"{total_steps} steps")
+          f"{num_examples} examples, {config.method}, batch "
+          f"{config.batch_size}, {steps} steps")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
 
   rng = jax.random.key(config.seed)
   state = create_train_state(rng, learner, mesh)
-  batches = train_input.batches
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
+      asynchronous=config.checkpoint.asynchronous)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+    _print0(f"resumed from {checkpointer.directory} at step "
+            f"{int(jax.device_get(state.step))}")
+  start_step = int(jax.device_get(state.step))
+  evaluator = create_evaluator(config, learner, mesh)
+  writer = metric_writers.MetricWriter(workdir, print_fn=_print0)
+
+  eval_seconds = [0.0]
+
+  def on_epoch_end(epoch, state):
+    every = config.eval.every_epochs
+    if evaluator is None or not every or epoch % every or (
+        epoch * steps_per_epoch >= steps):
+      return {}  # the last epoch is evaluated below
+    start = time.perf_counter()
+    out = evaluator(_variables(state), _probe_params(state))
+    eval_seconds[0] += time.perf_counter() - start
+    return out
+
   step_fn = compile_train_step(learner, mesh)
   start = time.perf_counter()
-  state, history = train_loop(state, step_fn, batches, total_steps=total_steps,
-                              log_every=config.log_every,
-                              batch_size=config.batch_size)
-  train_seconds = time.perf_counter() - start
-  results = {"steps": total_steps, "train_seconds": train_seconds,
-             "final_loss": history[-1]["loss"]}
+  stop_signal = _StopOnSigterm()
+  try:
+    state, history, epochs = train_loop(
+        state, step_fn, train_input.batches(start_step), total_steps=steps,
+        log_every=config.log_every, batch_size=config.batch_size,
+        steps_per_epoch=steps_per_epoch, writer=writer,
+        on_epoch_end=on_epoch_end, checkpointer=checkpointer,
+        should_stop=functools.partial(stop_signal.agreed,
+                                      every=config.log_every))
+  except Preempted as e:
+    _print0(f"preempted: {e}")
+    writer.close()
+    checkpointer.close()
+    return {"preempted_at_step": e.step}
+  finally:
+    stop_signal.restore()
+  checkpointer.wait()
+  checkpointer.close()
+  # Training time without the evaluations in between.
+  train_seconds = time.perf_counter() - start - eval_seconds[0]
+  results = {"steps": steps, "start_step": start_step,
+             "train_seconds": train_seconds,
+             "images_per_second": ((steps - start_step) * config.batch_size
+                                   / train_seconds),
+             "final_loss": history[-1]["loss"] if history else float("nan")}
   if train_input.skip_counter is not None:
     results["skipped_images"] = train_input.skip_counter.skipped
     results["skipped_per_epoch"] = {
@@ -353,30 +595,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if results["skipped_images"]:
       _print0(f"skipped {results['skipped_images']} unreadable image(s) in "
               f"completed epochs of {train_input.description}")
+  export.save_encoder(workdir, state, config)
 
-  if config.eval.knn_k > 0:
-    train_ds = sources.eval_arrays(config.data, config.data.train_split,
-                                   image_size=learner.image_size)
-    eval_ds = sources.eval_arrays(config.data, config.data.eval_split,
-                                  image_size=learner.image_size)
-    embed_fn = make_embed_fn(learner)
-    knn_args = dict(mesh=mesh, k=config.eval.knn_k,
-                    temperature=config.eval.knn_temperature,
-                    batch_size=config.eval.batch_size)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    results["knn_pretrained"] = evaluate_knn(embed_fn, variables, train_ds,
-                                             eval_ds, **knn_args)
+  if evaluator is not None:
+    final = evaluator(_variables(state), _probe_params(state))
+    results.update({f"{k}": v for k, v in final.items()})
+    writer.write_scalars(steps, {f"eval/{k}": v for k, v in final.items()})
+    if config.eval.knn_ks:
+      results["knn_pretrained"] = final[f"knn_top1_k{config.eval.knn_ks[0]}"]
+    _print0(f"pretrained on {evaluator.name}: {_describe(final)}")
     if config.eval.random_init_baseline:
       init = create_train_state(rng, learner, mesh)
-      variables = {"params": init.params, "batch_stats": init.batch_stats}
-      results["knn_random_init"] = evaluate_knn(embed_fn, variables, train_ds,
-                                                eval_ds, **knn_args)
-    line = (f"kNN top-1 (k={config.eval.knn_k}, T={config.eval.knn_temperature})"
-            f" on {eval_ds.name}: pretrained {results['knn_pretrained']:.4f}")
-    if "knn_random_init" in results:
-      line += f" | random init {results['knn_random_init']:.4f}"
-    _print0(line)
+      baseline = evaluator(_variables(init))
+      results.update({f"random_init_{k}": v for k, v in baseline.items()})
+      if config.eval.knn_ks:
+        results["knn_random_init"] = baseline[
+            f"knn_top1_k{config.eval.knn_ks[0]}"]
+      _print0(f"random init on {evaluator.name}: {_describe(baseline)}")
+  writer.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"results": results, "history": history}, f, indent=1)
+      json.dump({"results": results, "history": history, "epochs": epochs}, f,
+                indent=1)
   return results
+
+
+class _StopOnSigterm:
+  """Turns SIGTERM (TPU VM preemption, `kill`) into a request to save and
+  stop after the current step, agreed by all processes."""
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM,
+                                     lambda *_: self._event.set())
+
+  def agreed(self, step: int, every: int) -> bool:
+    if jax.process_count() == 1:
+      return self._event.is_set()
+    if step % every:  # a cross-host agreement costs a sync: not every step
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.int32(self._event.is_set()))
+    return bool(np.max(flags))
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def _probe_params(state: TrainState) -> Optional[PyTree]:
+  return None if state.probe is None else state.probe.params

@@ -22,6 +22,8 @@ class TrainState:
     target: EMA target network (`{'params', 'batch_stats'}`) for methods that
       keep one (BYOL, MoCo, DINO), else None.
     method_state: method-specific state (queues, centres), else None.
+    probe: the online linear probe (`evaluators.linear_probe.ProbeState`:
+      its parameters and its own optimizer state), else None.
   """
   step: jax.Array
   params: PyTree
@@ -30,3 +32,4 @@ class TrainState:
   rng: jax.Array
   target: Optional[PyTree] = None
   method_state: Optional[PyTree] = None
+  probe: Optional[PyTree] = None

@@ -34,6 +34,15 @@ def _np_knn(train, labels, queries, num_classes, k, temperature):
   return np.array(preds)
 
 
+def _classify(train, labels, queries, *, num_classes, k, temperature=0.07,
+              **kwargs):
+  """knn_classify for one k (clamped to the train size)."""
+  preds = knn.knn_classify(train, labels, queries, num_classes=num_classes,
+                           ks=(k,), temperature=temperature, **kwargs)
+  assert list(preds) == [min(k, len(labels))]
+  return preds[min(k, len(labels))]
+
+
 def _clusters(seed, n_train=200, n_query=61, num_classes=5, dim=16):
   """Overlapping Gaussian clusters, so kNN makes (k, T)-dependent errors."""
   rng = np.random.default_rng(seed)
@@ -54,7 +63,7 @@ def test_knn_matches_numpy_on_clusters(k, temperature):
   train, labels, queries, query_labels = _clusters(seed=0)
   scale = np.random.default_rng(1).uniform(0.1, 10.0, (len(train), 1))
   train = (train * scale).astype(np.float32)
-  got = knn.knn_classify(train, labels, queries, num_classes=5, k=k,
+  got = _classify(train, labels, queries, num_classes=5, k=k,
                          temperature=temperature)
   want = _np_knn(train, labels, queries, 5, k, temperature)
   assert got.shape == (len(queries),)
@@ -89,7 +98,7 @@ def test_temperature_weighting_beats_majority():
   labels = np.array([0, 1, 1, 2])
   query = np.array([_angle(0)], np.float32) * 3.0
   for temperature, want in [(0.07, 0), (0.1, 0), (1.0, 1), (10.0, 1)]:
-    got = knn.knn_classify(train, labels, query, num_classes=3, k=3,
+    got = _classify(train, labels, query, num_classes=3, k=3,
                            temperature=temperature)
     assert got.tolist() == [want], temperature
     assert _np_knn(train, labels, query, 3, 3, temperature).tolist() == [want]
@@ -102,19 +111,19 @@ def test_exact_vote_tie_goes_to_lower_class():
   labels = np.array([3, 1, 0])
   query = np.array([[2.0, 0.0]], np.float32)
   for temperature in (0.07, 1.0):
-    got = knn.knn_classify(train, labels, query, num_classes=4, k=2,
+    got = _classify(train, labels, query, num_classes=4, k=2,
                            temperature=temperature)
     assert got.tolist() == [1]
   # Mirror image: class 1 first, class 3 second, still class 1.
-  got = knn.knn_classify(train, labels[[1, 0, 2]], query, num_classes=4, k=2)
+  got = _classify(train, labels[[1, 0, 2]], query, num_classes=4, k=2)
   assert got.tolist() == [1]
 
 
 def test_chunking_does_not_change_predictions():
   """chunk_size 7 on 61 queries (not a divisor) equals one chunk and numpy."""
   train, labels, queries, _ = _clusters(seed=2)
-  whole = knn.knn_classify(train, labels, queries, num_classes=5, k=5)
-  chunked = knn.knn_classify(train, labels, queries, num_classes=5, k=5,
+  whole = _classify(train, labels, queries, num_classes=5, k=5)
+  chunked = _classify(train, labels, queries, num_classes=5, k=5,
                              chunk_size=7)
   assert len(queries) % 7 != 0 and len(chunked) == len(queries)
   np.testing.assert_array_equal(chunked, whole)
@@ -128,11 +137,11 @@ def test_k_larger_than_train_set_is_clamped():
   train = rng.normal(size=(6, 4)).astype(np.float32)
   labels = np.array([0, 1, 1, 2, 2, 2])
   queries = rng.normal(size=(9, 4)).astype(np.float32)
-  got = knn.knn_classify(train, labels, queries, num_classes=3, k=20,
+  got = _classify(train, labels, queries, num_classes=3, k=20,
                          temperature=5.0)
   np.testing.assert_array_equal(got, _np_knn(train, labels, queries, 3, 6, 5.0))
   np.testing.assert_array_equal(
-      got, knn.knn_classify(train, labels, queries, num_classes=3, k=6,
+      got, _classify(train, labels, queries, num_classes=3, k=6,
                             temperature=5.0))
   # Voting with all 6 differs from voting with fewer.
   assert not np.array_equal(got, _np_knn(train, labels, queries, 3, 1, 5.0))
@@ -150,9 +159,61 @@ def test_knn_accuracy_known_value():
   test_labels = np.array([0, 0, 1, 1, 0, 1, 1, 1, 0, 1])
   acc = knn.knn_accuracy(train.astype(np.float32), labels,
                          test.astype(np.float32), test_labels, num_classes=2,
-                         k=5)
-  assert isinstance(acc, float)
-  assert acc == pytest.approx(0.7, abs=1e-12)
+                         ks=(5, 20))
+  assert set(acc) == {5, 16}  # 20 clamped to the 16 training examples
+  assert isinstance(acc[5], float)
+  assert acc[5] == pytest.approx(0.7, abs=1e-12)
+
+
+@pytest.mark.parametrize("num_devices", [1, 3, 8])
+def test_bank_split_over_devices_matches_numpy_for_20_and_200(num_devices):
+  """The bank (203 rows: padded on 8 devices) is split over the devices,
+  each keeps its top k, the merged candidates give the global top k: equal
+  to brute force for k = 20 and 200 in one pass, in chunks of 16 queries."""
+  train, labels, queries, _ = _clusters(seed=6, n_train=203, n_query=40)
+  mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+  preds = knn.knn_classify(train, labels, queries, num_classes=5,
+                           ks=(20, 200), mesh=mesh, chunk_size=16)
+  for k in (20, 200):
+    np.testing.assert_array_equal(preds[k],
+                                  _np_knn(train, labels, queries, 5, k, 0.07))
+  assert not np.array_equal(preds[20], preds[200])
+
+
+def test_similarity_ties_go_to_the_lower_train_index_across_devices():
+  """Rows 3, 7, 12 are the same vector (on devices 1, 3, 6 of 8) with labels
+  2, 1, 0: the query equal to it takes row 3 for k=1 and rows 3, 7 for k=2
+  (a vote tie between classes 2 and 1 → class 1), as the numpy reference
+  with a stable sort."""
+  rng = np.random.default_rng(7)
+  train = rng.normal(size=(16, 4)).astype(np.float32)
+  train[:, 0] = -5.0  # all others far from the query direction
+  v = np.array([3.0, 0.5, 0.0, 0.0], np.float32)
+  for i in (3, 7, 12):
+    train[i] = v  # identical rows: exactly equal cosines
+  labels = rng.integers(0, 3, 16)
+  labels[[3, 7, 12]] = [2, 1, 0]
+  query = v[None] * 0.5
+  preds = knn.knn_classify(train, labels, query, num_classes=3, ks=(1, 2, 3))
+  assert [int(preds[k][0]) for k in (1, 2, 3)] == [2, 1, 0]
+  for k in (1, 2, 3):
+    assert _np_knn(train, labels, query, 3, k, 0.07).tolist() == [
+        int(preds[k][0])]
+
+
+def test_knn_rejects_labels_out_of_range():
+  train = np.ones((4, 2), np.float32)
+  with pytest.raises(ValueError, match=r"train labels must be in \[0, 2\)"):
+    knn.knn_classify(train, np.array([0, 1, 2, 0]), train, num_classes=2)
+
+
+def test_extract_features_of_a_dict():
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  images = np.arange(20, dtype=np.float32).reshape(10, 2)
+  out = knn.extract_features(jax.jit(lambda x: {"a": x, "b": 2 * x}), images,
+                             batch_size=8, mesh=mesh)
+  np.testing.assert_array_equal(out["a"], images)
+  np.testing.assert_array_equal(out["b"], 2 * images)
 
 
 def test_extract_features_removes_padding_and_keeps_order():

@@ -8,20 +8,18 @@ import sys
 import numpy as np
 import pytest
 
+import config_files
 from jaxssl import train
 from jaxssl.config_utils import parse_arg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10"]
+METHOD_CONFIGS = ["byol_resnet50", "byol_cifar10", "simsiam_resnet50",
+                  "simsiam_cifar10", "barlow_twins_resnet50",
+                  "barlow_twins_cifar10"]
+CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
 
 
-def _load(name, arg=None):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module, module.get_config(arg)
+_load = config_files.load
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -58,6 +56,64 @@ def test_simclr_cifar10_matches_reference_settings():
       0.5, 0.5, False)
 
 
+def test_byol_resnet50_matches_reference_presets():
+  """The DeepMind reference's 300- and 1000-epoch settings."""
+  for epochs, lr, wd, tau in [(300, 0.3, 1e-6, 0.99),
+                              (1000, 0.2, 1.5e-6, 0.996)]:
+    _, c = _load("byol_resnet50", f"epochs={epochs}")
+    assert (c.method, c.batch_size, c.epochs, c.steps_rule) == (
+        "byol", 4096, epochs, "floor")
+    assert (c.optimizer.base_lr, c.optimizer.weight_decay,
+            c.target.base_momentum) == (lr, wd, tau)
+    assert (c.optimizer.name, c.optimizer.lr_in_momentum,
+            c.optimizer.warmup_epochs, c.optimizer.lr_scaling) == (
+                "lars", False, 10.0, "linear")
+    assert (c.head.hidden_dim, c.head.out_dim, c.predictor.hidden_dim,
+            c.predictor.out_dim) == (4096, 256, 4096, 256)
+    assert (c.head.last_bn, c.predictor.last_bn, c.augment.preset) == (
+        "none", "none", "byol")
+  # 1281167 images, 300 epochs, B = 4096: E·N//B steps, 312 of warm-up.
+  _, c = _load("byol_resnet50")
+  assert train.total_steps(c, 1281167) == 1281167 * 300 // 4096 == 93835
+
+
+def test_simsiam_and_barlow_twins_configs_match_papers():
+  _, c = _load("simsiam_resnet50")
+  assert (c.method, c.batch_size, c.optimizer.name, c.optimizer.base_lr,
+          c.optimizer.weight_decay, c.optimizer.warmup_epochs) == (
+              "simsiam", 512, "sgd", 0.05, 1e-4, 0.0)
+  assert (c.head.num_layers, c.head.out_dim, c.head.last_bn) == (
+      3, 2048, "plain")
+  assert (c.predictor.hidden_dim, c.predictor.out_dim) == (512, 2048)
+  assert c.augment.min_crop_area == 0.2
+  _, c = _load("barlow_twins_resnet50")
+  assert (c.method, c.batch_size, c.epochs, c.loss.barlow_lambda) == (
+      "barlow_twins", 2048, 1000, 5e-3)
+  assert (c.head.num_layers, c.head.hidden_dim, c.head.out_dim) == (
+      3, 8192, 8192)
+  assert (c.optimizer.name, c.optimizer.base_lr, c.optimizer.weight_decay,
+          c.optimizer.lr_in_momentum) == ("lars", 0.2, 1.5e-6, False)
+  # Biases and BN at 0.0048·B/256.
+  assert c.optimizer.base_lr * c.optimizer.excluded_lr_scale == pytest.approx(
+      0.0048)
+
+
+@pytest.mark.parametrize("name", METHOD_CONFIGS)
+def test_method_config_runlocal_trains_20_steps(name, tmp_path):
+  """Each method's `:runlocal` trains 20 steps on 8 CPU devices: finite
+  losses that go down (mean of the last 3 logged below the first 3)."""
+  _, config = _load(name, "runlocal")
+  config.log_every = 1
+  config.eval.knn_ks = ()
+  config.probe.enabled = False
+  results = train.train_and_evaluate(config, str(tmp_path / "wd"))
+  history = json.load(open(tmp_path / "wd" / "results.json"))["history"]
+  assert results["steps"] >= 20 and len(history) == results["steps"]
+  losses = np.array([h["loss"] for h in history])
+  assert np.all(np.isfinite(losses))
+  assert losses[-3:].mean() < losses[:3].mean(), losses
+
+
 def test_parse_arg_types_and_errors():
   arg = parse_arg("runlocal,epochs=7", runlocal=False, epochs=100)
   assert arg.runlocal is True and arg.epochs == 7
@@ -77,6 +133,33 @@ def test_quickstart_runlocal_end_to_end(tmp_path):
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
   for key in ("knn_pretrained", "knn_random_init"):
     assert 0.1 < results[key] <= 1.0  # 10 classes: above chance
+  assert results["knn_pretrained"] == results["knn_top1_k20"]
+  assert 0.1 < results["probe_top1"] <= results["probe_top5"] <= 1.0
+  for key in ("erank_h", "erank_z", "random_init_erank_h"):
+    assert results[key] >= 1.0
+  assert os.path.exists(tmp_path / "wd" / "encoder.msgpack")
+
+
+def test_online_probe_and_evaluations_reach_tensorboard(tmp_path):
+  """A `:runlocal` run evaluating every 2 epochs: the online probe's train
+  metrics every epoch and its held-out accuracy at epochs 2, 4 and the end
+  are in the TensorBoard event files (and metrics.jsonl)."""
+  pytest.importorskip("tensorboard")
+  from jaxssl import metric_writers  # pylint: disable=g-import-not-at-top
+  _, config = _load("simclr_cifar10", "runlocal")
+  config.eval.every_epochs = 2
+  train.train_and_evaluate(config, str(tmp_path))
+  events = metric_writers.read_scalars(str(tmp_path))
+  steps_with = lambda tag: [s for s, v in events if tag in v]
+  assert steps_with("epoch/probe_acc") == [4, 8, 12, 16, 20, 21]
+  assert steps_with("train/probe_loss")[-1] == 21
+  assert steps_with("epoch/probe_top1") == [8, 16]
+  assert steps_with("eval/probe_top1") == [21]
+  assert steps_with("eval/knn_top1_k20") == [21]
+  final = [v for s, v in events if "eval/probe_top1" in v][0]
+  assert 0.0 <= final["eval/probe_top1"] <= final["eval/probe_top5"] <= 1.0
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["step"] for l in lines if "epoch/probe_top1" in l] == [8, 16]
 
 
 def _cli(*args, devices=8):

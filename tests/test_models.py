@@ -542,20 +542,25 @@ def test_projection_head_param_shapes(num_layers):
   assert out.shape == (4, 128) and out.dtype == jnp.float32
 
 
-def _np_head(x, params, num_layers, use_bn, train, eps=_EPS):
-  """float64 head: dense → BN (batch or running μ 0, σ² 1) → ReLU but last."""
+def _np_head(x, params, num_layers, use_bn, train, eps=_EPS, last_bn="scale"):
+  """float64 head: dense → BN (batch or running μ 0, σ² 1) → ReLU but last.
+
+  The last layer's BN: 'scale' γ only, 'affine' γ and β, 'plain' neither,
+  'none' no BN (and a dense bias instead)."""
   h = np.asarray(x, np.float64)
   p = {k: np.asarray(v, np.float64)
        for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   for i in range(1, num_layers + 1):
     last = i == num_layers
     h = h @ p[f"dense{i}/kernel"]
-    if use_bn:
-      bias = None if last else p[f"bn{i}/bias"]
+    if use_bn and not (last and last_bn == "none"):
+      mode = last_bn if last else "affine"
+      scale = np.ones(h.shape[-1]) if mode == "plain" else p[f"bn{i}/scale"]
+      bias = p[f"bn{i}/bias"] if mode == "affine" else None
       if train:
-        h = _np_bn_train(h, p[f"bn{i}/scale"], bias, eps)[0]
+        h = _np_bn_train(h, scale, bias, eps)[0]
       else:
-        h = h / np.sqrt(1 + eps) * p[f"bn{i}/scale"] + (0 if last else bias)
+        h = h / np.sqrt(1 + eps) * scale + (0 if bias is None else bias)
     else:
       h = h + p[f"dense{i}/bias"]
     if not last:
@@ -600,6 +605,60 @@ def test_projection_head_matches_numpy(num_layers, hidden_dim, train):
   want = _np_head(x, params, num_layers, use_bn=True, train=train)
   np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-4)
   assert np.asarray(y).min() < -0.1
+
+
+@pytest.mark.parametrize("last_bn,last_params", [
+    ("none", {"dense3/bias"}),
+    ("plain", set()),
+    ("affine", {"bn3/scale", "bn3/bias"}),
+    ("scale", {"bn3/scale"}),
+])
+def test_projection_head_last_layer_variants(last_bn, last_params):
+  """BYOL/BT heads end in a dense layer with bias ('none'), SimSiam's
+  projector in BN without affine ('plain'); hidden layers keep BN(γ, β) and
+  no dense bias. Values against the float64 head in train and eval mode."""
+  rng = np.random.default_rng(9)
+  x = jnp.asarray(rng.normal(size=(16, 6)) + 0.5, jnp.float32)
+  head = ProjectionHead(num_layers=3, hidden_dim=10, out_dim=4,
+                        last_bn=last_bn)
+  params = _random_params(head, x, seed=9)
+  names = {"/".join(k) for k in traverse_util.flatten_dict(params)}
+  assert {n for n in names if n.startswith(("dense3/", "bn3/"))} == (
+      {"dense3/kernel"} | last_params)
+  assert "dense1/bias" not in names and "bn1/bias" in names
+  stats = jax.jit(lambda k, x: head.init(k, x).get("batch_stats"))(
+      jax.random.key(0), x)
+  assert ("bn3" in stats) == (last_bn != "none")
+  for train in (True, False):
+    y, _ = head.apply({"params": params, "batch_stats": stats}, x,
+                      train=train, mutable=["batch_stats"])
+    want = _np_head(x, params, 3, use_bn=True, train=train, last_bn=last_bn)
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-4)
+  if last_bn == "plain":  # standardised over the batch
+    y, _ = head.apply({"params": params, "batch_stats": stats}, x,
+                      mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(y).mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(y).std(0), 1.0, rtol=1e-3)
+
+
+def test_projection_head_bad_options_are_clear_errors():
+  x = jnp.zeros((2, 3))
+  with pytest.raises(ValueError, match="last_bn='gamma'"):
+    ProjectionHead(last_bn="gamma").init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="kernel_init='xavier'"):
+    ProjectionHead(kernel_init="xavier").init(jax.random.key(0), x)
+
+
+def test_projection_head_fan_in_init():
+  """kernel_init='fan_in' (BYOL/PyTorch-like): std ≈ 1/√fan_in."""
+  head = ProjectionHead(num_layers=2, hidden_dim=512, out_dim=256,
+                        last_bn="none", kernel_init="fan_in")
+  params = head.init(jax.random.key(0), jnp.zeros((2, 1024)))["params"]
+  np.testing.assert_allclose(np.asarray(params["dense1"]["kernel"]).std(),
+                             1 / np.sqrt(1024), rtol=0.03)
+  np.testing.assert_allclose(np.asarray(params["dense2"]["kernel"]).std(),
+                             1 / np.sqrt(512), rtol=0.03)
+  np.testing.assert_array_equal(np.asarray(params["dense2"]["bias"]), 0.0)
 
 
 def test_projection_head_without_bn_uses_dense_bias():
@@ -659,23 +718,31 @@ def _model_cfg(**overrides):
 
 
 def test_builders_pass_config_through():
-  """create_encoder/create_projector copy the config; bn_group_size 0 means
-  all devices (None); an unknown encoder name is a ValueError."""
+  """create_encoder/create_head copy the config; bn_group_size 0 means
+  all devices (None); out_dim 0 takes the default; an unknown encoder name
+  is a ValueError."""
   enc = models.create_encoder(_model_cfg(), "data")
   assert (enc.depth, enc.width_multiplier, enc.cifar_stem) == (18, 2.0, True)
   assert (enc.bn_momentum, enc.bn_epsilon) == (0.99, 1e-3)
   assert enc.axis_name == "data" and enc.bn_group_size is None
   assert models.create_encoder(_model_cfg(bn_group_size=4),
                                None).bn_group_size == 4
-  head_cfg = ml_collections.ConfigDict(dict(num_layers=3, hidden_dim=0,
-                                            out_dim=64, use_bn=True))
-  head = models.create_projector(head_cfg, _model_cfg(bn_group_size=2), "data")
-  assert (head.num_layers, head.hidden_dim, head.out_dim, head.use_bn) == (
-      3, 0, 64, True)
+  head_cfg = ml_collections.ConfigDict(dict(
+      num_layers=3, hidden_dim=0, out_dim=64, use_bn=True, last_bn="plain",
+      kernel_init="fan_in"))
+  head = models.create_head(head_cfg, _model_cfg(bn_group_size=2), "data")
+  assert (head.num_layers, head.hidden_dim, head.out_dim, head.use_bn,
+          head.last_bn, head.kernel_init) == (3, 0, 64, True, "plain",
+                                              "fan_in")
   assert (head.bn_momentum, head.bn_epsilon) == (0.99, 1e-3)
   assert head.axis_name == "data" and head.bn_group_size == 2
   with pytest.raises(ValueError, match="vit"):
     models.create_encoder(_model_cfg(name="vit"), None)
+  head_cfg.out_dim = 0
+  assert models.create_head(head_cfg, _model_cfg(), None,
+                            default_out_dim=32).out_dim == 32
+  with pytest.raises(ValueError, match="out_dim=0"):
+    models.create_head(head_cfg, _model_cfg(), None)
 
 
 def test_resnet_defaults_match_reference():

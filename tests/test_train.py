@@ -6,16 +6,20 @@ local negatives, a pmap-style extra `psum` making gradients N× too large);
 all show up here as a mismatch between a 1-device and an 8-device mesh.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import mesh_runs
 from jaxssl import augment
 from jaxssl import optim
 from jaxssl import sharding
 from jaxssl import train
+from jaxssl.methods import base
 from jaxssl.methods import simclr
 from jaxssl.models.heads import ProjectionHead
 from jaxssl.models.resnet import ResNet
@@ -27,43 +31,28 @@ SPECS = augment.view_specs("simclr_cifar", image_size=IMAGE_SIZE,
 
 
 def _learner(tx, bn_axis=sharding.DATA_AXIS):
-  network = simclr.Network(
+  network = base.Network(
       ResNet(depth=18, width_multiplier=1 / 16, cifar_stem=True,
              axis_name=bn_axis),
       ProjectionHead(num_layers=2, out_dim=16, axis_name=bn_axis))
-  return train.Learner(network=network, tx=tx,
+  method = base.Method(name="simclr", network=network,
+                       loss=functools.partial(simclr.loss, temperature=0.2))
+  return train.Learner(method=method, tx=tx,
                        schedule=lambda step: 0.1 + 0.05 * step,
-                       temperature=0.2, view_specs=SPECS)
+                       view_specs=SPECS)
 
 
 def _batches():
-  rng = np.random.default_rng(0)
-  return [rng.integers(0, 256, (GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3),
-                       dtype=np.uint8) for _ in range(2)]
+  return mesh_runs.random_batches(2, GLOBAL_BATCH, IMAGE_SIZE)
 
 
 def _run(learner, num_devices, steps=2):
-  mesh = sharding.data_mesh(jax.devices()[:num_devices])
-  state = train.create_train_state(jax.random.key(0), learner, mesh)
-  init_params = jax.device_get(state.params)
-  step_fn = train.compile_train_step(learner, mesh)
-  metrics = []
-  for images in _batches()[:steps]:
-    batch = sharding.global_batch({"image": images}, mesh)
-    state, m = step_fn(state, batch)
-    metrics.append(jax.device_get(m))
-  return init_params, jax.device_get(state), metrics
+  init, state, metrics = mesh_runs.run(learner, num_devices,
+                                       _batches()[:steps])
+  return init.params, state, metrics
 
 
-def _assert_trees_close(a, b, rtol):
-  """Leafwise `|a - b| <= rtol·(|b| + max|b|)`: relative to each leaf's scale."""
-  leaves_a = jax.tree_util.tree_leaves_with_path(a)
-  leaves_b = jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  for (path, x), y in zip(leaves_a, leaves_b):
-    y = np.asarray(y)
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * np.abs(y).max(),
-                               err_msg=jax.tree_util.keystr(path))
+_assert_trees_close = mesh_runs.assert_trees_close
 
 
 @pytest.fixture(scope="module")

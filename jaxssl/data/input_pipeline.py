@@ -293,8 +293,10 @@ def tfds_source(name: str, split: str, *, data_dir: Optional[str],
                     records=records)
 
 
-def _epoch_stream(source: HostSource, seed: int, shuffle_buffer: int):
-  """Endless `(position, {'image', 'label', 'index'})`, reshuffled per epoch."""
+def _epoch_stream(source: HostSource, seed: int, shuffle_buffer: int,
+                  start: int = 0):
+  """Endless `(position, {'image', 'label', 'index'})`, reshuffled per epoch,
+  from stream position `start` on (indices are skipped before any read)."""
   tf = tf_module()
   n = source.num_examples
   if source.records is not None:
@@ -302,17 +304,17 @@ def _epoch_stream(source: HostSource, seed: int, shuffle_buffer: int):
     ds = ds.map(lambda pos, ex: dict(ex, index=pos))
     ds = ds.shuffle(min(shuffle_buffer, n), seed=seed,
                     reshuffle_each_iteration=True)
-    return ds.repeat().enumerate()
+    return ds.repeat().enumerate().skip(start)
   global_index = tf.constant(source.global_index)
   labels = tf.constant(source.labels)
   ds = tf.data.Dataset.range(n)
   ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+  ds = ds.enumerate().skip(start)
 
-  def read(i):
-    return {"image": source.read(i), "label": tf.gather(labels, i),
-            "index": tf.gather(global_index, i)}
-  return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True).enumerate()
+  def read(position, i):
+    return position, {"image": source.read(i), "label": tf.gather(labels, i),
+                      "index": tf.gather(global_index, i)}
+  return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _in_order(source: HostSource):
@@ -353,7 +355,8 @@ def check_readable(source: HostSource, *, max_examples: int = 64) -> int:
 
 
 def pretrain_dataset(source: HostSource, specs: Sequence[augment.ViewSpec], *,
-                     batch_size: int, seed: int, shuffle_buffer: int = 50_000):
+                     batch_size: int, seed: int, shuffle_buffer: int = 50_000,
+                     start_position: int = 0):
   """Endless batches `{'views': (uint8 [b, S_v, S_v, 3], ...), 'label',
   'epoch', 'index'}` of this process, reshuffled every epoch.
 
@@ -364,6 +367,9 @@ def pretrain_dataset(source: HostSource, specs: Sequence[augment.ViewSpec], *,
     seed: shuffling and crop seed.
     shuffle_buffer: shuffle buffer of encoded records for stream sources
       (indexable sources are shuffled exactly, as indices).
+    start_position: examples of this process's stream to skip (a resumed
+      run: step × batch_size; exact unless unreadable images were skipped
+      before it).
 
   Returns:
     A `tf.data.Dataset`.
@@ -381,7 +387,7 @@ def pretrain_dataset(source: HostSource, specs: Sequence[augment.ViewSpec], *,
     return {"views": views, "label": ex["label"], "epoch": epoch,
             "index": ex["index"]}
 
-  ds = _epoch_stream(source, seed, shuffle_buffer)
+  ds = _epoch_stream(source, seed, shuffle_buffer, start_position)
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.ignore_errors()
   ds = ds.batch(batch_size, drop_remainder=True)
@@ -442,8 +448,12 @@ class HostIterator:
   """
 
   def __init__(self, dataset, *, examples_per_epoch: int, description: str,
-               place: Callable[[dict], Any] = lambda b: b, prefetch: int = 2):
+               place: Callable[[dict], Any] = lambda b: b, prefetch: int = 2,
+               start_position: int = 0):
     self.counter = SkipCounter(examples_per_epoch, description)
+    if start_position % examples_per_epoch:  # resumed inside an epoch
+      self.counter.seen[start_position // examples_per_epoch] = (
+          start_position % examples_per_epoch)
     self._iterator = iter(dataset.as_numpy_iterator())
     self._place = place
     self._queue = queue.Queue(maxsize=prefetch)

@@ -1,15 +1,16 @@
 """Config section `data` → training batches and evaluation arrays.
 
 Two kinds of source:
-* in memory (`digits`, `synthetic`): uint8 arrays of one size; the random-
-  resized crops are cut on the device, so no TensorFlow is needed (GPU
-  images without TF, benchmarks);
+* in memory (`digits`, `synthetic`, `files_in_memory`: a folder or zip
+  decoded with PIL): uint8 arrays of one size; the random-resized crops are
+  cut on the device, so no TensorFlow is needed (GPU images without TF,
+  benchmarks);
 * host pipelines (`files`: a folder or zip of `<class>/<image>`; `tfds`): a
   tf.data pipeline per process decodes and crops on the host
   (`input_pipeline`), and the device does the photometric augmentation.
 """
 
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 from jax.sharding import Mesh
@@ -20,7 +21,7 @@ from jaxssl import augment
 from jaxssl import sharding
 from jaxssl.data import in_memory
 
-IN_MEMORY_SOURCES = ("digits", "synthetic")
+IN_MEMORY_SOURCES = ("digits", "synthetic", "files_in_memory")
 HOST_SOURCES = ("files", "tfds")
 SOURCES = IN_MEMORY_SOURCES + HOST_SOURCES
 
@@ -30,9 +31,13 @@ def check(data: ml_collections.ConfigDict) -> None:
   if data.source not in SOURCES:
     raise ValueError(f"config.data.source={data.source!r} is not one of "
                      f"{list(SOURCES)}")
-  if data.source == "files" and not data.path:
-    raise ValueError("config.data.source='files' needs config.data.path (a "
-                     "folder or .zip of <class>/<image> files)")
+  if data.source in ("files", "files_in_memory") and not data.path:
+    raise ValueError(f"config.data.source={data.source!r} needs "
+                     "config.data.path (a folder or .zip of <class>/<image> "
+                     "files)")
+  if not 0.0 <= data.train_fraction <= 1.0:
+    raise ValueError(f"config.data.train_fraction={data.train_fraction} must "
+                     "be in [0, 1] (0: all labels)")
 
 
 def load_in_memory(data: ml_collections.ConfigDict,
@@ -43,6 +48,9 @@ def load_in_memory(data: ml_collections.ConfigDict,
   if data.source == "synthetic":
     return in_memory.synthetic(data.synthetic_examples, data.image_size,
                                seed=0 if split == data.train_split else 1)
+  if data.source == "files_in_memory":
+    return in_memory.load_image_files(data.path, split or None,
+                                      data.image_size)
   raise ValueError(f"config.data.source={data.source!r} is not in memory")
 
 
@@ -68,20 +76,29 @@ class TrainInput:
   """Global training batches on the mesh, and what the schedule needs.
 
   Attributes:
-    batches: iterator of dicts of global `jax.Array`s: `{'image'}` (in
-      memory, cropped on device) or `{'views': (...)}` (host crops), with
-      `'label'` where known.
     num_examples: examples per epoch over all processes.
     description: for logs.
-    skip_counter: `input_pipeline.SkipCounter` of unreadable images, or None.
+    num_classes: classes of the labels (0: unlabelled).
+    skip_counter: `input_pipeline.SkipCounter` of unreadable images (host
+      pipelines, once `batches` has been called), or None.
   """
 
-  def __init__(self, batches: Iterator[Any], num_examples: int,
-               description: str, skip_counter=None):
-    self.batches = batches
+  def __init__(self, make_batches: Callable[[int], Iterator[Any]],
+               num_examples: int, description: str, num_classes: int = 0):
+    self._make_batches = make_batches
     self.num_examples = num_examples
     self.description = description
-    self.skip_counter = skip_counter
+    self.num_classes = num_classes
+    self.skip_counter = None
+
+  def batches(self, start_step: int = 0) -> Iterator[Any]:
+    """Iterator of dicts of global `jax.Array`s from step `start_step` on (a
+    resumed run sees the batches an uninterrupted one would): `{'image'}`
+    (in memory, cropped on device) or `{'views': (...)}` (host crops), with
+    `'label'` where known."""
+    iterator = self._make_batches(start_step)
+    self.skip_counter = getattr(iterator, "counter", None)
+    return iterator
 
 
 def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -90,22 +107,56 @@ def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
   data = config.data
   if data.source in IN_MEMORY_SOURCES:
     dataset = load_in_memory(data, data.train_split)
-    batches = in_memory.global_batches(dataset, batch_size=config.batch_size,
-                                       mesh=mesh, seed=config.seed)
-    return TrainInput(batches, len(dataset), dataset.name)
+    if data.train_fraction:
+      dataset = in_memory.label_subset(dataset, data.train_fraction,
+                                       seed=config.seed)
+    num_classes = 0 if dataset.labels is None else dataset.num_classes
+    return TrainInput(
+        lambda start: in_memory.global_batches(
+            dataset, batch_size=config.batch_size, mesh=mesh,
+            seed=config.seed, start_step=start),
+        len(dataset), dataset.name, num_classes=num_classes)
   from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  data = _imagenet_subset(data)
   source = host_source(data, data.train_split, seed=config.seed)
   input_pipeline.check_readable(source)
   per_process = config.batch_size // jax.process_count()
-  dataset = input_pipeline.pretrain_dataset(
-      source, specs, batch_size=per_process, seed=config.seed,
-      shuffle_buffer=data.shuffle_buffer)
-  iterator = input_pipeline.HostIterator(
-      dataset, examples_per_epoch=source.num_examples,
-      description=source.description,
-      place=lambda b: sharding.global_batch(b, mesh))
-  return TrainInput(iterator, source.total_examples, source.description,
-                    iterator.counter)
+
+  def make_batches(start):
+    dataset = input_pipeline.pretrain_dataset(
+        source, specs, batch_size=per_process, seed=config.seed,
+        shuffle_buffer=data.shuffle_buffer,
+        start_position=start * per_process)
+    return input_pipeline.HostIterator(
+        dataset, examples_per_epoch=source.num_examples,
+        description=source.description,
+        place=lambda b: sharding.global_batch(b, mesh),
+        start_position=start * per_process)
+
+  return TrainInput(make_batches, source.total_examples, source.description,
+                    num_classes=source.num_classes)
+
+
+# TFDS's published ImageNet label subsets (SimCLR v2).
+_IMAGENET_SUBSETS = {0.01: "imagenet2012_subset/1pct",
+                     0.1: "imagenet2012_subset/10pct"}
+
+
+def _imagenet_subset(data: ml_collections.ConfigDict
+                     ) -> ml_collections.ConfigDict:
+  """The data section reading `train_fraction` of the labels (host sources)."""
+  if not data.train_fraction:
+    return data
+  if (data.source == "tfds" and data.name == "imagenet2012"
+      and data.train_fraction in _IMAGENET_SUBSETS):
+    data = ml_collections.ConfigDict(data.to_dict())
+    data.name = _IMAGENET_SUBSETS[data.train_fraction]
+    return data
+  raise NotImplementedError(
+      f"config.data.train_fraction={data.train_fraction} with source "
+      f"{data.source!r} ({data.name}): host pipelines support ImageNet's "
+      "TFDS subsets (0.01, 0.1); for other data use an in-memory source "
+      "(e.g. files_in_memory), which takes a class-balanced subset")
 
 
 def eval_arrays(data: ml_collections.ConfigDict, split: str, *,
@@ -120,7 +171,7 @@ def eval_arrays(data: ml_collections.ConfigDict, split: str, *,
   if jax.process_count() > 1:
     raise NotImplementedError(
         "evaluation of host-pipeline sources on several processes is not "
-        "supported yet; set config.eval.knn_k=0")
+        "supported yet; set config.eval.knn_ks=() and config.probe.enabled=False")
   from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
   source = host_source(data, split, seed=0)
   images, labels = [], []
@@ -131,6 +182,6 @@ def eval_arrays(data: ml_collections.ConfigDict, split: str, *,
   labels = np.concatenate(labels)
   if labels.min() < 0:
     raise ValueError(f"{source.description} has unlabelled images; kNN "
-                     "evaluation needs labels (or set config.eval.knn_k=0)")
+                     "evaluation needs labels (or set config.eval.knn_ks=() and config.probe.enabled=False)")
   return in_memory.ArrayDataset(np.concatenate(images), labels,
                                 name=source.description)

@@ -1,1 +1,17 @@
-"""Self-supervised methods: a network, a loss, optional target/state."""
+"""Self-supervised methods: a network, a loss, optional target and state.
+
+`METHODS` maps `config.method` to the method's `create(config, *, axis_name,
+total_steps) -> base.Method`; adding a method is one file plus this entry.
+"""
+
+from jaxssl.methods import barlow_twins
+from jaxssl.methods import byol
+from jaxssl.methods import simclr
+from jaxssl.methods import simsiam
+
+METHODS = {
+    "simclr": simclr.create,
+    "byol": byol.create,
+    "simsiam": simsiam.create,
+    "barlow_twins": barlow_twins.create,
+}

@@ -6,38 +6,30 @@ Both views are encoded in one batch, so BatchNorm statistics cover both (as in
 the reference, which concatenates the views along the batch).
 """
 
+import functools
 from typing import Optional
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from jaxssl import losses
-from jaxssl import models
+from jaxssl.methods import base
 
 
-class Network(nn.Module):
-  """Encoder f(·) followed by projection head g(·); returns `(h, z)`."""
-  encoder: nn.Module
-  projector: nn.Module
-
-  def __call__(self, x: jax.Array, train: bool = True):
-    h = self.encoder(x, train=train)
-    return h, self.projector(h, train=train)
-
-
-def create_network(config: ml_collections.ConfigDict,
-                   axis_name: Optional[str]) -> Network:
-  """Network of config sections `model` and `head`."""
-  return Network(models.create_encoder(config.model, axis_name),
-                 models.create_projector(config.head, config.model, axis_name))
-
-
-def loss(z: jax.Array, *, temperature: float,
-         axis_name: Optional[str]) -> tuple[jax.Array, dict]:
-  """NT-Xent on `z = [z_view1; z_view2]` (local batch); returns loss, metrics."""
-  z1, z2 = jnp.split(z, 2, axis=0)
+def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
+         *, temperature: float, axis_name: Optional[str]):
+  """NT-Xent on `z = [z_view1; z_view2]` of the local batch."""
+  del target
+  z1, z2 = base.split_views(online["z"], 2)
   value, accuracy = losses.nt_xent_and_accuracy(
       z1, z2, temperature, axis_name=axis_name)
-  return value, {"contrast_acc": accuracy}
+  return value, {"contrast_acc": accuracy}, method_state
+
+
+def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
+           total_steps: int) -> base.Method:
+  """SimCLR of config sections `model`, `head`, `loss.temperature`."""
+  del total_steps
+  return base.Method(
+      name="simclr", network=base.create_network(config, axis_name),
+      loss=functools.partial(loss, temperature=config.loss.temperature))
+

@@ -26,12 +26,19 @@ def create_encoder(cfg: ml_collections.ConfigDict, axis_name: Optional[str]):
   return ENCODERS[cfg.name](cfg, axis_name)
 
 
-def create_projector(head: ml_collections.ConfigDict,
-                     model: ml_collections.ConfigDict,
-                     axis_name: Optional[str]) -> ProjectionHead:
-  """The projection head of config section `head`, normalised like `model`."""
+def create_head(head: ml_collections.ConfigDict,
+                model: ml_collections.ConfigDict,
+                axis_name: Optional[str], *,
+                default_out_dim: int = 0) -> ProjectionHead:
+  """The MLP head of config section `head` (or `predictor`), normalised like
+  `model`. `out_dim=0` means `default_out_dim` (a predictor's output matches
+  the projector's)."""
+  out_dim = head.out_dim or default_out_dim
+  if out_dim <= 0:
+    raise ValueError(f"head out_dim={head.out_dim} must be positive")
   return ProjectionHead(num_layers=head.num_layers, hidden_dim=head.hidden_dim,
-                        out_dim=head.out_dim, use_bn=head.use_bn,
+                        out_dim=out_dim, use_bn=head.use_bn,
+                        last_bn=head.last_bn, kernel_init=head.kernel_init,
                         bn_momentum=model.bn_momentum,
                         bn_epsilon=model.bn_epsilon, axis_name=axis_name,
                         bn_group_size=model.bn_group_size or None)

@@ -1,4 +1,4 @@
-"""Projection heads (SimCLR g(·))."""
+"""MLP heads: SimCLR/BYOL/SimSiam/Barlow Twins projectors and predictors."""
 
 from typing import Any, Optional
 
@@ -8,26 +8,47 @@ import jax.numpy as jnp
 
 from jaxssl.models.normalization import batch_norm_factory
 
-# The SimCLR reference initialises its head's dense layers with N(0, 0.01²).
-dense_init = nn.initializers.normal(stddev=0.01)
+# The SimCLR reference initialises its head's dense layers with N(0, 0.01²);
+# the BYOL (haiku) and PyTorch references use a fan-in scaled init.
+KERNEL_INITS = {
+    "simclr": nn.initializers.normal(stddev=0.01),
+    "fan_in": nn.initializers.lecun_normal(),
+}
+LAST_BN = ("scale", "affine", "plain", "none")
 
 
 class ProjectionHead(nn.Module):
-  """MLP projection head of the SimCLR TF2 reference.
+  """MLP head; by default the projection head of the SimCLR TF2 reference.
 
-  Each of `num_layers` layers is a dense layer without bias followed by
-  BatchNorm; all but the last apply ReLU, and the last BatchNorm has no
-  offset β (the reference's `LinearLayer(use_bias=False, use_bn=True)`).
-  SimCLR v1 uses 2 layers, SimCLR v2 3 layers (Chen et al. 2020,
-  https://arxiv.org/abs/2006.10029, §2). With `use_bn=False` the layers are
-  dense with bias (the v1 paper's description). `num_layers=0` is the
-  identity.
+  Each of `num_layers` layers is a dense layer followed by BatchNorm and ReLU,
+  except the last, whose normalisation is `last_bn` and which has no ReLU.
+  A dense layer has a bias exactly when no BatchNorm follows it (a bias
+  before BatchNorm is removed by the mean subtraction and never trained).
+
+  * SimCLR (Chen et al. 2020, https://arxiv.org/abs/2006.10029, §2): 2 (v1) or
+    3 (v2) layers, `last_bn='scale'` (BN with γ, no β: the reference's
+    `LinearLayer(use_bias=False, use_bn=True)`), N(0, 0.01²) kernels. With
+    `use_bn=False` every layer is dense with bias (the v1 paper's text).
+  * BYOL (Grill et al. 2020, https://arxiv.org/abs/2006.07733, §3.3):
+    projector and predictor are 2 layers, 4096 hidden, 256 out,
+    `last_bn='none'`.
+  * SimSiam (Chen & He 2021, https://arxiv.org/abs/2011.10566, §4.1):
+    projector 3 layers of 2048 with `last_bn='plain'` (BN without affine);
+    predictor 2048 → 512 → 2048, `last_bn='none'`.
+  * Barlow Twins (Zbontar et al. 2021, https://arxiv.org/abs/2103.03230):
+    3 layers of 8192, `last_bn='none'` (the loss standardises).
+
+  `num_layers=0` is the identity.
 
   Attributes:
     num_layers: number of dense layers.
     hidden_dim: width of the hidden layers; 0 means the input width.
     out_dim: output width (128).
-    use_bn: BatchNorm after each dense layer.
+    use_bn: BatchNorm after each hidden dense layer (and `last_bn` after the
+      last); False: plain dense layers with bias.
+    last_bn: normalisation of the last layer: 'scale' (γ only), 'affine'
+      (γ and β), 'plain' (neither), 'none' (no BatchNorm).
+    kernel_init: 'simclr' (N(0, 0.01²)) or 'fan_in' (LeCun normal).
     bn_momentum, bn_epsilon, axis_name, bn_group_size: as in `ResNet`.
     dtype: computation dtype.
   """
@@ -35,6 +56,8 @@ class ProjectionHead(nn.Module):
   hidden_dim: int = 0
   out_dim: int = 128
   use_bn: bool = True
+  last_bn: str = "scale"
+  kernel_init: str = "simclr"
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: Optional[str] = None
@@ -42,19 +65,36 @@ class ProjectionHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = True,
+               layers: Optional[int] = None) -> jax.Array:
+    """Applies the head; `layers=L` stops after the first L layers (each a
+    hidden layer's dense → BN → ReLU unless L is all of them), the input of
+    SimCLR v2's fine-tuning from a projection-head layer."""
+    if self.last_bn not in LAST_BN:
+      raise ValueError(f"last_bn={self.last_bn!r} is not one of {LAST_BN}")
+    if self.kernel_init not in KERNEL_INITS:
+      raise ValueError(f"kernel_init={self.kernel_init!r} is not one of "
+                       f"{sorted(KERNEL_INITS)}")
     hidden = self.hidden_dim or x.shape[-1]
     norm = batch_norm_factory(
         train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
         axis_name=self.axis_name, group_size=self.bn_group_size,
         dtype=self.dtype)
-    for i in range(self.num_layers):
+    layers = self.num_layers if layers is None else layers
+    if not 0 <= layers <= self.num_layers:
+      raise ValueError(f"layers={layers} is not in [0, {self.num_layers}]")
+    for i in range(layers):
       last = i == self.num_layers - 1
-      x = nn.Dense(self.out_dim if last else hidden, use_bias=not self.use_bn,
-                   kernel_init=dense_init, dtype=self.dtype,
-                   name=f"dense{i + 1}")(x)
-      if self.use_bn:
-        x = norm(use_bias=not last, name=f"bn{i + 1}")(x)
+      bn = self.use_bn and not (last and self.last_bn == "none")
+      x = nn.Dense(self.out_dim if last else hidden, use_bias=not bn,
+                   kernel_init=KERNEL_INITS[self.kernel_init],
+                   dtype=self.dtype, name=f"dense{i + 1}")(x)
+      if bn:
+        if last:
+          x = norm(use_scale=self.last_bn != "plain",
+                   use_bias=self.last_bn == "affine", name=f"bn{i + 1}")(x)
+        else:
+          x = norm(name=f"bn{i + 1}")(x)
       if not last:
         x = nn.relu(x)
     return x.astype(jnp.float32)

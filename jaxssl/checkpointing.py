@@ -1,0 +1,77 @@
+"""Checkpoints of the whole train state with orbax, and restore-or-init.
+
+The saved pytree is the complete `TrainState` (parameters, BatchNorm
+statistics, optimizer state, EMA target, method state, online probe, step and
+PRNG key); the input position is the step itself, since every input source
+derives its batches from (seed, step). Orbax writes each checkpoint into a
+temporary directory and renames it when complete, so a checkpoint cut short
+by a kill is never listed, and the previous complete one is restored.
+"""
+
+import os
+from typing import Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxssl.train_state import TrainState
+
+
+def _to_saveable(state: TrainState) -> TrainState:
+  # Typed PRNG keys are stored as their raw uint32 data.
+  return state.replace(rng=jax.random.key_data(state.rng))
+
+
+class Checkpointer:
+  """Saves every `every_steps` steps (keeping `keep`) and restores the latest.
+
+  Args:
+    directory: where checkpoints live (`workdir/checkpoints`).
+    every_steps: save interval in steps (0: only when asked with force).
+    keep: checkpoints kept.
+    asynchronous: write in a background thread while training goes on.
+  """
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int = 3,
+               asynchronous: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.every_steps = every_steps
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True,
+        enable_async_checkpointing=asynchronous)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    return bool(self.every_steps) and step % self.every_steps == 0
+
+  def save(self, state: TrainState, *, force: bool = False) -> bool:
+    """Saves `state` at its step (if due, or `force`); returns whether."""
+    step = int(jax.device_get(state.step))
+    if not (force or self.should_save(step)):
+      return False
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(
+        step, args=ocp.args.StandardSave(_to_saveable(state)), force=True)
+
+  def restore(self, template: TrainState) -> TrainState:
+    """The latest checkpoint, placed like `template` (any device count)."""
+    step = self.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        _to_saveable(template))
+    restored = self._manager.restore(step, args=ocp.args.StandardRestore(
+        target))
+    return restored.replace(rng=jax.random.wrap_key_data(restored.rng))
+
+  def wait(self) -> None:
+    """Blocks until asynchronous saves have finished."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

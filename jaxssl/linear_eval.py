@@ -1,0 +1,276 @@
+r"""Linear evaluation and semi-supervised fine-tuning of a pretrained encoder.
+
+  python -m jaxssl.linear_eval --config=configs/linear_eval.py \
+      --config.checkpoint=/tmp/simclr_cifar10 --workdir=/tmp/simclr_linear
+
+Linear evaluation (`mode='linear'`) trains a linear classifier on the frozen
+encoder: BatchNorm uses the pretrained running statistics and nothing but the
+classifier changes. Fine-tuning (`mode='finetune'`, SimCLR v2) trains the
+encoder, the first `head_layers` layers of the projection head and a new
+classifier on a (class-balanced) fraction of the labels. Both train on random
+crops and flips of the training split and report top-1/top-5 on centre crops
+of the evaluation split. The train step is the same per-device function with
+named-axis collectives as pretraining, and `train.train_loop` runs it.
+"""
+
+import dataclasses
+import functools
+import importlib
+import json
+import os
+import time
+from typing import Any
+
+from absl import app
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from jaxssl import augment
+from jaxssl import export
+from jaxssl import metric_writers
+from jaxssl import optim
+from jaxssl import schedules
+from jaxssl import sharding
+from jaxssl import train
+from jaxssl.data import sources
+from jaxssl.evaluators import knn
+from jaxssl.evaluators import linear_probe
+
+PyTree = Any
+DATA_AXIS = sharding.DATA_AXIS
+MODES = ("linear", "finetune")
+
+
+class Classifier(nn.Module):
+  """Encoder → first `head_layers` projection-head layers → linear logits."""
+  encoder: nn.Module
+  projector: nn.Module
+  head_layers: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    h = self.encoder(x, train=train)
+    if self.head_layers:
+      h = self.projector(h, train=train, layers=self.head_layers)
+    return linear_probe.Linear(self.num_classes, name="classifier")(h)
+
+
+@flax.struct.dataclass
+class ClassifierState:
+  """Trained parameters, BN statistics, optimizer state, and the frozen
+  pretrained parameters (linear mode)."""
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: optax.OptState
+  rng: jax.Array
+  frozen: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """The static parts of the downstream step."""
+  model: Classifier
+  tx: optax.GradientTransformation
+  schedule: Any
+  spec: augment.ViewSpec
+  finetune: bool
+
+
+def classifier_step(state: ClassifierState, batch: dict, rng: jax.Array, *,
+                    task: Task, axis_name: str = DATA_AXIS) -> tuple:
+  """One step on this device's rows: crop + flip, cross-entropy, update."""
+  x = train.make_views(batch, rng, specs=(task.spec,), axis_name=axis_name)[0]
+
+  def loss_fn(params):
+    if task.finetune:
+      logits, new_vars = task.model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, x,
+          train=True, mutable=["batch_stats"])
+      batch_stats = new_vars["batch_stats"]
+    else:  # frozen encoder, pretrained BN statistics
+      logits = task.model.apply(
+          {"params": {**state.frozen, **params},
+           "batch_stats": state.batch_stats}, x, train=False)
+      batch_stats = state.batch_stats
+    loss, accuracy = linear_probe.classification_loss(
+        logits, batch["label"], axis_name=axis_name)
+    return loss, (batch_stats, accuracy)
+
+  (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, {"loss": loss, "train_top1": accuracy,
+                     "lr": task.schedule(state.step)}
+
+
+def _step_from_state(state, batch, *, task):
+  return classifier_step(state, batch,
+                         jax.random.fold_in(state.rng, state.step), task=task)
+
+
+def compile_step(task: Task, mesh: Mesh):
+  return jax.jit(jax.shard_map(
+      functools.partial(_step_from_state, task=task), mesh=mesh,
+      in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P())), donate_argnums=0)
+
+
+def create_state(task: Task, pretrained: dict, seed: int,
+                 mesh: Mesh) -> ClassifierState:
+  """Pretrained encoder/head variables plus a zero-initialised classifier."""
+  size = task.spec.size
+
+  def init():
+    variables = task.model.init(jax.random.key(0),
+                                jnp.zeros((1, size, size, 3)))
+    params = {**pretrained["params"],
+              "classifier": variables["params"]["classifier"]}
+    params = {k: v for k, v in params.items()
+              if k in variables["params"]}  # head dropped if unused
+    batch_stats = {k: v for k, v in pretrained["batch_stats"].items()
+                   if k in variables.get("batch_stats", {})}
+    if task.finetune:
+      trained, frozen = params, {}
+    else:
+      trained = {"classifier": params.pop("classifier")}
+      frozen = params
+    return ClassifierState(step=jnp.zeros([], jnp.int32), params=trained,
+                           batch_stats=batch_stats,
+                           opt_state=task.tx.init(trained),
+                           rng=jax.random.key(seed), frozen=frozen)
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+
+
+def evaluate(task: Task, state: ClassifierState, eval_ds, *, mesh: Mesh,
+             batch_size: int) -> dict:
+  """Top-1/top-5 on centre crops (eval-mode BatchNorm)."""
+  variables = {"params": {**state.frozen, **state.params},
+               "batch_stats": state.batch_stats}
+
+  @jax.jit
+  def logits_fn(images):
+    x = augment.center_resize(images, task.spec.size, task.spec.normalize)
+    return task.model.apply(variables, x, train=False)
+
+  logits = knn.extract_features(logits_fn, eval_ds.images,
+                                batch_size=batch_size, mesh=mesh)
+  top = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+  labels = np.asarray(eval_ds.labels)[:, None]
+  return {"top1": float(np.mean(top[:, :1] == labels)),
+          "top5": float(np.mean(np.any(top == labels, axis=1)))}
+
+
+def _data_config(config, pretrain_config) -> ml_collections.ConfigDict:
+  """`config.data`, or the pretraining run's when `config.data.source` is ''."""
+  if config.data.source:
+    return config.data
+  data = ml_collections.ConfigDict(pretrain_config.data.to_dict())
+  with data.unlocked():
+    data.train_fraction = config.data.train_fraction
+  return data
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Linear evaluation or fine-tuning as `config` says; writes results.json."""
+  if config.mode not in MODES:
+    raise ValueError(f"config.mode={config.mode!r} is not one of {MODES}")
+  if not config.checkpoint:
+    raise ValueError("config.checkpoint is required: a pretraining workdir "
+                     f"(with {export.ENCODER_FILE}) or the file itself")
+  workdir = train.prepare_workdir(workdir)
+  mesh = sharding.data_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  finetune = config.mode == "finetune"
+  network, pretrained, pretrain_config = export.load_encoder(
+      config.checkpoint, axis_name=DATA_AXIS)
+  run_config = ml_collections.ConfigDict({
+      "data": _data_config(config, pretrain_config).to_dict(),
+      "batch_size": config.batch_size, "seed": config.seed})
+  sources.check(run_config.data)
+  spec = augment.ViewSpec(
+      size=run_config.data.image_size, crop_area=(0.08, 1.0), flip_prob=0.5,
+      jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
+      normalize=train.config_view_specs(pretrain_config)[0].normalize)
+  train_input = sources.train_input(run_config, mesh, (spec,))
+  if train_input.num_classes <= 0:
+    raise ValueError(f"{train_input.description} has no labels")
+  num_examples = train_input.num_examples
+  steps = schedules.simclr_total_steps(num_examples, config.epochs,
+                                       config.batch_size)
+  schedule = schedules.warmup_cosine(
+      config.optimizer.base_lr, batch_size=config.batch_size,
+      num_examples=num_examples, epochs=config.epochs,
+      warmup_epochs=config.optimizer.warmup_epochs,
+      scaling=config.optimizer.lr_scaling, total_steps=steps)
+  task = Task(
+      model=Classifier(network.encoder, network.projector,
+                       config.head_layers if finetune else 0,
+                       train_input.num_classes),
+      tx=optim.from_config(config.optimizer, schedule), schedule=schedule,
+      spec=spec, finetune=finetune)
+  state = create_state(task, pretrained, config.seed, mesh)
+  eval_ds = sources.eval_arrays(run_config.data, run_config.data.eval_split,
+                                image_size=spec.size)
+  print_fn = train._print0  # pylint: disable=protected-access
+  print_fn(f"{config.mode} of {config.checkpoint} on "
+           f"{train_input.description}: {num_examples} examples, "
+           f"{steps} steps")
+  writer = metric_writers.MetricWriter(workdir, print_fn=print_fn)
+  steps_per_epoch = max(num_examples // config.batch_size, 1)
+
+  def on_epoch_end(epoch, state):
+    every = config.eval_every_epochs
+    if not every or epoch % every or epoch * steps_per_epoch >= steps:
+      return {}
+    return evaluate(task, state, eval_ds, mesh=mesh,
+                    batch_size=config.eval_batch_size)
+
+  start = time.perf_counter()
+  state, history, epochs = train.train_loop(
+      state, compile_step(task, mesh), train_input.batches(),
+      total_steps=steps,
+      log_every=config.log_every, batch_size=config.batch_size,
+      steps_per_epoch=steps_per_epoch, writer=writer,
+      on_epoch_end=on_epoch_end)
+  results = {"mode": config.mode, "steps": steps,
+             "train_seconds": time.perf_counter() - start,
+             "num_examples": num_examples,
+             **evaluate(task, state, eval_ds, mesh=mesh,
+                        batch_size=config.eval_batch_size)}
+  writer.write_scalars(steps, {f"eval/{k}": results[k]
+                               for k in ("top1", "top5")})
+  writer.close()
+  print_fn(f"{config.mode} on {eval_ds.name}: top-1 {results['top1']:.4f} | "
+           f"top-5 {results['top5']:.4f}")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump({"results": results, "history": history, "epochs": epochs},
+                f, indent=1)
+  return results
+
+
+def main(argv):
+  from jaxssl import main as entry  # pylint: disable=g-import-not-at-top
+  entry.initialize(argv)
+  try:
+    run(entry.FLAGS.config, entry.FLAGS.workdir)
+  except (ValueError, FileNotFoundError, NotImplementedError) as e:
+    raise app.UsageError(str(e)) from e
+
+
+if __name__ == "__main__":
+  # jaxssl.main defines the flags (--config, --workdir, --distributed, ...);
+  # imported here only, so that importing this module defines no flags.
+  importlib.import_module("jaxssl.main")
+  app.run(main)

@@ -1,0 +1,35 @@
+"""Barlow Twins (Zbontar et al. 2021, https://arxiv.org/abs/2103.03230).
+
+The cross-correlation matrix of the two views' embeddings, each standardised
+over the GLOBAL batch, is pushed towards the identity: invariance on the
+diagonal, redundancy reduction (weight λ) off it. The statistics and the
+matrix are sums over the device axis, so the loss on N devices is the loss
+of the concatenated batch.
+"""
+
+import functools
+from typing import Optional
+
+import jax.numpy as jnp
+import ml_collections
+
+from jaxssl import losses
+from jaxssl.methods import base
+
+
+def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
+         *, lambd: float, axis_name: Optional[str]):
+  """`Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²` of the global batch (eq. 1)."""
+  del target
+  z1, z2 = base.split_views(online["z"], 2)
+  value, c = losses.barlow_twins(z1, z2, lambd=lambd, axis_name=axis_name)
+  return value, {"bt_diag": jnp.mean(jnp.diagonal(c))}, method_state
+
+
+def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
+           total_steps: int) -> base.Method:
+  """Barlow Twins of config sections `model`, `head`, `loss.barlow_lambda`."""
+  del total_steps
+  return base.Method(
+      name="barlow_twins", network=base.create_network(config, axis_name),
+      loss=functools.partial(loss, lambd=config.loss.barlow_lambda))

@@ -1,0 +1,44 @@
+"""BYOL (Grill et al. 2020, https://arxiv.org/abs/2006.07733).
+
+The online network (encoder → projector → predictor) predicts the target
+network's projection of the other view. The target (encoder → projector) is
+an exponential moving average of the online weights, updated after each
+optimizer step towards the UPDATED online weights with τ rising from
+`base_momentum` to 1 on a cosine (`jaxssl.schedules.ema_momentum`). It runs
+in training mode (batch statistics) and keeps its own BatchNorm statistics.
+As in the DeepMind JAX reference, the target starts as a copy of the online
+encoder and projector, and the loss is the SUM of the two directions of
+`regression_loss` (averaging halves the gradient), averaged over the batch.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxssl import losses
+from jaxssl import schedules
+from jaxssl.methods import base
+
+
+def loss(online: base.Outputs, target: base.Outputs, method_state, *,
+         axis_name: Optional[str]):
+  """`mean_b [ℓ(p1, sg z2') + ℓ(p2, sg z1')]` over the local batch."""
+  del axis_name
+  p1, p2 = base.split_views(online["p"], 2)
+  z1, z2 = base.split_views(jax.lax.stop_gradient(target["z"]), 2)
+  value = jnp.mean(losses.regression_loss(p1, z2)
+                   + losses.regression_loss(p2, z1))
+  return value, {}, method_state
+
+
+def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
+           total_steps: int) -> base.Method:
+  """BYOL of config sections `model`, `head`, `predictor`, `target`."""
+  return base.Method(
+      name="byol",
+      network=base.create_network(config, axis_name, predictor=True),
+      loss=loss, target_network=base.create_network(config, axis_name),
+      target_momentum=schedules.ema_momentum(config.target.base_momentum,
+                                             total_steps))

@@ -1,0 +1,37 @@
+"""SimSiam (Chen & He 2021, https://arxiv.org/abs/2011.10566).
+
+One encoder and projector embed both views; a predictor bottleneck maps each
+projection to a prediction of the other view's projection, whose gradient is
+stopped (the stop-gradient is what prevents collapse, §4.1). No target
+network, no negatives; trained with SGD.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxssl import losses
+from jaxssl.methods import base
+
+
+def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
+         *, axis_name: Optional[str]):
+  """`mean_b [D(p1, sg z2)/2 + D(p2, sg z1)/2]`, D = negative cosine (eq. 2)."""
+  del target, axis_name
+  p1, p2 = base.split_views(online["p"], 2)
+  z1, z2 = base.split_views(jax.lax.stop_gradient(online["z"]), 2)
+  value = jnp.mean(0.5 * losses.negative_cosine(p1, z2)
+                   + 0.5 * losses.negative_cosine(p2, z1))
+  return value, {}, method_state
+
+
+def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
+           total_steps: int) -> base.Method:
+  """SimSiam of config sections `model`, `head`, `predictor`."""
+  del total_steps
+  return base.Method(
+      name="simsiam",
+      network=base.create_network(config, axis_name, predictor=True),
+      loss=loss)

@@ -1,0 +1,173 @@
+"""Checkpoints: exact resume, SIGTERM, NaN, partial checkpoints, 8 → 4 devices."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import config_files
+import mesh_runs
+from jaxssl import checkpointing
+from jaxssl import sharding
+from jaxssl import train
+
+
+def _config():
+  """21 steps, checkpoints every 4, the online probe on, no kNN."""
+  _, c = config_files.load("simclr_cifar10", "runlocal")
+  c.checkpoint.every_steps = 4
+  c.checkpoint.asynchronous = False
+  c.eval.knn_ks = ()
+  return c
+
+
+def _final_state(workdir):
+  """The state of the latest checkpoint, on the host."""
+  learner = train.create_learner(_config(), 256, 10)
+  mesh = sharding.data_mesh()
+  template = train.create_train_state(jax.random.key(0), learner, mesh)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    every_steps=0, asynchronous=False)
+  state = jax.device_get(ckpt.restore(template))
+  ckpt.close()
+  return state
+
+
+def _assert_identical(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("whole"))
+  results = train.train_and_evaluate(_config(), workdir)
+  assert results["steps"] == 21 and results["start_step"] == 0
+  return workdir
+
+
+def test_stop_and_resume_equals_uninterrupted(uninterrupted, tmp_path,
+                                              monkeypatch):
+  """Stopped (as on SIGTERM) after step 10 and resumed: the final params,
+  BN statistics, optimizer and probe state are bit-identical."""
+  workdir = str(tmp_path)
+  with monkeypatch.context() as m:
+    m.setattr(train._StopOnSigterm, "agreed",  # pylint: disable=protected-access
+              lambda self, step, every: step == 10)
+    out = train.train_and_evaluate(_config(), workdir)
+  assert out == {"preempted_at_step": 10}
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir,
+                                                         "checkpoints"))
+                 if d.isdigit())
+  assert steps[-1] == 10
+  results = train.train_and_evaluate(_config(), workdir)
+  assert results["start_step"] == 10 and results["steps"] == 21
+  whole, resumed = _final_state(uninterrupted), _final_state(workdir)
+  assert int(whole.step) == int(resumed.step) == 21
+  _assert_identical(whole.params, resumed.params)
+  _assert_identical(whole.batch_stats, resumed.batch_stats)
+  _assert_identical(whole.opt_state, resumed.opt_state)
+  _assert_identical(whole.probe, resumed.probe)
+  _assert_identical(jax.random.key_data(whole.rng),
+                    jax.random.key_data(resumed.rng))
+
+
+def test_nan_stops_the_run_and_no_nan_state_is_saved(tmp_path, monkeypatch):
+  """A NaN loss at step 7: FloatingPointError at the next check (step 8,
+  before its save); the latest checkpoint is step 4, finite."""
+  real = train.compile_train_step
+
+  def poisoned(learner, mesh):
+    step_fn = real(learner, mesh)
+
+    def step(state, batch):
+      state, metrics = step_fn(state, batch)
+      if int(state.step) == 7:
+        metrics = dict(metrics, loss=jnp.float32(np.nan))
+        state = state.replace(params=jax.tree.map(lambda p: p * np.nan,
+                                                  state.params))
+      return state, metrics
+    return step
+
+  monkeypatch.setattr(train, "compile_train_step", poisoned)
+  with pytest.raises(FloatingPointError, match="loss is nan around step 8"):
+    train.train_and_evaluate(_config(), str(tmp_path))
+  state = _final_state(str(tmp_path))
+  assert int(state.step) == 4
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_partial_checkpoint_directory_is_ignored(uninterrupted, tmp_path):
+  """A checkpoint cut short (orbax's temporary directory of a later step)
+  is not listed; the latest complete one is restored."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(uninterrupted, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  latest = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  partial = os.path.join(ckpt_dir, f"{latest + 4}.orbax-checkpoint-tmp-1")
+  shutil.copytree(os.path.join(ckpt_dir, str(latest)), partial)
+  for root, _, files in os.walk(partial):  # truncate every file
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(os.path.getsize(f.name) // 2)
+  state = _final_state(workdir)
+  assert int(state.step) == latest == 21
+
+
+def test_restore_onto_4_devices_and_continue(uninterrupted):
+  """A checkpoint written on 8 devices restores onto a 4-device mesh (the
+  state is replicated) and training continues there."""
+  config = _config()
+  learner = train.create_learner(config, 256, 10)
+  mesh4 = sharding.data_mesh(jax.devices()[:4])
+  template = train.create_train_state(jax.random.key(0), learner, mesh4)
+  ckpt = checkpointing.Checkpointer(
+      os.path.join(uninterrupted, "checkpoints"), every_steps=0,
+      asynchronous=False)
+  state = ckpt.restore(template)
+  ckpt.close()
+  assert state.params["encoder"]["stem_conv"]["kernel"].sharding.mesh == mesh4
+  _assert_identical(jax.device_get(state.params),
+                    _final_state(uninterrupted).params)
+  step_fn = train.compile_train_step(learner, mesh4)
+  images = mesh_runs.random_batches(1, 64, 32)[0]
+  batch = sharding.global_batch(
+      {"image": images, "label": np.zeros(64, np.int32)}, mesh4)
+  state, metrics = step_fn(state, batch)
+  assert int(state.step) == 22 and np.isfinite(float(metrics["loss"]))
+
+
+def test_sigterm_saves_and_exits_0(tmp_path):
+  """`kill -TERM` during training: the step finishes, a checkpoint is
+  saved, the process exits 0; a second run resumes from it."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  cmd = [sys.executable, "-m", "jaxssl.main",
+         "--config=configs/simclr_cifar10.py:runlocal,epochs=400",
+         f"--workdir={tmp_path}", "--config.eval.knn_ks=()",
+         "--config.checkpoint.every_steps=100000"]
+  proc = subprocess.Popen(cmd, cwd=config_files.REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  seen = []
+  deadline = time.time() + 240
+  for line in proc.stdout:
+    seen.append(line)
+    if "step 6/" in line or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  text = "".join(seen) + out
+  assert proc.returncode == 0, text[-2000:]
+  assert "preempted: stopped at step" in text
+  steps = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+  assert len(steps) == 1 and 6 <= steps[0] < 1601

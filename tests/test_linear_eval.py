@@ -1,0 +1,116 @@
+"""Linear evaluation and fine-tuning from an exported encoder, end to end."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import config_files
+from jaxssl import export
+from jaxssl import linear_eval
+from jaxssl import train
+from jaxssl.data import in_memory
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """A 2-epoch BYOL `:runlocal` run (ImageNet-normalised views)."""
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  _, config = config_files.load("byol_cifar10", "runlocal")
+  config.epochs = 2
+  config.eval.knn_ks = ()
+  config.probe.enabled = False
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_export_round_trip(pretrained):
+  network, variables, config = export.load_encoder(pretrained)
+  assert config.method == "byol"
+  assert set(variables["params"]) == {"encoder", "projector"}
+  with open(os.path.join(pretrained, "config.json")) as f:
+    assert json.load(f)["model"]["depth"] == 18
+  x = np.zeros((2, 32, 32, 3), np.float32)
+  out = network.apply(variables, x, train=False)
+  assert out["h"].shape == (2, 64) and out["z"].shape == (2, 128)
+
+
+def test_linear_eval_trains_only_the_classifier(pretrained, tmp_path):
+  """Frozen encoder and BN statistics; the classifier learns the synthetic
+  colour classes well above chance (10 classes)."""
+  _, config = config_files.load("linear_eval", "runlocal")
+  config.checkpoint = pretrained
+  config.epochs = 4
+  config.optimizer.base_lr = 1.0
+  results = linear_eval.run(config, str(tmp_path))
+  assert results["mode"] == "linear"
+  assert 0.3 < results["top1"] <= results["top5"] <= 1.0
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["results"]["top1"] == results["top1"]
+
+
+def test_linear_eval_state_keeps_pretrained_weights(pretrained):
+  """After steps, `frozen` and the BN statistics equal the exported ones."""
+  _, variables, _ = export.load_encoder(pretrained)
+  network, _, _ = export.load_encoder(pretrained, axis_name="data")
+  spec = linear_eval.augment.ViewSpec(size=32, jitter_prob=0.0,
+                                      grayscale_prob=0.0, blur_prob=0.0,
+                                      solarize_prob=0.0)
+  task = linear_eval.Task(
+      model=linear_eval.Classifier(network.encoder, network.projector, 0, 10),
+      tx=linear_eval.optax.sgd(0.5), schedule=lambda s: 0.5, spec=spec,
+      finetune=False)
+  mesh = linear_eval.sharding.data_mesh()
+  state = linear_eval.create_state(task, variables, 0, mesh)
+  assert set(state.params) == {"classifier"}
+  step = linear_eval.compile_step(task, mesh)
+  data = in_memory.synthetic(64, 32)
+  batch = linear_eval.sharding.global_batch(
+      {"image": data.images[:32], "label": data.labels[:32]}, mesh)
+  for _ in range(2):
+    state, metrics = step(state, batch)
+  state = jax.device_get(state)
+  for got, want in zip(jax.tree.leaves(state.frozen["encoder"]),
+                       jax.tree.leaves(variables["params"]["encoder"])):
+    np.testing.assert_array_equal(got, want)
+  for got, want in zip(jax.tree.leaves(state.batch_stats["encoder"]),
+                       jax.tree.leaves(variables["batch_stats"]["encoder"])):
+    np.testing.assert_array_equal(got, want)
+  assert np.abs(state.params["classifier"]["head"]["kernel"]).max() > 0
+  assert np.isfinite(metrics["loss"])
+
+
+def test_finetune_on_a_class_balanced_tenth(pretrained, tmp_path):
+  _, config = config_files.load("finetune", "runlocal,fraction=10")
+  config.checkpoint = pretrained
+  assert (config.mode, config.head_layers, config.data.train_fraction) == (
+      "finetune", 1, 0.1)
+  results = linear_eval.run(config, str(tmp_path))
+  labels = in_memory.synthetic(256, 32).labels
+  assert results["num_examples"] == len(
+      in_memory.class_balanced_subset(labels, 0.1)) < 30
+  assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+
+
+def test_class_balanced_subset_is_deterministic_balanced_and_nested():
+  labels = np.repeat(np.arange(4), [100, 50, 10, 3])
+  small = in_memory.class_balanced_subset(labels, 0.1, seed=0)
+  large = in_memory.class_balanced_subset(labels, 0.5, seed=0)
+  np.testing.assert_array_equal(small,
+                                in_memory.class_balanced_subset(labels, 0.1))
+  assert np.bincount(labels[small]).tolist() == [10, 5, 1, 1]
+  assert np.bincount(labels[large]).tolist() == [50, 25, 5, 2]
+  assert set(small) <= set(large)
+  other = in_memory.class_balanced_subset(labels, 0.1, seed=1)
+  assert set(other) != set(small)
+  with pytest.raises(ValueError, match="must be in"):
+    in_memory.class_balanced_subset(labels, 1.5)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  _, config = config_files.load("linear_eval", "runlocal")
+  config.checkpoint = str(tmp_path / "nothing")
+  with pytest.raises(FileNotFoundError, match="nothing does not exist"):
+    linear_eval.run(config, str(tmp_path / "wd"))
