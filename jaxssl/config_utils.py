@@ -49,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "simclr"  # jaxssl.methods.METHODS
   c.seed = 0
+  # Bit-reproducible runs: deterministic GPU kernels (XLA flag, set before
+  # the backend starts) and synchronous checkpoints. CPU runs and the input
+  # pipelines are deterministic anyway (a test resumes bit-identically).
+  c.deterministic = False
   c.batch_size = 4096
   c.epochs = 100
   # Training length: 'simclr' = N·epochs//B + 1 steps (SimCLR reference),

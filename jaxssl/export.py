@@ -89,3 +89,57 @@ def load_encoder(path: str, axis_name: Optional[str] = None
       raise ValueError(f"{path} does not hold the variables of the encoder "
                        f"described in {config_path}: {e}") from e
   return network, variables, config
+
+
+def torchvision_state_dict(variables: dict, depth: int,
+                           num_classes: int = 1000) -> dict:
+  """The encoder's variables under torchvision ResNet key names (numpy).
+
+  Flax `stem_conv`/`stem_bn` → `conv1`/`bn1`; `stage{s}_block{b}` →
+  `layer{s}.{b-1}` with `conv{i}`/`bn{i}`; `proj_conv`/`proj_bn` →
+  `downsample.0`/`downsample.1`. Kernels go from HWIO to OIHW; BatchNorm
+  scale/bias/mean/var to weight/bias/running_mean/running_var (and
+  `num_batches_tracked` 0). torchvision's `fc` is included as a zero
+  `num_classes` classifier so that every key of `torchvision.models.resnet{depth}`
+  is present (`load_state_dict(strict=True)` works); replace it for a task.
+
+  Args:
+    variables: `{'params', 'batch_stats'}` of a `ResNet` (the `encoder`
+      subtree of a pretraining run).
+    depth: the ResNet depth (its torchvision model).
+    num_classes: rows of the zero `fc`.
+
+  Returns:
+    `{key: np.ndarray}` in torchvision's layout.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  params = jax.device_get(variables["params"])
+  stats = jax.device_get(variables["batch_stats"])
+  out = {}
+
+  def conv(prefix, kernel):
+    out[f"{prefix}.weight"] = np.transpose(np.asarray(kernel), (3, 2, 0, 1))
+
+  def bn(prefix, p, s):
+    out[f"{prefix}.weight"] = np.asarray(p["scale"])
+    out[f"{prefix}.bias"] = np.asarray(p["bias"])
+    out[f"{prefix}.running_mean"] = np.asarray(s["mean"])
+    out[f"{prefix}.running_var"] = np.asarray(s["var"])
+    out[f"{prefix}.num_batches_tracked"] = np.zeros((), np.int64)
+
+  conv("conv1", params["stem_conv"]["kernel"])
+  bn("bn1", params["stem_bn"], stats["stem_bn"])
+  names = {"proj_conv": "downsample.0", "proj_bn": "downsample.1"}
+  for block_name in sorted(k for k in params if k.startswith("stage")):
+    stage, block = block_name[len("stage"):].split("_block")
+    prefix = f"layer{stage}.{int(block) - 1}"
+    for layer, p in params[block_name].items():
+      name = f"{prefix}.{names.get(layer, layer)}"
+      if "kernel" in p:
+        conv(name, p["kernel"])
+      else:
+        bn(name, p, stats[block_name][layer])
+  features = out[f"layer4.0.{'conv3' if depth >= 50 else 'conv2'}.weight"]
+  out["fc.weight"] = np.zeros((num_classes, features.shape[0]), np.float32)
+  out["fc.bias"] = np.zeros((num_classes,), np.float32)
+  return out

@@ -32,11 +32,17 @@ def initialize(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if "deterministic" in FLAGS.config and FLAGS.config.deterministic:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_gpu_deterministic_ops=true").strip()
   # tf.data runs on the host; TensorFlow must not reserve GPU memory.
   from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
   input_pipeline.hide_accelerators()
   if FLAGS.distributed:
     import jax  # pylint: disable=g-import-not-at-top
+    # Cross-process collectives of the CPU backend (tests, CPU clusters); no
+    # effect on TPU/GPU, whose collectives are their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)

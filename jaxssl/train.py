@@ -364,6 +364,10 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     raise ValueError(f"config.method={config.method!r} is not one of "
                      f"{sorted(methods.METHODS)}")
   _check_steps_rule(config)
+  if jax.process_count() > 1 and (config.eval.knn_ks or config.probe.enabled):
+    raise ValueError(
+        "held-out evaluation on several processes is not supported yet: set "
+        "--config.eval.knn_ks=() --config.probe.enabled=False")
   if config.method in ("byol", "simsiam") and config.predictor.num_layers < 1:
     raise ValueError(f"config.method={config.method!r} needs a predictor: "
                      "config.predictor.num_layers >= 1")
@@ -526,7 +530,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   learner = create_learner(config, num_examples, train_input.num_classes)
   steps = total_steps(config, num_examples)
   steps_per_epoch = max(num_examples // config.batch_size, 1)
-  _print0(f"jaxssl: {jax.device_count()} device(s) "
+  _print0(f"jaxssl: {jax.process_count()} process(es), "
+          f"{jax.device_count()} device(s) "
           f"({jax.devices()[0].platform}), {train_input.description}: "
           f"{num_examples} examples, {config.method}, batch "
           f"{config.batch_size}, {steps} steps")
@@ -539,7 +544,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"),
       every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
-      asynchronous=config.checkpoint.asynchronous)
+      asynchronous=config.checkpoint.asynchronous and not config.deterministic)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     _print0(f"resumed from {checkpointer.directory} at step "

@@ -19,11 +19,19 @@ from jaxssl import sharding
 from jaxssl import train
 
 
+# A smaller network than :runlocal's (16 px, width 1/16): these tests are
+# about the state, not the model. The same as command-line flags:
+SMALL = ["--config.data.image_size=16", "--config.model.width=0.0625",
+         "--config.eval.knn_ks=()"]
+
+
 def _config():
   """21 steps, checkpoints every 4, the online probe on, no kNN."""
   _, c = config_files.load("simclr_cifar10", "runlocal")
   c.checkpoint.every_steps = 4
   c.checkpoint.asynchronous = False
+  c.data.image_size = 16
+  c.model.width = 0.0625
   c.eval.knn_ks = ()
   return c
 
@@ -139,7 +147,7 @@ def test_restore_onto_4_devices_and_continue(uninterrupted):
   _assert_identical(jax.device_get(state.params),
                     _final_state(uninterrupted).params)
   step_fn = train.compile_train_step(learner, mesh4)
-  images = mesh_runs.random_batches(1, 64, 32)[0]
+  images = mesh_runs.random_batches(1, 64, 16)[0]
   batch = sharding.global_batch(
       {"image": images, "label": np.zeros(64, np.int32)}, mesh4)
   state, metrics = step_fn(state, batch)
@@ -153,7 +161,7 @@ def test_sigterm_saves_and_exits_0(tmp_path):
              XLA_FLAGS="--xla_force_host_platform_device_count=8")
   cmd = [sys.executable, "-m", "jaxssl.main",
          "--config=configs/simclr_cifar10.py:runlocal,epochs=400",
-         f"--workdir={tmp_path}", "--config.eval.knn_ks=()",
+         f"--workdir={tmp_path}", *SMALL,
          "--config.checkpoint.every_steps=100000"]
   proc = subprocess.Popen(cmd, cwd=config_files.REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -171,3 +179,39 @@ def test_sigterm_saves_and_exits_0(tmp_path):
   assert "preempted: stopped at step" in text
   steps = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
   assert len(steps) == 1 and 6 <= steps[0] < 1601
+
+
+def test_kill_9_at_random_points_then_resume_is_bit_identical(uninterrupted,
+                                                              tmp_path):
+  """`kill -9` twice at random steps (asynchronous saves may be cut short),
+  re-run the same command each time: the final checkpoint equals the
+  uninterrupted run's bit for bit."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  cmd = [sys.executable, "-m", "jaxssl.main",
+         "--config=configs/simclr_cifar10.py:runlocal", f"--workdir={tmp_path}",
+         *SMALL, "--config.checkpoint.every_steps=4",
+         "--config.checkpoint.asynchronous=True"]
+  rng = np.random.default_rng(int(time.time()))
+  for kill_after in sorted(rng.choice([6, 8, 10, 12, 14, 16], 2,
+                                      replace=False)):
+    proc = subprocess.Popen(cmd, cwd=config_files.REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    for line in proc.stdout:
+      if f"step {kill_after}/" in line or "resumed from" in line and (
+          int(line.rsplit(" ", 1)[1]) >= kill_after):
+        break
+    proc.kill()  # SIGKILL: no handler, no final save
+    proc.wait(timeout=60)
+  out = subprocess.run(cmd, cwd=config_files.REPO, env=env,
+                       capture_output=True, text=True, timeout=300,
+                       check=False)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  assert "resumed from" in out.stdout
+  whole, resumed = _final_state(uninterrupted), _final_state(str(tmp_path))
+  assert int(resumed.step) == 21
+  _assert_identical(whole.params, resumed.params)
+  _assert_identical(whole.opt_state, resumed.opt_state)
+  _assert_identical(whole.batch_stats, resumed.batch_stats)
+  _assert_identical(whole.probe, resumed.probe)

@@ -138,7 +138,9 @@ class ResNet(nn.Module):
                   use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                   name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+      # Explicit 1-pixel padding (with −inf), as torchvision's MaxPool2d:
+      # "SAME" would pad only after the last row/column.
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1

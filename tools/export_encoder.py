@@ -1,0 +1,75 @@
+r"""Exports a pretrained encoder: flax msgpack, and torchvision ResNet weights.
+
+  python tools/export_encoder.py --checkpoint=/tmp/byol_r50 --out=/tmp/byol_r50
+
+writes `/tmp/byol_r50.msgpack` (encoder `params` + `batch_stats`) and, for a
+ResNet, `/tmp/byol_r50.pt` (a PyTorch state_dict with torchvision key names,
+when torch is installed) or else `/tmp/byol_r50.npz` with the same keys:
+
+  model = torchvision.models.resnet50()
+  model.load_state_dict(torch.load("/tmp/byol_r50.pt"))   # fc: zeros
+  # from .npz: {k: torch.from_numpy(v) for k, v in np.load(path).items()}
+
+torchvision's architecture matches configs with the standard stem and width
+1 (ImageNet configs); CIFAR-stem or width-multiplied encoders export the same
+keys with their own shapes, for a correspondingly modified torchvision model.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None,
+                    "Pretraining workdir (or its encoder.msgpack).")
+flags.DEFINE_string("out", None, "Output path without extension.")
+flags.DEFINE_enum("torch_format", "auto", ["auto", "pt", "npz", "none"],
+                  "torchvision weights: .pt (needs torch), .npz, or none.")
+flags.DEFINE_integer("num_classes", 1000, "Rows of the (zero) fc layer.")
+flags.mark_flags_as_required(["checkpoint", "out"])
+
+
+def main(argv):
+  del argv
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxssl import export  # pylint: disable=g-import-not-at-top
+  network, variables, config = export.load_encoder(FLAGS.checkpoint)
+  del network
+  encoder = {"params": variables["params"]["encoder"],
+             "batch_stats": variables["batch_stats"]["encoder"]}
+  path = f"{FLAGS.out}.msgpack"
+  with open(path, "wb") as f:
+    f.write(flax.serialization.to_bytes(encoder))
+  print(f"wrote {path}")
+  if FLAGS.torch_format == "none":
+    return
+  if config.model.name != "resnet":
+    raise app.UsageError(f"torchvision export needs a ResNet encoder; got "
+                         f"{config.model.name!r}")
+  state = export.torchvision_state_dict(encoder, config.model.depth,
+                                        FLAGS.num_classes)
+  fmt = FLAGS.torch_format
+  torch = None
+  if fmt in ("auto", "pt"):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      if fmt == "pt":
+        raise app.UsageError("--torch_format=pt needs torch; use npz")
+    fmt = "npz" if torch is None else "pt"
+  if fmt == "pt":
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
+               f"{FLAGS.out}.pt")
+  else:
+    np.savez(f"{FLAGS.out}.npz", **state)
+  print(f"wrote {FLAGS.out}.{fmt} ({len(state)} torchvision keys, "
+        f"ResNet-{config.model.depth})")
+
+
+if __name__ == "__main__":
+  app.run(main)
