@@ -22,8 +22,13 @@ $(STAMP): setup.py
 quickstart: $(STAMP)
 	$(BIN)/python -m jaxssl.main --config=configs/quickstart.py --workdir=$(WORKDIR)
 
+# Two pytest workers (pytest-xdist); each test file runs on one worker so
+# module fixtures (pretraining runs shared by several tests) run once.
+# Set PYTEST_WORKERS=0 for a single process.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

@@ -30,7 +30,8 @@ setuptools.setup(
         "matplotlib>=3.8",        # loss/kNN curves of tools/benchmark_cifar10.py
     ],
     # pillow writes the grayscale/CMYK/RGBA fixtures of the input tests.
-    extras_require={"test": ["pytest>=8", "pillow>=10"]},
+    # pytest-xdist runs the suite on two workers (`make test`).
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "pillow>=10"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

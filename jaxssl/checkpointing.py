@@ -9,9 +9,11 @@ by a kill is never listed, and the previous complete one is restored.
 """
 
 import os
+import time
 from typing import Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxssl.train_state import TrainState
@@ -27,15 +29,20 @@ class Checkpointer:
 
   Args:
     directory: where checkpoints live (`workdir/checkpoints`).
-    every_steps: save interval in steps (0: only when asked with force).
+    every_steps: save interval in steps (0: none by step count).
     keep: checkpoints kept.
     asynchronous: write in a background thread while training goes on.
+    every_minutes: also save when this much time has passed since the last
+      save (0: never by time). Process 0's clock decides, so all processes
+      save at the same step.
   """
 
   def __init__(self, directory: str, *, every_steps: int, keep: int = 3,
-               asynchronous: bool = True):
+               asynchronous: bool = True, every_minutes: float = 0.0):
     self.directory = os.path.abspath(directory)
     self.every_steps = every_steps
+    self.every_minutes = every_minutes
+    self._last_save = time.monotonic()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True,
         enable_async_checkpointing=asynchronous)
@@ -45,7 +52,19 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def should_save(self, step: int) -> bool:
+    """Due by step count (`time_due` is asked separately, at the loop's
+    reporting steps, since it may need a cross-process agreement)."""
     return bool(self.every_steps) and step % self.every_steps == 0
+
+  def time_due(self) -> bool:
+    """Whether `every_minutes` have passed (the same answer everywhere)."""
+    if not self.every_minutes:
+      return False
+    due = time.monotonic() - self._last_save >= 60 * self.every_minutes
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
 
   def save(self, state: TrainState, *, force: bool = False) -> bool:
     """Saves `state` at its step (if due, or `force`); returns whether."""
@@ -54,6 +73,7 @@ class Checkpointer:
       return False
     if step in self._manager.all_steps():
       return False
+    self._last_save = time.monotonic()
     return self._manager.save(
         step, args=ocp.args.StandardSave(_to_saveable(state)), force=True)
 

@@ -143,6 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Checkpoints in workdir/checkpoints (orbax); a run resumes from the latest.
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
+  c.checkpoint.every_minutes = 30.0  # also by time (0: off)
   c.checkpoint.keep = 3
   c.checkpoint.asynchronous = True
 

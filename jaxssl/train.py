@@ -429,9 +429,11 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
     pending.append(metrics)
     epoch_end = step % steps_per_epoch == 0 or step == total_steps
     stop = should_stop is not None and should_stop(step)
+    report = step % log_every == 0 or epoch_end
     save = checkpointer is not None and (
-        stop or step == total_steps or checkpointer.should_save(step))
-    if step % log_every == 0 or epoch_end or save:
+        stop or step == total_steps or checkpointer.should_save(step)
+        or (report and checkpointer.time_due()))
+    if report or save:
       fetched = jax.device_get(pending)
       pending = []
       epoch_metrics += fetched
@@ -544,6 +546,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"),
       every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
+      every_minutes=config.checkpoint.every_minutes,
       asynchronous=config.checkpoint.asynchronous and not config.deterministic)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)

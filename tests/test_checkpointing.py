@@ -215,3 +215,16 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(uninterrupted,
   _assert_identical(whole.opt_state, resumed.opt_state)
   _assert_identical(whole.batch_stats, resumed.batch_stats)
   _assert_identical(whole.probe, resumed.probe)
+
+
+def test_time_based_saves_are_due_after_every_minutes(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=0,
+                                    every_minutes=0.002, asynchronous=False)
+  assert not ckpt.should_save(1000) and not ckpt.time_due()
+  time.sleep(0.15)  # > 0.12 s
+  assert ckpt.time_due()
+  off = checkpointing.Checkpointer(str(tmp_path / "off"), every_steps=5)
+  assert off.should_save(10) and not off.should_save(11)
+  assert not off.time_due()
+  ckpt.close()
+  off.close()
