@@ -32,6 +32,10 @@ def initialize(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if not FLAGS["verbosity"].present:
+    # Progress and results are printed; library INFO logs (orbax writes
+    # several lines per checkpoint) only with --verbosity=0.
+    logging.set_verbosity(logging.WARNING)
   if "deterministic" in FLAGS.config and FLAGS.config.deterministic:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_gpu_deterministic_ops=true").strip()
