@@ -98,6 +98,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bn_momentum = 0.9
   c.model.bn_epsilon = 1e-5
   c.model.bn_group_size = 0  # 0: statistics over all devices.
+  # Mixed precision of the encoder: 'auto' = bfloat16 activations and
+  # matmuls on GPU/TPU, float32 on CPU. Parameters, optimizer state, BN
+  # statistics, the (small) heads, logits and losses are float32 always.
+  c.model.dtype = "auto"
+  c.model.remat = "none"  # 'none' | 'block' | 'dots' (jax.checkpoint per block)
 
   c.head = ml_collections.ConfigDict()
   c.head.num_layers = 2

@@ -7,15 +7,19 @@ the modules they belong to, for linear evaluation, fine-tuning from a
 projection-head layer (SimCLR v2) and export to other frameworks.
 """
 
+from __future__ import annotations
+
 import json
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import flax.serialization
 import jax
-import ml_collections
 
 from jaxssl.methods import base
+
+if TYPE_CHECKING:  # configs are only read here: no runtime dependency
+  import ml_collections
 
 PyTree = Any
 ENCODER_FILE = "encoder.msgpack"
@@ -71,6 +75,7 @@ def load_encoder(path: str, axis_name: Optional[str] = None
     if not os.path.exists(p):
       raise FileNotFoundError(f"{p} does not exist (expected a pretraining "
                               f"workdir with {ENCODER_FILE} and {CONFIG_FILE})")
+  import ml_collections  # pylint: disable=g-import-not-at-top,redefined-outer-name
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   network = base.create_network(config, axis_name)

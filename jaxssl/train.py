@@ -10,6 +10,8 @@ implicit broadcast is a `psum`), so the step differentiates the *mean* loss
 over devices and adds no pmap-style `psum` of the gradients.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import json
@@ -17,14 +19,13 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
-import ml_collections
 import numpy as np
 import optax
 
@@ -44,6 +45,9 @@ from jaxssl.evaluators import representation
 from jaxssl import methods
 from jaxssl.methods import base
 from jaxssl.train_state import TrainState
+
+if TYPE_CHECKING:  # configs are only read here: no runtime dependency
+  import ml_collections
 
 DATA_AXIS = sharding.DATA_AXIS
 PyTree = Any

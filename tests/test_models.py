@@ -712,7 +712,7 @@ def test_projection_head_init_values():
 def _model_cfg(**overrides):
   cfg = ml_collections.ConfigDict(dict(
       name="resnet", depth=18, width=2.0, cifar_stem=True, bn_momentum=0.99,
-      bn_epsilon=1e-3, bn_group_size=0))
+      bn_epsilon=1e-3, bn_group_size=0, dtype="float32", remat="none"))
   cfg.update(overrides)
   return cfg
 

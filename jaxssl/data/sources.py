@@ -10,16 +10,20 @@ Two kinds of source:
   (`input_pipeline`), and the device does the photometric augmentation.
 """
 
-from typing import Any, Callable, Iterator, Optional, Sequence
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import jax
 from jax.sharding import Mesh
-import ml_collections
 import numpy as np
 
 from jaxssl import augment
 from jaxssl import sharding
 from jaxssl.data import in_memory
+
+if TYPE_CHECKING:  # configs are only read here: no runtime dependency
+  import ml_collections
 
 IN_MEMORY_SOURCES = ("digits", "synthetic", "files_in_memory")
 HOST_SOURCES = ("files", "tfds")
@@ -149,6 +153,7 @@ def _imagenet_subset(data: ml_collections.ConfigDict
     return data
   if (data.source == "tfds" and data.name == "imagenet2012"
       and data.train_fraction in _IMAGENET_SUBSETS):
+    import ml_collections  # pylint: disable=g-import-not-at-top,redefined-outer-name
     data = ml_collections.ConfigDict(data.to_dict())
     data.name = _IMAGENET_SUBSETS[data.train_fraction]
     return data

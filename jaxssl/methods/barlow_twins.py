@@ -7,14 +7,18 @@ matrix are sums over the device axis, so the loss on N devices is the loss
 of the concatenated batch.
 """
 
+from __future__ import annotations
+
 import functools
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import jax.numpy as jnp
-import ml_collections
 
 from jaxssl import losses
 from jaxssl.methods import base
+
+if TYPE_CHECKING:  # configs are only read here: no runtime dependency
+  import ml_collections
 
 
 def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,

@@ -11,15 +11,19 @@ encoder and projector, and the loss is the SUM of the two directions of
 `regression_loss` (averaging halves the gradient), averaged over the batch.
 """
 
-from typing import Optional
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jaxssl import losses
 from jaxssl import schedules
 from jaxssl.methods import base
+
+if TYPE_CHECKING:  # configs are only read here: no runtime dependency
+  import ml_collections
 
 
 def loss(online: base.Outputs, target: base.Outputs, method_state, *,

@@ -6,13 +6,17 @@ Both views are encoded in one batch, so BatchNorm statistics cover both (as in
 the reference, which concatenates the views along the batch).
 """
 
-import functools
-from typing import Optional
+from __future__ import annotations
 
-import ml_collections
+import functools
+from typing import TYPE_CHECKING, Optional
+
 
 from jaxssl import losses
 from jaxssl.methods import base
+
+if TYPE_CHECKING:  # configs are only read here: no runtime dependency
+  import ml_collections
 
 
 def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,

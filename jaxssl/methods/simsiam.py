@@ -6,14 +6,18 @@ stopped (the stop-gradient is what prevents collapse, §4.1). No target
 network, no negatives; trained with SGD.
 """
 
-from typing import Optional
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jaxssl import losses
 from jaxssl.methods import base
+
+if TYPE_CHECKING:  # configs are only read here: no runtime dependency
+  import ml_collections
 
 
 def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,

@@ -1,18 +1,38 @@
 """Backbones and heads (flax.linen), built from config sections."""
 
-from typing import Optional
+from __future__ import annotations
 
-import ml_collections
+from typing import TYPE_CHECKING, Optional
+
+import jax
+import jax.numpy as jnp
 
 from jaxssl.models.heads import ProjectionHead
 from jaxssl.models.resnet import ResNet
+
+if TYPE_CHECKING:  # configs are only read here: no runtime dependency
+  import ml_collections
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """'auto' → bfloat16 on GPU/TPU, float32 on CPU; else the named dtype."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  if name not in DTYPES:
+    raise ValueError(f"config.model.dtype={name!r} is not one of "
+                     f"{['auto', *DTYPES]}")
+  return DTYPES[name]
 
 
 def _resnet(cfg: ml_collections.ConfigDict, axis_name: Optional[str]) -> ResNet:
   return ResNet(depth=cfg.depth, width_multiplier=cfg.width,
                 cifar_stem=cfg.cifar_stem, bn_momentum=cfg.bn_momentum,
                 bn_epsilon=cfg.bn_epsilon, axis_name=axis_name,
-                bn_group_size=cfg.bn_group_size or None)
+                bn_group_size=cfg.bn_group_size or None,
+                dtype=compute_dtype(cfg.dtype), remat=cfg.remat)
 
 
 ENCODERS = {"resnet": _resnet}

@@ -37,6 +37,11 @@ STAGE_SIZES = {
 
 # Same initialiser as the reference's VarianceScaling(): scale 1, fan-in,
 # truncated normal (flax's lecun_normal).
+REMAT_POLICIES = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+}
 conv_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
@@ -101,7 +106,10 @@ class ResNet(nn.Module):
     axis_name: device axis for global BatchNorm statistics, None for local.
     bn_group_size: aggregate BatchNorm statistics over groups of this many
       devices (None: all devices).
-    dtype: computation dtype.
+    dtype: computation dtype (bfloat16 for mixed precision: parameters, BN
+      statistics and the pooled output stay float32).
+    remat: rematerialisation of each block: 'none', 'block' (store only the
+      block inputs), 'dots' (also keep convolution outputs).
   """
   depth: int = 50
   width_multiplier: float = 1.0
@@ -111,6 +119,7 @@ class ResNet(nn.Module):
   axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @property
   def num_features(self) -> int:
@@ -127,6 +136,14 @@ class ResNet(nn.Module):
         axis_name=self.axis_name, group_size=self.bn_group_size,
         dtype=self.dtype)
     block_cls = BottleneckBlock if self.depth >= 50 else BasicBlock
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r} is not one of "
+                       f"{sorted(REMAT_POLICIES)}")
+    if self.remat != "none":
+      # Recompute each block's activations in the backward pass instead of
+      # storing them ('dots': keep the convolution outputs, recompute the
+      # cheap element-wise ops).
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat])
     width = int(64 * self.width_multiplier)
     x = x.astype(self.dtype)
     if self.cifar_stem:
