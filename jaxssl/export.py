@@ -35,14 +35,13 @@ def encoder_variables(state) -> dict:
           "batch_stats": {k: state.batch_stats.get(k, {}) for k in EXPORTED}}
 
 
-def save_encoder(workdir: str, state, config: ml_collections.ConfigDict,
-                 variables: Optional[dict] = None) -> str:
+def save_encoder(workdir: str, state, config: ml_collections.ConfigDict
+                 ) -> str:
   """Writes `workdir/encoder.msgpack` (and `config.json`) on process 0."""
   path = os.path.join(workdir, ENCODER_FILE)
   if jax.process_index() != 0:
     return path
-  variables = encoder_variables(state) if variables is None else variables
-  data = flax.serialization.to_bytes(jax.device_get(variables))
+  data = flax.serialization.to_bytes(jax.device_get(encoder_variables(state)))
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
     f.write(data)

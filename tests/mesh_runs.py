@@ -1,5 +1,7 @@
 """Helpers shared by the 1-vs-8-device tests (test_train, test_methods)."""
 
+import os
+
 import jax
 import numpy as np
 
@@ -36,6 +38,20 @@ def run(learner, num_devices, batches):
 # a dense layer, by BatchNorm, e.g. BYOL's projector bias before the
 # predictor) hold only float32 noise, ~1e-9; they are compared absolutely.
 NOISE_FLOOR = 1e-7
+
+
+def latest_checkpoint(config, num_examples, num_classes, workdir):
+  """The train state of `workdir`'s latest checkpoint, on the host (8
+  devices), for the config it was trained with."""
+  from jaxssl import checkpointing  # pylint: disable=g-import-not-at-top
+  learner = train.create_learner(config, num_examples, num_classes)
+  template = train.create_train_state(jax.random.key(0), learner,
+                                      sharding.data_mesh())
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    every_steps=0, asynchronous=False)
+  state = jax.device_get(ckpt.restore(template))
+  ckpt.close()
+  return state
 
 
 def assert_trees_close(a, b, rtol):

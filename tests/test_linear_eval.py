@@ -80,6 +80,21 @@ def test_linear_eval_state_keeps_pretrained_weights(pretrained):
     np.testing.assert_array_equal(got, want)
   assert np.abs(state.params["classifier"]["head"]["kernel"]).max() > 0
   assert np.isfinite(metrics["loss"])
+  # Evaluations reuse one compilation (the weights are an argument).
+  compiles = []
+  listener = lambda event, *_, **__: compiles.append(event) if (
+      event == "/jax/core/compile/backend_compile_duration") else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    first = linear_eval.evaluate(task, state, data, mesh=mesh, batch_size=32)
+    state = state.replace(params=jax.tree.map(lambda p: p * 2, state.params))
+    second = linear_eval.evaluate(task, state, data, mesh=mesh, batch_size=32)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert len(compiles) == 1
+  assert 0 <= first["top1"] <= first["top5"] <= 1
+  # Doubling the linear layer keeps the argmax: the same predictions.
+  assert first == second
 
 
 def test_finetune_on_a_class_balanced_tenth(pretrained, tmp_path):

@@ -7,12 +7,9 @@ import socket
 import subprocess
 import sys
 
-import jax
 
 import config_files
 import mesh_runs
-from jaxssl import checkpointing
-from jaxssl import sharding
 from jaxssl import train
 
 # 192 synthetic images, batch 64, `floor` steps: 3 steps. (Evaluation on
@@ -40,14 +37,7 @@ def _config():
 
 
 def _params(workdir):
-  learner = train.create_learner(_config(), 192, 10)
-  mesh = sharding.data_mesh()
-  template = train.create_train_state(jax.random.key(0), learner, mesh)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    every_steps=0, asynchronous=False)
-  state = jax.device_get(ckpt.restore(template))
-  ckpt.close()
-  return state
+  return mesh_runs.latest_checkpoint(_config(), 192, 10, workdir)
 
 
 def test_two_processes_match_one_process(tmp_path):

@@ -101,21 +101,20 @@ def update(state: ProbeState, features: jax.Array, labels: jax.Array, *,
           loss, accuracy)
 
 
-def predict(params: PyTree, features: np.ndarray, *,
-            num_classes: int) -> np.ndarray:
-  """Top-5 (or fewer) class indices per row, best first: `[n, min(5, C)]`."""
-  logits = Linear(num_classes).apply({"params": params},
-                                     jnp.asarray(features, jnp.float32))
-  return np.asarray(lax.top_k(logits, min(5, num_classes))[1])
+def top_k_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
+  """`{'top1', 'top5'}` of `[n, C]` logits (ties: the lower class first)."""
+  top = np.argsort(-np.asarray(logits), axis=1, kind="stable")[:, :5]
+  labels = np.asarray(labels)[:, None]
+  return {"top1": float(np.mean(top[:, :1] == labels)),
+          "top5": float(np.mean(np.any(top == labels, axis=1)))}
 
 
 def accuracy(params: PyTree, features: np.ndarray, labels: np.ndarray, *,
              num_classes: int) -> dict:
   """`{'top1', 'top5'}` of the probe on labelled features."""
-  top = predict(params, features, num_classes=num_classes)
-  labels = np.asarray(labels)[:, None]
-  return {"top1": float(np.mean(top[:, :1] == labels)),
-          "top5": float(np.mean(np.any(top == labels, axis=1)))}
+  logits = Linear(num_classes).apply({"params": params},
+                                     jnp.asarray(features, jnp.float32))
+  return top_k_accuracy(logits, labels)
 
 
 def fit(features: np.ndarray, labels: np.ndarray, *, num_classes: int,
