@@ -12,6 +12,11 @@ COMMAND (TPU v3-32 / v4-32 VM, all hosts):
 Variants (comma-separated after `:`): `epochs=1000`, `sqrt`, `v2`, `runlocal`,
 e.g. `--config=configs/simclr_resnet50.py:epochs=1000,v2`.
 
+The same global batch of 4096 on ONE GPU (exact loss over all 4096 images;
+the encoder's BatchNorm per micro-batch of 256, see README "Performance"):
+  python -m jaxssl.main --config=configs/simclr_resnet50.py --workdir=... \
+      --config.train.microbatches=16
+
 EXPECTED (paper, linear evaluation top-1 on ImageNet): 100 epochs ≈ 64–65 %
 (Fig. 9, batch 4096), 1000 epochs 69.3 % (Table 6); v2 head, 800 epochs
 71.7 % (SimCLR v2, Table 1 row R50 1×).

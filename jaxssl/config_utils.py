@@ -104,6 +104,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "auto"
   c.model.remat = "none"  # 'none' | 'block' | 'dots' (jax.checkpoint per block)
 
+  c.train = ml_collections.ConfigDict()
+  # Micro-batches per device and step (GradCache, Gao et al. 2021): > 1
+  # computes the exact global-batch loss and gradients with the encoder's
+  # activation memory of one micro-batch, at the cost of a second encoder
+  # forward pass. The encoder's BatchNorm then normalises per micro-batch
+  # (jaxssl.train.microbatched_gradients); the heads see the whole batch.
+  c.train.microbatches = 1
+  # 'auto' (unrolled on CPU, whose convolution gradients are slow inside
+  # XLA loops; lax.scan on GPU/TPU), 'scan' or 'unrolled'.
+  c.train.microbatch_loop = "auto"
+
   c.head = ml_collections.ConfigDict()
   c.head.num_layers = 2
   c.head.hidden_dim = 0  # 0: the encoder's width.

@@ -89,7 +89,10 @@ class Network(nn.Module):
   predictor: Optional[nn.Module] = None
 
   def __call__(self, x: jax.Array, train: bool = True) -> Outputs:
-    h = self.encoder(x, train=train)
+    return self.heads(self.encoder(x, train=train), train=train)
+
+  def heads(self, h: jax.Array, train: bool = True) -> Outputs:
+    """Projector (and predictor) on given representations `h`."""
     out = {"h": h, "z": self.projector(h, train=train)}
     if self.predictor is not None:
       out["p"] = self.predictor(out["z"], train=train)
