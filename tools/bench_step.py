@@ -9,20 +9,43 @@ ml-collections is needed: it runs on a bare GPU image with jax, flax, optax.
   python tools/bench_step.py --method=byol --depth=18 --cifar --image_size=32 \
       --batch_size=512 --dtype=float32 --remat=block
 
-MFU = (XLA cost-analysis FLOPs of one step / step time) / the device's peak
-dense bf16 (or fp32) FLOP/s from the table below; 'n/a' where unknown.
+  python tools/bench_step.py --method=simclr --batch_size=4096 \
+      --microbatches=16 --steps=3                    # 4096 on one device
+  python tools/bench_step.py --find_max_batch --remat=block
+  python tools/bench_step.py --find_max_batch --microbatch_size=256
+
+`--augment=false` feeds ready uint8 views (no crop, flip or colour work in
+the step), the same work as `tools/bench_torch.py`.
+
+MFU = (model FLOPs of one step / step time) / the device's peak dense bf16
+(or fp32) FLOP/s from the table below; 'n/a' where unknown. Model FLOPs come
+from XLA's cost analysis of the PLAIN step (no remat, one micro-batch), so
+recomputation is not counted as useful work (and XLA's count of a loop body
+once does not matter).
+
+`--find_max_batch` searches the largest global batch whose compiled step fits
+the device memory (XLA's buffer assignment: arguments + outputs − donated +
+temporaries), from a secant on that size vs batch, rounded down to a multiple
+of `--granularity`; then runs two steps at that batch to prove it (on an
+accelerator). With `--microbatch_size`, each candidate batch B runs with
+B / microbatch_size micro-batches.
 """
 
+import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
+from typing import Callable
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(_TOOLS), _TOOLS]  # jaxssl, device_peaks
+import device_peaks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "simclr", ["simclr", "byol"], "Method.")
@@ -33,26 +56,35 @@ flags.DEFINE_integer("batch_size", 256, "Global batch size.")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
                   "Encoder compute dtype.")
 flags.DEFINE_enum("remat", "none", ["none", "block", "dots"], "Remat policy.")
+flags.DEFINE_integer("microbatches", 1,
+                     "Encoder micro-batches per device (GradCache step).")
+flags.DEFINE_integer("microbatch_size", 0,
+                     "With --find_max_batch: micro-batches of this many "
+                     "images (0: --microbatches as given).")
+flags.DEFINE_bool("augment", True,
+                  "Crop, flip and colour-augment inside the step (as in "
+                  "training); false: ready views, as tools/bench_torch.py.")
 flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
+flags.DEFINE_bool("find_max_batch", False,
+                  "Search the largest batch that fits instead of timing.")
+flags.DEFINE_integer("granularity", 128, "Batch sizes tried are multiples.")
+flags.DEFINE_float("time_limit_s", 0.0,
+                   "With --find_max_batch: no new compilation that would "
+                   "end after this many seconds (0: no limit).")
+flags.DEFINE_float("memory_gib", 0.0,
+                   "Device memory for --find_max_batch (0: the allocator's "
+                   "limit, which needs an accelerator).")
 flags.DEFINE_string("json", "", "Append the result as a JSON line here.")
 
-# Peak dense FLOP/s per device: (bf16, fp32) from the vendors' data sheets.
-PEAK_FLOPS = {
-    "NVIDIA H100 80GB HBM3": (989e12, 67e12),
-    "NVIDIA H100": (989e12, 67e12),
-    "NVIDIA H200": (989e12, 67e12),
-    "NVIDIA A100-SXM4-80GB": (312e12, 19.5e12),
-    "NVIDIA A100-SXM4-40GB": (312e12, 19.5e12),
-    "TPU v4": (275e12, 275e12 / 2),
-    "TPU v5 lite": (197e12, 197e12 / 2),
-}
 
 
 def make_learner(method: str, *, depth: int, cifar: bool, image_size: int,
-                 dtype, remat: str, total_steps: int = 1000):
+                 dtype, remat: str, microbatches: int = 1, augment: bool = True,
+                 total_steps: int = 1000):
   """A Learner built from modules directly (no config files)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxssl import augment, optim, schedules, sharding, train  # pylint: disable=g-import-not-at-top
+  from jaxssl import augment as augment_lib  # pylint: disable=g-import-not-at-top
+  from jaxssl import optim, schedules, sharding, train  # pylint: disable=g-import-not-at-top
   from jaxssl.methods import base, byol, simclr  # pylint: disable=g-import-not-at-top
   from jaxssl.models.heads import ProjectionHead  # pylint: disable=g-import-not-at-top
   from jaxssl.models.resnet import ResNet  # pylint: disable=g-import-not-at-top
@@ -79,31 +111,77 @@ def make_learner(method: str, *, depth: int, cifar: bool, image_size: int,
         target_momentum=schedules.ema_momentum(0.99, total_steps))
     tx = optim.lars(schedule, weight_decay=1e-6, lr_in_momentum=False)
     preset = "byol"
-  specs = augment.view_specs(preset, image_size=image_size,
-                             color_strength=1.0, blur=not cifar)
-  return train.Learner(method=m, tx=tx, schedule=schedule, view_specs=specs)
+  specs = augment_lib.view_specs(preset, image_size=image_size,
+                                 color_strength=1.0, blur=not cifar)
+  if not augment:
+    specs = tuple(dataclasses.replace(
+        spec, flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
+        blur_prob=0.0, solarize_prob=0.0, normalize=True) for spec in specs)
+  return train.Learner(method=m, tx=tx, schedule=schedule, view_specs=specs,
+                       microbatches=microbatches)
 
 
-def run_benchmark(method, *, depth, cifar, image_size, batch_size, dtype,
-                  remat, steps) -> dict:
+def _setup(method, *, depth, cifar, image_size, batch_size, dtype, remat,
+           microbatches, augment):
+  """Learner, mesh, state, batch and the jitted step of one configuration."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
   compute = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[dtype]
   learner = make_learner(method, depth=depth, cifar=cifar,
-                         image_size=image_size, dtype=compute, remat=remat)
+                         image_size=image_size, dtype=compute, remat=remat,
+                         microbatches=microbatches, augment=augment)
   mesh = sharding.data_mesh()
   state = train.create_train_state(jax.random.key(0), learner, mesh)
-  source = image_size if cifar else int(image_size * 1.15)
-  images = np.random.default_rng(0).integers(
-      0, 256, (batch_size, source, source, 3), dtype=np.uint8)
-  batch = sharding.global_batch({"image": images}, mesh)
-  step_fn = train.compile_train_step(learner, mesh)
-  compiled = step_fn.lower(state, batch).compile()
-  cost = compiled.cost_analysis()
+  rng = np.random.default_rng(0)
+  if augment:
+    source = image_size if cifar else int(image_size * 1.15)
+    local = {"image": rng.integers(0, 256, (batch_size, source, source, 3),
+                                   dtype=np.uint8)}
+  else:
+    local = {"views": [rng.integers(0, 256, (batch_size, image_size,
+                                             image_size, 3), dtype=np.uint8)
+                       for _ in learner.view_specs]}
+  batch = sharding.global_batch(local, mesh)
+  return state, batch, train.compile_train_step(learner, mesh)
+
+
+def _cost(lowered_or_compiled) -> dict:
+  cost = lowered_or_compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  return cost or {}
+
+
+def model_flops(method, *, depth, cifar, image_size, batch_size, dtype,
+                augment) -> float:
+  """XLA's FLOP count of the plain step (no remat, one micro-batch)."""
+  state, batch, step_fn = _setup(
+      method, depth=depth, cifar=cifar, image_size=image_size,
+      batch_size=batch_size, dtype=dtype, remat="none", microbatches=1,
+      augment=augment)
+  return float(_cost(step_fn.lower(state, batch)).get("flops", 0.0))
+
+
+def compiled_bytes(compiled) -> int:
+  """Device memory of a compiled step from XLA's buffer assignment."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes
+          - m.alias_size_in_bytes + m.temp_size_in_bytes)
+
+
+def run_benchmark(method, *, depth, cifar, image_size, batch_size, dtype,
+                  remat, steps, microbatches=1, augment=True) -> dict:
+  """Times `steps` steps after 3 warm-up steps; returns one result row."""
+  import jax  # pylint: disable=g-import-not-at-top
+  state, batch, step_fn = _setup(
+      method, depth=depth, cifar=cifar, image_size=image_size,
+      batch_size=batch_size, dtype=dtype, remat=remat,
+      microbatches=microbatches, augment=augment)
+  compiled = step_fn.lower(state, batch).compile()
+  predicted = compiled_bytes(compiled)
+  flops = model_flops(method, depth=depth, cifar=cifar, image_size=image_size,
+                      batch_size=batch_size, dtype=dtype, augment=augment)
   for _ in range(3):
     state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
@@ -112,39 +190,182 @@ def run_benchmark(method, *, depth, cifar, image_size, batch_size, dtype,
     state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   step_time = (time.perf_counter() - start) / steps
+  loss = float(metrics["loss"])
+  if not math.isfinite(loss):
+    raise FloatingPointError(f"loss is {loss}")
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
-  peak = stats.get("peak_bytes_in_use")
+  peak_bytes = stats.get("peak_bytes_in_use")
   kind = device.device_kind
-  peak_flops = PEAK_FLOPS.get(kind)
+  peak = device_peaks.peak_flops(kind, dtype)
   mfu = None
-  if peak_flops and flops:
-    per_device = peak_flops[0 if dtype == "bfloat16" else 1]
-    mfu = flops / step_time / (per_device * jax.device_count())
-  return {"method": method, "depth": depth, "image_size": image_size,
+  if peak and flops:
+    mfu = flops / step_time / (peak * jax.device_count())
+  return {"framework": f"jax {jax.__version__}", "method": method,
+          "depth": depth, "image_size": image_size,
           "batch_size": batch_size, "dtype": dtype, "remat": remat,
+          "microbatches": microbatches, "augment": augment,
           "device": f"{jax.device_count()}× {kind}",
           "images_per_second": batch_size / step_time,
           "step_ms": 1000 * step_time,
-          "peak_memory_gib": None if peak is None else peak / 2**30,
-          "flops_per_step": flops, "mfu": mfu,
-          "loss": float(metrics["loss"])}
+          "peak_memory_gib": (None if peak_bytes is None
+                              else peak_bytes / 2**30),
+          "xla_memory_gib": predicted / 2**30,
+          "model_flops_per_step": flops, "mfu": mfu, "loss": loss}
+
+
+def search_max_batch(measure: Callable[[int], int], memory_bytes: int, *,
+                     granularity: int, max_compiles: int = 8,
+                     time_left: Callable[[], bool] = lambda: True):
+  """`(largest fitting B, smallest failing B or None)` over multiples of
+  `granularity`, for a memory(B) that grows with B (`measure`, cached by the
+  caller).
+
+  Until a failing B is found: secant extrapolation to `memory_bytes` through
+  the last two measurements. Then false position inside the bracket, each
+  guess followed by its neighbour one granule towards the limit (so an
+  accurate guess closes the bracket at once).
+  """
+  g = granularity
+  lo, hi = g, None
+  if measure(lo) > memory_bytes:
+    raise ValueError(f"even B={lo} needs {measure(lo) / 2**30:.2f} GiB of "
+                     f"{memory_bytes / 2**30:.2f}")
+  tried = [lo]
+  probe = False  # the last step was a false-position guess: probe its side
+  while len(tried) < max_compiles and time_left():
+    if hi is not None and hi - lo <= g:
+      break
+    last = tried[-1]
+    if hi is None and len(tried) == 1:
+      b = 4 * g
+    elif hi is None:
+      a = tried[-2]
+      slope = (measure(last) - measure(a)) / (last - a)
+      b = (int((last + (memory_bytes - measure(last)) / slope) // g) * g
+           if slope > 0 else 2 * last)
+    elif probe:
+      b = last + g if last == lo else last - g
+    else:
+      b = int((lo + (memory_bytes - measure(lo)) * (hi - lo)
+               / (measure(hi) - measure(lo))) // g) * g
+    b = max(b, lo + g) if hi is None else min(max(b, lo + g), hi - g)
+    probe = hi is not None and not probe
+    tried.append(b)
+    if measure(b) <= memory_bytes:
+      lo = b
+    else:
+      hi = b
+  return lo, hi
+
+
+def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
+                   microbatches=1, microbatch_size=0, augment=True,
+                   granularity=128, memory_bytes=0, max_compiles=8,
+                   time_limit_s=0.0, log=print) -> dict:
+  """The largest multiple of `granularity` whose step fits `memory_bytes`.
+
+  Memory(B) comes from compiling (not running) the step at B
+  (`search_max_batch`; micro-batched, B is a multiple of `microbatch_size`
+  × devices), until the largest fitting B and the smallest failing one are
+  one granule apart, `max_compiles` are spent, or another compilation would
+  pass `time_limit_s`. The answer is the largest B measured to fit; on an
+  accelerator two steps of its compiled program are then run.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  devices = jax.device_count()
+  granularity = math.lcm(granularity,
+                         (microbatch_size or microbatches) * devices)
+  if not memory_bytes:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" not in stats:
+      raise ValueError("this device reports no memory limit: pass "
+                       "--memory_gib")
+    memory_bytes = stats["bytes_limit"] * devices
+  cache = {}
+  best = {}
+
+  def micro(b):
+    return b // (microbatch_size * devices) if microbatch_size else microbatches
+
+  def setup(b):
+    return _setup(method, depth=depth, cifar=cifar, image_size=image_size,
+                  batch_size=b, dtype=dtype, remat=remat,
+                  microbatches=micro(b), augment=augment)
+
+  def measure(b):
+    if b not in cache:
+      state, batch, step_fn = setup(b)
+      compiled = step_fn.lower(state, batch).compile()
+      cache[b] = compiled_bytes(compiled)
+      fits = cache[b] <= memory_bytes
+      if fits and b >= best.get("batch", 0):
+        best.update(batch=b, compiled=compiled)
+      log(f"  B={b}: {cache[b] / 2**30:.2f} GiB "
+          f"({'fits' if fits else 'too large'}), "
+          f"{time.perf_counter() - start:.0f}s")
+    return cache[b]
+
+  def time_left():
+    if not time_limit_s:
+      return True
+    elapsed = time.perf_counter() - start
+    return elapsed + elapsed / max(len(cache), 1) < time_limit_s
+
+  lo, hi = search_max_batch(measure, memory_bytes, granularity=granularity,
+                            max_compiles=max_compiles, time_left=time_left)
+  result = {"framework": f"jax {jax.__version__}", "method": method,
+            "depth": depth, "image_size": image_size, "dtype": dtype,
+            "remat": remat, "microbatch_size": microbatch_size,
+            "microbatches": micro(lo), "augment": augment,
+            "device": f"{devices}× {jax.devices()[0].device_kind}",
+            "max_batch": lo, "xla_memory_gib": cache[lo] / 2**30,
+            "memory_limit_gib": memory_bytes / 2**30,
+            "first_too_large": hi, "compiles": len(cache),
+            "search_s": time.perf_counter() - start}
+  if jax.default_backend() != "cpu":
+    state, batch, _ = setup(lo)
+    for _ in range(2):
+      state, metrics = best["compiled"](state, batch)
+    result["verified_loss"] = float(metrics["loss"])
+  return result
 
 
 def main(argv):
   del argv
-  result = run_benchmark(FLAGS.method, depth=FLAGS.depth, cifar=FLAGS.cifar,
-                         image_size=FLAGS.image_size,
-                         batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
-                         remat=FLAGS.remat, steps=FLAGS.steps)
-  mem = result["peak_memory_gib"]
-  mfu = result["mfu"]
-  print(f"{result['method']} R{result['depth']} {result['image_size']}px "
-        f"B{result['batch_size']} {result['dtype']} remat={result['remat']} "
-        f"on {result['device']}: {result['images_per_second']:.0f} img/s, "
-        f"{result['step_ms']:.1f} ms/step, peak "
-        f"{'n/a' if mem is None else f'{mem:.2f} GiB'}, MFU "
-        f"{'n/a' if mfu is None else f'{100 * mfu:.1f} %'}")
+  common = dict(depth=FLAGS.depth, cifar=FLAGS.cifar,
+                image_size=FLAGS.image_size, dtype=FLAGS.dtype,
+                remat=FLAGS.remat, augment=FLAGS.augment)
+  if FLAGS.find_max_batch:
+    print(f"largest batch: {FLAGS.method} R{FLAGS.depth} {FLAGS.image_size}px "
+          f"{FLAGS.dtype} remat={FLAGS.remat} micro-batch size="
+          f"{FLAGS.microbatch_size or 'whole batch'}", flush=True)
+    result = find_max_batch(
+        FLAGS.method, microbatches=FLAGS.microbatches,
+        microbatch_size=FLAGS.microbatch_size, granularity=FLAGS.granularity,
+        memory_bytes=int(FLAGS.memory_gib * 2**30),
+        time_limit_s=FLAGS.time_limit_s,
+        log=lambda line: print(line, flush=True), **common)
+    print(f"max batch {result['max_batch']} "
+          f"({result['xla_memory_gib']:.2f} of "
+          f"{result['memory_limit_gib']:.2f} GiB; next tried: "
+          f"{result['first_too_large']}) on {result['device']}")
+  else:
+    result = run_benchmark(FLAGS.method, batch_size=FLAGS.batch_size,
+                           steps=FLAGS.steps,
+                           microbatches=FLAGS.microbatches, **common)
+    mem = result["peak_memory_gib"]
+    mfu = result["mfu"]
+    print(f"[{result['framework']}] {result['method']} R{result['depth']} "
+          f"{result['image_size']}px B{result['batch_size']} "
+          f"{result['dtype']} remat={result['remat']} "
+          f"microbatches={result['microbatches']} "
+          f"augment={result['augment']} on {result['device']}: "
+          f"{result['images_per_second']:.0f} img/s, "
+          f"{result['step_ms']:.1f} ms/step, peak "
+          f"{'n/a' if mem is None else f'{mem:.2f} GiB'}, MFU "
+          f"{'n/a' if mfu is None else f'{100 * mfu:.1f} %'}")
   if FLAGS.json:
     with open(FLAGS.json, "a") as f:
       f.write(json.dumps(result) + "\n")

@@ -1,0 +1,98 @@
+"""tools/bench_step.py's batch search, tools/bench_table.py, and a CPU smoke
+run of tools/bench_torch.py where torch and torchvision are installed."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import config_files
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(config_files.REPO, "tools", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+bench_step = _load("bench_step")
+bench_table = _load("bench_table")
+
+
+@pytest.mark.parametrize("fixed,linear,quadratic,limit,granularity", [
+    (1e9, 80e6, 0.0, 70e9, 128),      # activations linear in B
+    (2e9, 2e6, 40.0, 70e9, 256),      # micro-batched: logits ~ B² dominate
+    (5e8, 1e6, 0.0, 6e8, 64),         # only a few granules fit
+])
+def test_search_finds_the_largest_fitting_multiple(fixed, linear, quadratic,
+                                                   limit, granularity):
+  """Against brute force over all multiples of the granularity, in at most
+  8 measurements; the bracket is one granule wide."""
+  calls = []
+
+  def memory(b):
+    calls.append(b)
+    return fixed + linear * b + quadratic * b * b
+
+  lo, hi = bench_step.search_max_batch(
+      memory, limit, granularity=granularity, max_compiles=8)
+  best = max(b for b in range(granularity, 10**6, granularity)
+             if fixed + linear * b + quadratic * b * b <= limit)
+  assert lo == best
+  assert hi == best + granularity
+  assert len(set(calls)) <= 8
+
+
+def test_search_reports_a_bracket_when_stopped_early():
+  lo, hi = bench_step.search_max_batch(lambda b: 10 * b, 10_000,
+                                       granularity=8, max_compiles=2)
+  assert 10 * lo <= 10_000 and (hi is None or 10 * hi > 10_000)
+  with pytest.raises(ValueError, match="even B=8 needs"):
+    bench_step.search_max_batch(lambda b: 10 * b, 79, granularity=8)
+
+
+def test_table_ratio_pairs_the_same_configuration():
+  common = dict(method="simclr", depth=50, image_size=224, batch_size=256,
+                dtype="bfloat16", device="1× H100", step_ms=1.0,
+                peak_memory_gib=10.0, mfu=0.4)
+  rows = [dict(common, framework="jax 0.11.2", images_per_second=2600.0,
+               augment=False, microbatches=1, remat="none"),
+          dict(common, framework="jax 0.11.2", images_per_second=1000.0,
+               augment=True, microbatches=1, remat="none"),
+          dict(common, framework="torch 2.9", images_per_second=2000.0),
+          {"framework": "jax 0.11.2", "method": "simclr", "depth": 50,
+           "image_size": 224, "dtype": "bfloat16", "remat": "block",
+           "microbatch_size": 0, "max_batch": 1536, "xla_memory_gib": 70.1,
+           "memory_limit_gib": 72.0, "first_too_large": 1792,
+           "verified_loss": 9.0}]
+  text = bench_table.tables(rows)
+  assert "JAX / PyTorch = **1.30×**" in text  # not the augmented row
+  assert text.count("JAX / PyTorch") == 1
+  assert "| simclr | R50 | 224 | bfloat16 | block | whole | 1536 | 70.1 | " \
+         "72.0 | 1792 | ran 2 steps |" in text
+  assert "| 40.0 % |" in text
+
+
+def test_bench_torch_smoke_on_cpu(tmp_path):
+  """One eager SimCLR and BYOL step each of the torchvision model on the CPU
+  (skipped without torch/torchvision, as on the CI machine)."""
+  pytest.importorskip("torch")
+  pytest.importorskip("torchvision")
+  out = tmp_path / "bench.jsonl"
+  for method in ("simclr", "byol"):
+    subprocess.run(
+        [sys.executable, os.path.join(config_files.REPO, "tools",
+                                      "bench_torch.py"),
+         f"--method={method}", "--depth=18", "--cifar", "--image_size=16",
+         "--batch_size=8", "--steps=1", "--warmup=1", "--device=cpu",
+         "--nocompile", "--dtype=float32", f"--json={out}"],
+        check=True, timeout=600)
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["method"] for r in rows] == ["simclr", "byol"]
+  assert all(r["images_per_second"] > 0 and r["model_flops_per_step"] > 0
+             for r in rows)
