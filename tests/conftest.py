@@ -6,6 +6,7 @@ a laptop or a 2-core CI machine exactly as they would on a TPU slice.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -14,6 +15,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # TensorFlow (used by input pipelines only) must never grab an accelerator.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent XLA compilation cache per test run, shared by the
+# pytest-xdist workers and the training subprocesses the tests start (they
+# inherit the environment), which otherwise each compile the same steps.
+# Cached executables are the same programs: bit-identical results; a torn
+# entry is reported by JAX and recompiled. The compile-count tests count
+# JAX's backend-compile event, which a cache load also emits.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"jaxssl-tests-xla-cache-{_RUN}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import jax  # noqa: E402  (must come after the flags above)
 import pytest  # noqa: E402
