@@ -3,6 +3,7 @@ run of tools/bench_torch.py where torch and torchvision are installed."""
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -52,6 +53,11 @@ def test_search_reports_a_bracket_when_stopped_early():
   lo, hi = bench_step.search_max_batch(lambda b: 10 * b, 10_000,
                                        granularity=8, max_compiles=2)
   assert 10 * lo <= 10_000 and (hi is None or 10 * hi > 10_000)
+  # An upper bound that fits ends the search there, with no failing batch.
+  assert bench_step.search_max_batch(lambda b: 10 * b, 10_000, granularity=8,
+                                     upper=100) == (96, None)
+  assert bench_step.search_max_batch(lambda b: 10 * b, 10_000, granularity=8,
+                                     upper=2000) == (1000, 1008)
   with pytest.raises(ValueError, match="even B=8 needs"):
     bench_step.search_max_batch(lambda b: 10 * b, 79, granularity=8)
 
@@ -69,12 +75,18 @@ def test_table_ratio_pairs_the_same_configuration():
            "image_size": 224, "dtype": "bfloat16", "remat": "block",
            "microbatch_size": 0, "max_batch": 1536, "xla_memory_gib": 70.1,
            "memory_limit_gib": 72.0, "first_too_large": 1792,
-           "verified_loss": 9.0}]
+           "verified_loss": 9.0},
+          {"framework": "jax 0.11.2", "method": "simclr", "depth": 50,
+           "image_size": 224, "dtype": "bfloat16", "remat": "none",
+           "microbatch_size": 256, "max_batch": 8192, "xla_memory_gib": 71.0,
+           "memory_limit_gib": 72.0, "first_too_large": 8448,
+           "verify_error": "XlaRuntimeError: RESOURCE_EXHAUSTED"}]
   text = bench_table.tables(rows)
   assert "JAX / PyTorch = **1.30×**" in text  # not the augmented row
   assert text.count("JAX / PyTorch") == 1
   assert "| simclr | R50 | 224 | bfloat16 | block | whole | 1536 | 70.1 | " \
          "72.0 | 1792 | ran 2 steps |" in text
+  assert "| 256 | 8192 | 71.0 | 72.0 | 8448 | FAILED to run |" in text
   assert "| 40.0 % |" in text
 
 
@@ -96,3 +108,45 @@ def test_bench_torch_smoke_on_cpu(tmp_path):
   assert [r["method"] for r in rows] == ["simclr", "byol"]
   assert all(r["images_per_second"] > 0 and r["model_flops_per_step"] > 0
              for r in rows)
+
+
+def test_model_flops_count_the_whole_global_batch():
+  """The FLOP count (lowered for one CPU device holding the whole batch)
+  grows with the batch as 8 × one device's share of the step on the
+  8-device mesh does (the replicated optimizer update, counted once per
+  device there, cancels in the difference)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 8
+  config = dict(depth=18, cifar=True, image_size=8, dtype="float32",
+                augment=False)
+
+  def per_device(batch_size):
+    state, batch, step_fn = bench_step._setup(
+        "simclr", batch_size=batch_size, remat="none", microbatches=1,
+        abstract=True, **config)
+    return step_fn.lower(state, batch).cost_analysis()["flops"]
+
+  small = bench_step.model_flops("simclr", batch_size=16, **config)
+  large = bench_step.model_flops("simclr", batch_size=32, **config)
+  assert large - small == pytest.approx(
+      8 * (per_device(32) - per_device(16)), rel=0.02)
+  assert large - small > 0.3 * small
+
+
+def test_step_benchmark_row(monkeypatch):
+  """A timed run on the 8 CPU devices: images/s is the global batch over the
+  step time, MFU divides the global FLOPs by the peak of ALL devices."""
+  monkeypatch.setattr(bench_step.device_peaks, "peak_flops",
+                      lambda kind, dtype: 1e12)
+  row = bench_step.run_benchmark(
+      "byol", depth=18, cifar=True, image_size=8, batch_size=16,
+      dtype="float32", remat="none", steps=2, augment=False)
+  assert row["images_per_second"] == pytest.approx(
+      16 / (row["step_ms"] / 1000))
+  assert row["model_flops_per_step"] == bench_step.model_flops(
+      "byol", depth=18, cifar=True, image_size=8, batch_size=16,
+      dtype="float32", augment=False)
+  assert row["mfu"] == pytest.approx(
+      row["model_flops_per_step"] / (row["step_ms"] / 1000) / (8 * 1e12))
+  assert row["device"].startswith("8× ") and row["xla_memory_gib"] > 0
+  assert math.isfinite(row["loss"])

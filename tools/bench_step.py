@@ -17,11 +17,12 @@ ml-collections is needed: it runs on a bare GPU image with jax, flax, optax.
 `--augment=false` feeds ready uint8 views (no crop, flip or colour work in
 the step), the same work as `tools/bench_torch.py`.
 
-MFU = (model FLOPs of one step / step time) / the device's peak dense bf16
-(or fp32) FLOP/s from the table below; 'n/a' where unknown. Model FLOPs come
-from XLA's cost analysis of the PLAIN step (no remat, one micro-batch), so
-recomputation is not counted as useful work (and XLA's count of a loop body
-once does not matter).
+MFU = (model FLOPs of one step / step time) / (devices × one device's peak
+dense bf16 or float32 FLOP/s from tools/device_peaks.py); 'n/a' where
+unknown. Model FLOPs come from XLA's cost analysis of the PLAIN step (no
+remat, one micro-batch) over the whole global batch, lowered for one CPU
+device (nothing is compiled or run there), so recomputation is not counted
+as useful work and XLA's count of a loop body once does not matter.
 
 `--find_max_batch` searches the largest global batch whose compiled step fits
 the device memory (XLA's buffer assignment: arguments + outputs − donated +
@@ -68,12 +69,15 @@ flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
 flags.DEFINE_bool("find_max_batch", False,
                   "Search the largest batch that fits instead of timing.")
 flags.DEFINE_integer("granularity", 128, "Batch sizes tried are multiples.")
+flags.DEFINE_integer("max_batch", 0,
+                     "With --find_max_batch: try no batch above this (0: no "
+                     "bound).")
 flags.DEFINE_float("time_limit_s", 0.0,
                    "With --find_max_batch: no new compilation that would "
                    "end after this many seconds (0: no limit).")
 flags.DEFINE_float("memory_gib", 0.0,
-                   "Device memory for --find_max_batch (0: the allocator's "
-                   "limit, which needs an accelerator).")
+                   "Memory of ONE device for --find_max_batch (0: the "
+                   "allocator's limit, which needs an accelerator).")
 flags.DEFINE_string("json", "", "Append the result as a JSON line here.")
 
 
@@ -121,46 +125,83 @@ def make_learner(method: str, *, depth: int, cifar: bool, image_size: int,
                        microbatches=microbatches)
 
 
-def _setup(method, *, depth, cifar, image_size, batch_size, dtype, remat,
-           microbatches, augment):
-  """Learner, mesh, state, batch and the jitted step of one configuration."""
+def _inputs(learner, mesh, batch_size: int, source_size: int, *,
+            abstract: bool = False):
+  """Train state and a synthetic uint8 batch, placed on `mesh`: images of
+  `source_size` px for the in-step augmentation, or ready views if 0.
+  `abstract`: their shapes and shardings only (nothing computed or stored)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
+  size = learner.image_size
+  if source_size:
+    shapes = {"image": (batch_size, source_size, source_size, 3)}
+  else:
+    shapes = {"views": [(batch_size, size, size, 3)
+                        for _ in learner.view_specs]}
+  init = lambda: train.create_train_state(jax.random.key(0), learner, mesh)
+  if abstract:
+    place = lambda sharding_, s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                      sharding=sharding_)
+    state = jax.tree.map(functools.partial(place, sharding.replicated(mesh)),
+                         jax.eval_shape(init))
+    batch = jax.tree.map(
+        lambda shape: jax.ShapeDtypeStruct(
+            shape, np.uint8, sharding=sharding.batch_sharded(mesh)),
+        shapes, is_leaf=lambda x: isinstance(x, tuple))
+    return state, batch
+  rng = np.random.default_rng(0)
+  local = jax.tree.map(
+      lambda shape: rng.integers(0, 256, shape, dtype=np.uint8), shapes,
+      is_leaf=lambda x: isinstance(x, tuple))
+  return init(), sharding.global_batch(local, mesh)
+
+
+def _setup(method, *, depth, cifar, image_size, batch_size, dtype, remat,
+           microbatches, augment, devices=None, abstract=False):
+  """State, batch and the jitted step of one configuration on `devices`
+  (default: all)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
   compute = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[dtype]
   learner = make_learner(method, depth=depth, cifar=cifar,
                          image_size=image_size, dtype=compute, remat=remat,
                          microbatches=microbatches, augment=augment)
-  mesh = sharding.data_mesh()
-  state = train.create_train_state(jax.random.key(0), learner, mesh)
-  rng = np.random.default_rng(0)
-  if augment:
-    source = image_size if cifar else int(image_size * 1.15)
-    local = {"image": rng.integers(0, 256, (batch_size, source, source, 3),
-                                   dtype=np.uint8)}
-  else:
-    local = {"views": [rng.integers(0, 256, (batch_size, image_size,
-                                             image_size, 3), dtype=np.uint8)
-                       for _ in learner.view_specs]}
-  batch = sharding.global_batch(local, mesh)
+  mesh = sharding.data_mesh(devices)
+  source_size = (image_size if cifar else int(image_size * 1.15)) * augment
+  state, batch = _inputs(learner, mesh, batch_size, source_size,
+                         abstract=abstract)
   return state, batch, train.compile_train_step(learner, mesh)
-
-
-def _cost(lowered_or_compiled) -> dict:
-  cost = lowered_or_compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return cost or {}
 
 
 def model_flops(method, *, depth, cifar, image_size, batch_size, dtype,
                 augment) -> float:
-  """XLA's FLOP count of the plain step (no remat, one micro-batch)."""
+  """XLA's FLOP count of one plain step (no remat, one micro-batch) over the
+  whole global batch.
+
+  The step is lowered (not compiled or run) for ONE CPU device holding the
+  whole batch: the shard_map body then has the global shapes, and XLA's
+  pre-optimisation cost analysis is available there (`Lowered.cost_analysis`
+  is not implemented for plugin backends such as CUDA, and counts only one
+  device's shard on a multi-device mesh).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    cpu = jax.devices("cpu")[:1]
+  except RuntimeError as e:
+    raise RuntimeError("the FLOP count lowers the step for the CPU backend: "
+                       "leave JAX_PLATFORMS unset or include 'cpu' in it"
+                       ) from e
   state, batch, step_fn = _setup(
       method, depth=depth, cifar=cifar, image_size=image_size,
       batch_size=batch_size, dtype=dtype, remat="none", microbatches=1,
-      augment=augment)
-  return float(_cost(step_fn.lower(state, batch)).get("flops", 0.0))
+      augment=augment, devices=cpu, abstract=True)
+  cost = step_fn.lower(state, batch).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float((cost or {}).get("flops", 0.0))
+  if flops <= 0:
+    raise RuntimeError("XLA's cost analysis gave no FLOP count for the step")
+  return flops
 
 
 def compiled_bytes(compiled) -> int:
@@ -174,20 +215,20 @@ def run_benchmark(method, *, depth, cifar, image_size, batch_size, dtype,
                   remat, steps, microbatches=1, augment=True) -> dict:
   """Times `steps` steps after 3 warm-up steps; returns one result row."""
   import jax  # pylint: disable=g-import-not-at-top
+  flops = model_flops(method, depth=depth, cifar=cifar, image_size=image_size,
+                      batch_size=batch_size, dtype=dtype, augment=augment)
   state, batch, step_fn = _setup(
       method, depth=depth, cifar=cifar, image_size=image_size,
       batch_size=batch_size, dtype=dtype, remat=remat,
       microbatches=microbatches, augment=augment)
   compiled = step_fn.lower(state, batch).compile()
   predicted = compiled_bytes(compiled)
-  flops = model_flops(method, depth=depth, cifar=cifar, image_size=image_size,
-                      batch_size=batch_size, dtype=dtype, augment=augment)
   for _ in range(3):
-    state, metrics = step_fn(state, batch)
+    state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = step_fn(state, batch)
+    state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   step_time = (time.perf_counter() - start) / steps
   loss = float(metrics["loss"])
@@ -216,10 +257,11 @@ def run_benchmark(method, *, depth, cifar, image_size, batch_size, dtype,
 
 def search_max_batch(measure: Callable[[int], int], memory_bytes: int, *,
                      granularity: int, max_compiles: int = 8,
-                     time_left: Callable[[], bool] = lambda: True):
+                     time_left: Callable[[], bool] = lambda: True,
+                     upper: int = 0):
   """`(largest fitting B, smallest failing B or None)` over multiples of
-  `granularity`, for a memory(B) that grows with B (`measure`, cached by the
-  caller).
+  `granularity` up to `upper` (0: no bound), for a memory(B) that grows with
+  B (`measure`, cached by the caller).
 
   Until a failing B is found: secant extrapolation to `memory_bytes` through
   the last two measurements. Then false position inside the bracket, each
@@ -227,6 +269,7 @@ def search_max_batch(measure: Callable[[int], int], memory_bytes: int, *,
   accurate guess closes the bracket at once).
   """
   g = granularity
+  upper = upper // g * g
   lo, hi = g, None
   if measure(lo) > memory_bytes:
     raise ValueError(f"even B={lo} needs {measure(lo) / 2**30:.2f} GiB of "
@@ -234,7 +277,7 @@ def search_max_batch(measure: Callable[[int], int], memory_bytes: int, *,
   tried = [lo]
   probe = False  # the last step was a false-position guess: probe its side
   while len(tried) < max_compiles and time_left():
-    if hi is not None and hi - lo <= g:
+    if hi is not None and hi - lo <= g or lo == upper:
       break
     last = tried[-1]
     if hi is None and len(tried) == 1:
@@ -250,6 +293,8 @@ def search_max_batch(measure: Callable[[int], int], memory_bytes: int, *,
       b = int((lo + (memory_bytes - measure(lo)) * (hi - lo)
                / (measure(hi) - measure(lo))) // g) * g
     b = max(b, lo + g) if hi is None else min(max(b, lo + g), hi - g)
+    if upper and hi is None:
+      b = min(b, upper)
     probe = hi is not None and not probe
     tried.append(b)
     if measure(b) <= memory_bytes:
@@ -262,7 +307,7 @@ def search_max_batch(measure: Callable[[int], int], memory_bytes: int, *,
 def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
                    microbatches=1, microbatch_size=0, augment=True,
                    granularity=128, memory_bytes=0, max_compiles=8,
-                   time_limit_s=0.0, log=print) -> dict:
+                   time_limit_s=0.0, max_batch=0, log=print) -> dict:
   """The largest multiple of `granularity` whose step fits `memory_bytes`.
 
   Memory(B) comes from compiling (not running) the step at B
@@ -282,7 +327,7 @@ def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
     if "bytes_limit" not in stats:
       raise ValueError("this device reports no memory limit: pass "
                        "--memory_gib")
-    memory_bytes = stats["bytes_limit"] * devices
+    memory_bytes = stats["bytes_limit"]  # the compiled step's is per device
   cache = {}
   best = {}
 
@@ -314,7 +359,8 @@ def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
     return elapsed + elapsed / max(len(cache), 1) < time_limit_s
 
   lo, hi = search_max_batch(measure, memory_bytes, granularity=granularity,
-                            max_compiles=max_compiles, time_left=time_left)
+                            max_compiles=max_compiles, time_left=time_left,
+                            upper=max_batch)
   result = {"framework": f"jax {jax.__version__}", "method": method,
             "depth": depth, "image_size": image_size, "dtype": dtype,
             "remat": remat, "microbatch_size": microbatch_size,
@@ -325,10 +371,15 @@ def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
             "first_too_large": hi, "compiles": len(cache),
             "search_s": time.perf_counter() - start}
   if jax.default_backend() != "cpu":
-    state, batch, _ = setup(lo)
-    for _ in range(2):
-      state, metrics = best["compiled"](state, batch)
-    result["verified_loss"] = float(metrics["loss"])
+    try:
+      state, batch, _ = setup(lo)
+      for _ in range(2):
+        state, metrics = best["compiled"](state, batch)
+      result["verified_loss"] = float(metrics["loss"])
+    except Exception as e:  # pylint: disable=broad-except
+      # Kept in the row: the compile-time estimate, and that it did not run.
+      result["verify_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+      log(f"  B={lo} did not run: {result['verify_error']}")
   return result
 
 
@@ -345,12 +396,13 @@ def main(argv):
         FLAGS.method, microbatches=FLAGS.microbatches,
         microbatch_size=FLAGS.microbatch_size, granularity=FLAGS.granularity,
         memory_bytes=int(FLAGS.memory_gib * 2**30),
-        time_limit_s=FLAGS.time_limit_s,
+        time_limit_s=FLAGS.time_limit_s, max_batch=FLAGS.max_batch,
         log=lambda line: print(line, flush=True), **common)
     print(f"max batch {result['max_batch']} "
           f"({result['xla_memory_gib']:.2f} of "
-          f"{result['memory_limit_gib']:.2f} GiB; next tried: "
-          f"{result['first_too_large']}) on {result['device']}")
+          f"{result['memory_limit_gib']:.2f} GiB; smallest too large: "
+          f"{result['first_too_large'] or 'none tried'}) on "
+          f"{result['device']}")
   else:
     result = run_benchmark(FLAGS.method, batch_size=FLAGS.batch_size,
                            steps=FLAGS.steps,

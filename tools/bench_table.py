@@ -26,14 +26,29 @@ def _markdown(columns: List[str], cells: List[List[str]]) -> List[str]:
 def throughput_table(rows: List[dict]) -> List[str]:
   columns = ["framework", "method", "model", ">px", ">batch", "dtype", "remat",
              ">micro-batches", "in-step aug.", ">img/s", ">ms/step",
-             ">peak GiB", ">MFU"]
+             ">peak GiB", ">XLA GiB", ">MFU"]
   mfu = lambda r: None if r.get("mfu") is None else f"{100 * r['mfu']:.1f} %"
   return _markdown(columns, [[
       r["framework"], r["method"], f"R{r['depth']}", str(r["image_size"]),
       str(r["batch_size"]), r["dtype"], r.get("remat", "none"),
       str(r.get("microbatches", 1)), "yes" if r.get("augment") else "no",
       f"{r['images_per_second']:.0f}", f"{r['step_ms']:.1f}",
-      _fmt(r.get("peak_memory_gib"), ".1f"), mfu(r) or "n/a"] for r in rows])
+      _fmt(r.get("peak_memory_gib"), ".1f"),
+      _fmt(r.get("xla_memory_gib"), ".1f", "—"), mfu(r) or "n/a"]
+                                    for r in rows])
+
+
+NOTES = [
+    "img/s: images (each with two views) per second of the global batch. "
+    "peak GiB: JAX, the allocator's peak over the whole process (init, "
+    "autotuning and warm-up included); PyTorch, max_memory_allocated after "
+    "warm-up. XLA GiB: the compiled JAX step's buffers (arguments + outputs "
+    "− donated + temporaries). MFU: model FLOPs per step / step time / the "
+    "device's dense peak (tools/device_peaks.py; float32 = TF32 on NVIDIA); "
+    "JAX counts XLA's FLOPs of the plain step (elementwise work included, "
+    "recomputation not), PyTorch the conv/matmul FLOPs of "
+    "torch.utils.flop_counter, so at equal speed JAX's MFU reads a few % "
+    "higher."]
 
 
 def ratio_lines(rows: List[dict]) -> List[str]:
@@ -63,7 +78,8 @@ def max_batch_table(rows: List[dict]) -> List[str]:
       r["remat"], str(r["microbatch_size"] or "whole"), str(r["max_batch"]),
       f"{r['xla_memory_gib']:.1f}", f"{r['memory_limit_gib']:.1f}",
       str(r["first_too_large"] or "—"),
-      "ran 2 steps" if "verified_loss" in r else "compile only"]
+      ("ran 2 steps" if "verified_loss" in r
+       else "FAILED to run" if "verify_error" in r else "compile only")]
                             for r in rows])
 
 
@@ -74,6 +90,7 @@ def tables(records: Iterable[dict]) -> str:
   out = []
   if steps:
     out += [f"Device: {steps[0]['device']}", ""] + throughput_table(steps)
+    out += [""] + NOTES
     ratios = ratio_lines(steps)
     if ratios:
       out += [""] + ratios

@@ -169,13 +169,13 @@ def run_benchmark(method: str, *, depth: int, cifar: bool, image_size: int,
                         dtype=torch.uint8, device=dev)
   mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
   std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
-  autocast = torch.autocast(dev.type, dtype=torch.bfloat16,
-                            enabled=dtype == "bfloat16")
+  bf16 = dtype == "bfloat16"
 
   def loss_fn(views):
     x = ((views.float() / 255 - mean) / std).contiguous(
         memory_format=torch.channels_last)
-    with autocast:
+    # Built inside the compiled function, so Dynamo traces it in one graph.
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
       return model(x)
 
   counter = torch_flop_counter.FlopCounterMode(display=False)

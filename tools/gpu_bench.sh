@@ -25,8 +25,10 @@ LOG=$OUT_DIR/bench.log
 START=$(date +%s)
 # Room for the largest batches: JAX may take 92 % of the GPU (not 75 %).
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
-# Programs compiled by one stage are reused by later ones.
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT_DIR/jax_cache}
+# Programs compiled by one stage are reused by later ones (kept out of
+# OUT_DIR, which should hold only the few result files).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxssl_jax_cache}
+export PYTHONUNBUFFERED=1  # a stage cut by its timeout still logs its lines
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
 
 stage() {  # stage NAME MAX_SECONDS COMMAND...
@@ -56,7 +58,7 @@ if [[ "${SMOKE:-0}" == 1 ]]; then  # tiny shapes, CPU, no torch.compile
   R50="--depth=18 --cifar --image_size=16 --dtype=float32 --steps=2"
   R18="$R50" FP32="$R50"
   B=16 BIG=64 MICRO=4 CIFAR_B=16 MICRO_SIZE=16 GRANULE=16
-  SEARCH_LIMIT="--memory_gib=0.5"
+  SEARCH_LIMIT="--memory_gib=0.5 --max_batch=256"  # CPU unrolls micro-batches
   TORCH="$TORCH --device=cpu --nocompile --warmup=1"
 fi
 
