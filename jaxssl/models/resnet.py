@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxssl.models import convolution
 from jaxssl.models.normalization import batch_norm_factory
 
 STAGE_SIZES = {
@@ -62,8 +63,9 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=conv_init)
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+        conv_general_dilated=convolution.conv_general_dilated)
     y = conv(self.filters, (3, 3), (self.strides, self.strides),
              padding=((1, 1), (1, 1)), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
@@ -81,8 +83,9 @@ class BottleneckBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=conv_init)
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+        conv_general_dilated=convolution.conv_general_dilated)
     y = conv(self.filters, (1, 1), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = conv(self.filters, (3, 3), (self.strides, self.strides),
