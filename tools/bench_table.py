@@ -38,7 +38,7 @@ def throughput_table(rows: List[dict]) -> List[str]:
                                     for r in rows])
 
 
-NOTES = [
+NOTE = (
     "img/s: images (each with two views) per second of the global batch. "
     "peak GiB: JAX, the allocator's peak over the whole process (init, "
     "autotuning and warm-up included); PyTorch, max_memory_allocated after "
@@ -48,7 +48,7 @@ NOTES = [
     "JAX counts XLA's FLOPs of the plain step (elementwise work included, "
     "recomputation not), PyTorch the conv/matmul FLOPs of "
     "torch.utils.flop_counter, so at equal speed JAX's MFU reads a few % "
-    "higher."]
+    "higher.")
 
 
 def ratio_lines(rows: List[dict]) -> List[str]:
@@ -90,7 +90,7 @@ def tables(records: Iterable[dict]) -> str:
   out = []
   if steps:
     out += [f"Device: {steps[0]['device']}", ""] + throughput_table(steps)
-    out += [""] + NOTES
+    out += ["", NOTE]
     ratios = ratio_lines(steps)
     if ratios:
       out += [""] + ratios
