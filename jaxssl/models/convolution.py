@@ -46,25 +46,22 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
                          dimension_numbers=None, feature_group_count: int = 1,
                          precision=None, **kwargs) -> jax.Array:
   """`lax.conv_general_dilated`; on the CPU, small 2-D NHWC/HWIO outputs
-  without dilation or groups (any padding) are computed as one matmul
-  (module docstring).
+  without dilation or groups are computed as one matmul (module docstring).
   """
   xla = lambda lhs, rhs: lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, precision=precision, **kwargs)
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                    ("NHWC", "HWIO", "NHWC"))
   plain = (lhs.ndim == 4 and not kwargs and feature_group_count == 1
+           and not isinstance(padding, str)
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                          dimension_numbers)
-           == lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                         ("NHWC", "HWIO", "NHWC")))
+                                          dimension_numbers) == nhwc)
   if not plain:
     return xla(lhs, rhs)
-  if isinstance(padding, str):  # 'SAME'/'VALID' as explicit (low, high) pairs
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2],
-                                  window_strides, padding)
   out_hw = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(
       lhs.shape[1:3], padding, rhs.shape[:2], window_strides)]
   if max(out_hw) > MAX_MATMUL_OUTPUT:
