@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxssl.models import convolution
+from jaxssl.models.resnet import ResNet
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -68,6 +69,19 @@ def test_cpu_uses_the_matmul_form_only_for_small_outputs():
   large = _hlo(_conv(convolution.conv_general_dilated, 1, (1, 1)), x8, w)
   assert "convolution" not in small and "dot_general" in small
   assert "convolution" in large and "dot_general" not in large
+
+
+def test_resnet_blocks_use_it_on_the_cpu():
+  """ResNet-18, CIFAR stem, 8 px: stages at 8, 4, 2 and 1 px. Convolutions
+  stay for the stem + stage 1 (1 + 4), stage 2 (4 + projection) and the two
+  strided 1×1 projections of stages 3 and 4 (flax pads them with 'SAME',
+  which stays with lax); the 8 3×3 convolutions of stages 3 and 4 (2×2 and
+  1×1 outputs) become matmuls."""
+  model = ResNet(depth=18, cifar_stem=True, width_multiplier=0.0625)
+  x = jnp.ones((2, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  text = _hlo(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert text.count("stablehlo.convolution") == 12
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])

@@ -52,14 +52,14 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, precision=precision, **kwargs)
-  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                    ("NHWC", "HWIO", "NHWC"))
   plain = (lhs.ndim == 4 and not kwargs and feature_group_count == 1
            and not isinstance(padding, str)
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                          dimension_numbers) == nhwc)
+                                          dimension_numbers)
+           == lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                         ("NHWC", "HWIO", "NHWC")))
   if not plain:
     return xla(lhs, rhs)
   out_hw = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(
