@@ -10,7 +10,8 @@ The deterministic ops follow `tf.image` semantics, as used by the SimCLR
 (https://github.com/deepmind/deepmind-research/tree/master/byol,
 `utils/augmentations.py`) references. They take float images in [0, 1],
 `[H, W, 3]` or batched `[B, H, W, 3]` (with scalar or per-image `[B]`
-parameters), and return float32 arrays of the same shape.
+parameters), and return full-precision arrays (`jaxssl.precision`: float32,
+or float64 in JAX's 64-bit mode) of the same shape.
 """
 
 import dataclasses
@@ -19,6 +20,8 @@ from typing import Tuple, Union
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from jaxssl import precision
 
 Scalar = Union[float, jax.Array]
 
@@ -30,7 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _per_image(value: Scalar, image: jax.Array) -> jax.Array:
   """Broadcasts a scalar or per-image `[B]` parameter against `[..., H, W, C]`."""
-  value = jnp.asarray(value, jnp.float32)
+  value = precision.to_full(value)
   return value.reshape(value.shape + (1,) * (image.ndim - value.ndim))
 
 
@@ -41,7 +44,7 @@ def _per_image(value: Scalar, image: jax.Array) -> jax.Array:
 
 def rgb_to_hsv(image: jax.Array) -> jax.Array:
   """RGB → HSV with all channels in [0, 1] (`tf.image.rgb_to_hsv`)."""
-  image = jnp.asarray(image, jnp.float32)
+  image = precision.to_full(image)
   r, g, b = image[..., 0], image[..., 1], image[..., 2]
   value = jnp.max(image, axis=-1)
   minimum = jnp.min(image, axis=-1)
@@ -60,7 +63,7 @@ def rgb_to_hsv(image: jax.Array) -> jax.Array:
 
 def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
   """HSV → RGB (`tf.image.hsv_to_rgb`), branch-free for vmap."""
-  hsv = jnp.asarray(hsv, jnp.float32)
+  hsv = precision.to_full(hsv)
   h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
   dh = h * 6.0
   dr = jnp.clip(jnp.abs(dh - 3.0) - 1.0, 0.0, 1.0)
@@ -73,20 +76,20 @@ def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
 
 def to_grayscale(image: jax.Array) -> jax.Array:
   """Luma (`tf.image.rgb_to_grayscale`) replicated on the three channels."""
-  image = jnp.asarray(image, jnp.float32)
-  gray = jnp.tensordot(image, jnp.asarray(_LUMA, jnp.float32), axes=[[-1], [0]])
+  image = precision.to_full(image)
+  gray = jnp.tensordot(image, precision.to_full(_LUMA), axes=[[-1], [0]])
   return jnp.broadcast_to(gray[..., None], image.shape)
 
 
 def adjust_brightness(image: jax.Array, delta: Scalar) -> jax.Array:
   """`image + delta` (`tf.image.adjust_brightness`; SimCLR v1, BYOL)."""
-  image = jnp.asarray(image, jnp.float32)
+  image = precision.to_full(image)
   return image + _per_image(delta, image)
 
 
 def adjust_contrast(image: jax.Array, factor: Scalar) -> jax.Array:
   """`(x - mean)·factor + mean`, mean per image and channel (`tf.image`)."""
-  image = jnp.asarray(image, jnp.float32)
+  image = precision.to_full(image)
   mean = jnp.mean(image, axis=(-3, -2), keepdims=True)
   return (image - mean) * _per_image(factor, image) + mean
 
@@ -110,13 +113,13 @@ def adjust_hue(image: jax.Array, delta: Scalar) -> jax.Array:
 
 def solarize(image: jax.Array, threshold: Scalar = 0.5) -> jax.Array:
   """Inverts pixels at or above `threshold` (BYOL: `x if x < 0.5 else 1 - x`)."""
-  image = jnp.asarray(image, jnp.float32)
+  image = precision.to_full(image)
   return jnp.where(image < _per_image(threshold, image), image, 1.0 - image)
 
 
 def _blur_one(image: jax.Array, sigma: jax.Array, kernel_size: int) -> jax.Array:
   radius = int(kernel_size / 2)
-  t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  t = jnp.arange(-radius, radius + 1, dtype=precision.full_dtype())
   weights = jnp.exp(-jnp.square(t) / (2.0 * jnp.square(sigma)))
   weights = weights / jnp.sum(weights)
   channels = image.shape[-1]
@@ -146,8 +149,8 @@ def gaussian_blur(image: jax.Array, sigma: Scalar, kernel_size: int) -> jax.Arra
     The blurred image; pixels outside the image count as 0 (borders darken,
     as with the references' 'SAME' depthwise convolution).
   """
-  image = jnp.asarray(image, jnp.float32)
-  sigma = jnp.asarray(sigma, jnp.float32)
+  image = precision.to_full(image)
+  sigma = precision.to_full(sigma)
   if image.ndim == 3:
     return _blur_one(image, sigma, kernel_size)
   sigma = jnp.broadcast_to(sigma, image.shape[:1])
@@ -209,10 +212,10 @@ def random_resized_crop(key: jax.Array, image: jax.Array, size: int,
 
 
 def to_float(image: jax.Array) -> jax.Array:
-  """uint8 [0, 255] → float32 [0, 1]; float input is passed through."""
+  """uint8 [0, 255] → full-precision float in [0, 1]; float input is cast."""
   if image.dtype == jnp.uint8:
-    return image.astype(jnp.float32) / 255.0
-  return image.astype(jnp.float32)
+    return precision.to_full(image) / 255.0
+  return precision.to_full(image)
 
 
 # --------------------------------------------------------------------------
@@ -372,7 +375,7 @@ def augment_view(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
     spec: the view's settings.
 
   Returns:
-    `[H, W, 3]` float32 (in [0, 1] unless `spec.normalize`).
+    `[H, W, 3]` full-precision float (in [0, 1] unless `spec.normalize`).
   """
   image = to_float(image)
   keys = jax.random.split(key, 9)
@@ -399,8 +402,8 @@ def augment_view(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
 
 def normalize_imagenet(image: jax.Array) -> jax.Array:
   """`(image − mean) / std` with the ImageNet channel statistics (BYOL)."""
-  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-  std = jnp.asarray(IMAGENET_STD, jnp.float32)
+  mean = precision.to_full(IMAGENET_MEAN)
+  std = precision.to_full(IMAGENET_STD)
   return (image - mean) / std
 
 

@@ -14,6 +14,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from jaxssl import precision
+
 # The SimCLR reference masks self-similarities by subtracting this constant.
 _LARGE_NUM = 1e9
 
@@ -68,8 +70,8 @@ def nt_xent_and_accuracy(
     raise ValueError(
         f"nt_xent expects two [n, d] arrays of the same shape; got {z1.shape} "
         f"and {z2.shape}")
-  z1 = z1.astype(jnp.float32)
-  z2 = z2.astype(jnp.float32)
+  z1 = precision.to_full(z1)
+  z2 = precision.to_full(z2)
   if normalize:
     z1, z2 = l2_normalize(z1), l2_normalize(z2)
   n = z1.shape[0]
@@ -92,7 +94,7 @@ def nt_xent_and_accuracy(
   loss_a = cross_entropy(jnp.concatenate([logits_ab, logits_aa], axis=1))
   loss_b = cross_entropy(jnp.concatenate([logits_ba, logits_bb], axis=1))
   accuracy = jnp.mean(
-      (jnp.argmax(logits_ab, axis=1) == positives).astype(jnp.float32))
+      precision.to_full(jnp.argmax(logits_ab, axis=1) == positives))
   return loss_a + loss_b, lax.stop_gradient(accuracy)
 
 
@@ -160,8 +162,8 @@ def regression_loss(p: jax.Array, z: jax.Array) -> jax.Array:
   """
   if p.shape != z.shape:
     raise ValueError(f"regression_loss: shapes {p.shape} and {z.shape} differ")
-  p = l2_normalize(p.astype(jnp.float32))
-  z = l2_normalize(z.astype(jnp.float32))
+  p = l2_normalize(precision.to_full(p))
+  z = l2_normalize(precision.to_full(z))
   return jnp.sum(jnp.square(p - z), axis=-1)
 
 
@@ -183,8 +185,8 @@ def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
   """
   if p.shape != z.shape:
     raise ValueError(f"negative_cosine: shapes {p.shape} and {z.shape} differ")
-  p = l2_normalize(p.astype(jnp.float32))
-  z = l2_normalize(z.astype(jnp.float32))
+  p = l2_normalize(precision.to_full(p))
+  z = l2_normalize(precision.to_full(z))
   return -jnp.sum(p * z, axis=-1)
 
 
@@ -200,8 +202,8 @@ def standardize(z: jax.Array, *, axis_name: Optional[str] = None,
   the local rows and then over `axis_name`, so N devices standardise with the
   statistics of the concatenated batch.
   """
-  z = z.astype(jnp.float32)
-  count = _global_sum(jnp.asarray(z.shape[0], jnp.float32), axis_name)
+  z = precision.to_full(z)
+  count = _global_sum(precision.to_full(z.shape[0]), axis_name)
   mean = _global_sum(jnp.sum(z, axis=0), axis_name) / count
   var = _global_sum(jnp.sum(jnp.square(z - mean), axis=0), axis_name) / count
   return (z - mean) * lax.rsqrt(var + epsilon)
@@ -222,7 +224,7 @@ def cross_correlation(z1: jax.Array, z2: jax.Array, *,
                      "differ")
   z1 = standardize(z1, axis_name=axis_name, epsilon=epsilon)
   z2 = standardize(z2, axis_name=axis_name, epsilon=epsilon)
-  count = _global_sum(jnp.asarray(z1.shape[0], jnp.float32), axis_name)
+  count = _global_sum(precision.to_full(z1.shape[0]), axis_name)
   product = jnp.matmul(z1.T, z2, precision=lax.Precision.HIGHEST)
   return _global_sum(product, axis_name) / count
 

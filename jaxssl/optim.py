@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxssl import precision
+
 PyTree = Any
 MaskOrFn = Union[PyTree, Callable[[PyTree], PyTree], None]
 ScalarOrSchedule = Union[float, Callable[[jax.Array], jax.Array]]
@@ -101,8 +103,8 @@ def lars(
 
     def one(g, p, v, adapt):
       lr_leaf = lr if adapt else excluded_lr_scale * lr
-      g = g.astype(jnp.float32)
-      p32 = p.astype(jnp.float32)
+      g = precision.to_full(g)
+      p32 = precision.to_full(p)
       if adapt:
         g = g + weight_decay * p32
         p_norm = jnp.linalg.norm(p32)

@@ -6,6 +6,8 @@ from typing import Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from jaxssl import precision
+
 Schedule = Callable[[Union[int, jax.Array]], jax.Array]
 
 _SCALINGS = ("linear", "sqrt")
@@ -69,11 +71,11 @@ def warmup_cosine(
   decay_steps = max(total - warmup, 1)
 
   def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
+    step = precision.to_full(step)
     if warmup > 0:
       warm = step / warmup * peak
     else:
-      warm = jnp.asarray(peak, jnp.float32)
+      warm = precision.to_full(peak)
     t = jnp.clip(step - warmup, 0.0, decay_steps)
     cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * t / decay_steps))
     return jnp.where(step < warmup, warm, cosine)
@@ -99,7 +101,7 @@ def ema_momentum(base_tau: float, total_steps: int) -> Schedule:
     raise ValueError(f"ema_momentum: total_steps={total_steps} must be > 0")
 
   def schedule(step):
-    k = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, total_steps)
+    k = jnp.clip(precision.to_full(step), 0.0, total_steps)
     return 1.0 - (1.0 - base_tau) * (jnp.cos(jnp.pi * k / total_steps) + 1.0) / 2.0
 
   return schedule

@@ -35,6 +35,7 @@ from jaxssl import export
 from jaxssl import losses
 from jaxssl import metric_writers
 from jaxssl import optim
+from jaxssl import precision
 from jaxssl import progress
 from jaxssl import schedules
 from jaxssl import sharding
@@ -139,7 +140,7 @@ def _embedding_std(z: jax.Array, axis_name: Optional[str]) -> jax.Array:
 
   ≈ 1/√d for well-spread embeddings, → 0 on collapse (SimSiam, §4.1).
   """
-  zn = losses.l2_normalize(z.astype(jnp.float32))
+  zn = losses.l2_normalize(precision.to_full(z))
   moments = jnp.stack([jnp.mean(zn, 0), jnp.mean(jnp.square(zn), 0)])
   if axis_name is not None:
     moments = lax.pmean(moments, axis_name)
@@ -317,7 +318,7 @@ def microbatched_gradients(state: TrainState, views: jax.Array, *,
   misses the variance between micro-batch means). The same holds for the
   target's encoder. With an encoder whose outputs are per-example (no
   BatchNorm, or frozen statistics) the gradients equal the full step's to
-  float32 rounding (tested).
+  rounding (tested in float64).
   """
   method = learner.method
   m = learner.microbatches

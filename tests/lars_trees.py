@@ -6,8 +6,9 @@ biases and BN parameters neither).
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from jaxssl import precision
 
 SHAPES = {
     "conv": {"kernel": (3, 3, 2, 4)},
@@ -31,14 +32,16 @@ def get(tree, path):
 
 
 def random_tree(seed, scale=1.0):
+  """float64 numpy leaves (the LARS tests run in JAX's 64-bit mode)."""
   rng = np.random.default_rng(seed)
   return {
       mod: {
-          name: (scale * rng.standard_normal(shape)).astype(np.float32)
+          name: scale * rng.standard_normal(shape)
           for name, shape in leaves.items()
       } for mod, leaves in SHAPES.items()
   }
 
 
 def to_jnp(tree):
-  return jax.tree.map(jnp.asarray, tree)
+  """JAX arrays in full precision (float64 in 64-bit mode)."""
+  return jax.tree.map(precision.to_full, tree)

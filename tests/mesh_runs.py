@@ -1,4 +1,5 @@
-"""Helpers shared by the 1-vs-8-device tests (test_train, test_methods)."""
+"""Helpers shared by the equivalence tests: runs on a mesh of N devices,
+float64 mode, tree and metric comparisons at float64 tolerances."""
 
 import os
 
@@ -34,10 +35,34 @@ def run(learner, num_devices, batches):
   return init, jax.device_get(state), metrics
 
 
-# Leaves whose gradient is zero in exact arithmetic (a bias followed, through
-# a dense layer, by BatchNorm, e.g. BYOL's projector bias before the
-# predictor) hold only float32 noise, ~1e-9; they are compared absolutely.
-NOISE_FLOOR = 1e-7
+def float64():
+  """Context of JAX's 64-bit mode: full precision (`jaxssl.precision`) is
+  float64, for states, steps and comparisons made inside it.
+
+  The equivalence tests (1 vs 8 devices, 1 vs 2 processes, micro-batched vs
+  full step) run in float64. Between device counts only the order of the
+  reductions differs, which moves float64 results by ~1e-14 of their scale
+  (measured: 2 ResNet-18 steps, parameters and optimizer state 2e-14,
+  BatchNorm statistics 2e-15, loss and gradient norm 3e-15) on any processor,
+  while float32 noise (~1e-5 after two steps) depends on the processor's
+  instruction set. A real fault (an extra psum, per-device BatchNorm
+  statistics, local negatives, a wrong micro-batch cotangent) moves them by
+  > 1e-3: `RTOL` sits 4 orders of magnitude above the noise and 7 below the
+  faults.
+  """
+  return jax.enable_x64(True)
+
+
+RTOL = 1e-10
+
+# Leaves whose gradient is zero in exact arithmetic (a bias followed by
+# BatchNorm or standardisation, directly or through a dense layer: BYOL's
+# projector bias before the predictor, Barlow Twins' and SimSiam's last
+# projector bias) hold only rounding noise: ~1e-9 in float32; in float64
+# ~1e-17 in the parameters and ~1e-15 in their LARS momenta (measured, with
+# XLA_FLAGS=--xla_cpu_max_isa=SSE4_2). No leaf is compared more tightly than
+# this, absolutely; real parameters and momenta are 1e-4 to 1.
+NOISE_FLOOR = {np.float32: 1e-7, np.float64: 1e-12}
 
 
 def latest_checkpoint(config, num_examples, num_classes, workdir):
@@ -56,14 +81,26 @@ def latest_checkpoint(config, num_examples, num_classes, workdir):
 
 def assert_trees_close(a, b, rtol):
   """Leafwise `|a - b| <= rtol·(|b| + max|b|)`: relative to each leaf's scale
-  (with `NOISE_FLOOR` as the least absolute tolerance when rtol > 0)."""
+  (with the leaf dtype's `NOISE_FLOOR` as the least absolute tolerance when
+  rtol > 0). Leaves must have the same dtype."""
   leaves_a = jax.tree_util.tree_leaves_with_path(a)
   leaves_b = jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b)
   for (path, x), y in zip(leaves_a, leaves_b):
-    y = np.asarray(y)
-    atol = rtol * np.abs(y).max()
-    if rtol > 0:
-      atol = max(atol, NOISE_FLOOR)
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype, (jax.tree_util.keystr(path), x.dtype, y.dtype)
+    atol = rtol * np.abs(y).max() if y.size else 0.0
+    if rtol > 0 and y.dtype.type in NOISE_FLOOR:
+      atol = max(atol, NOISE_FLOOR[y.dtype.type])
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol,
                                err_msg=jax.tree_util.keystr(path))
+
+
+def assert_metrics_close(metrics_a, metrics_b, keys, rtol=RTOL):
+  """Per-step scalar metrics `keys` agree to `rtol` (float64 runs)."""
+  assert len(metrics_a) == len(metrics_b)
+  for step, (a, b) in enumerate(zip(metrics_a, metrics_b)):
+    for key in keys:
+      assert np.asarray(a[key]).dtype == np.float64, (key, a[key])
+      np.testing.assert_allclose(a[key], b[key], rtol=rtol,
+                                 err_msg=f"step {step}: {key}")

@@ -8,6 +8,9 @@
 * `optim.lars(..., lr_in_momentum=False)`: the BYOL reference's optax-style
   LARS (decay -> trust ratio -> momentum trace -> scale by -lr_t), where the
   learning rate multiplies the whole momentum buffer at every step.
+
+They run in float64 (JAX's 64-bit mode, `mesh_runs.float64`): the
+comparisons hold to ~1e-12 on any processor.
 """
 
 import math
@@ -18,12 +21,20 @@ import numpy as np
 import optax
 import pytest
 
+import lars_trees
+import mesh_runs
 from jaxssl import losses
 from jaxssl import optim
 from jaxssl import schedules
-import lars_trees
 
 _EPS = 1e-12
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+  with mesh_runs.float64():
+    yield
+
 
 # ----------------------------------------------------------------------------
 # regression_loss
@@ -59,18 +70,17 @@ def _np_grad_wrt_first(a, b):
 
 
 def _row_with_sq_norm(direction, sq_norm):
-  """`direction` rescaled (in float64, then cast) to squared norm `sq_norm`."""
+  """`direction` rescaled to squared norm `sq_norm`."""
   direction = np.asarray(direction, np.float64)
-  return (direction * math.sqrt(sq_norm) /
-          np.linalg.norm(direction)).astype(np.float32)
+  return direction * math.sqrt(sq_norm) / np.linalg.norm(direction)
 
 
 def _edge_case_batch():
   """Random rows plus zero, tiny-norm, parallel and antiparallel rows."""
   rng = np.random.default_rng(0)
   d = 16
-  p = rng.standard_normal((14, d)).astype(np.float32)
-  z = rng.standard_normal((14, d)).astype(np.float32)
+  p = rng.standard_normal((14, d))
+  z = rng.standard_normal((14, d))
   p[1] *= 1e-3  # small but far above the eps floor
   z[2] *= 50.0  # large
   p[3] = 0.0  # p = 0: p^ = 0, loss = ||z^||^2 = 1
@@ -109,41 +119,42 @@ def test_np_reference_gradient_matches_finite_differences():
 
 
 def test_regression_loss_value_and_shape():
-  """Value is float32 of shape [n] and equals the float64 `||p^ - z^||^2`."""
+  """Value is full precision (float64 here) of shape [n] and equals the
+  numpy `||p^ - z^||^2`."""
   p, z = _edge_case_batch()
   got = losses.regression_loss(jnp.asarray(p), jnp.asarray(z))
   assert got.shape == (p.shape[0],)
-  assert got.dtype == jnp.float32
+  assert got.dtype == jnp.float64
   want = _np_loss(p, z)
-  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-13, atol=1e-14)
   jitted = jax.jit(losses.regression_loss)(jnp.asarray(p), jnp.asarray(z))
-  np.testing.assert_allclose(np.asarray(jitted), want, rtol=1e-5, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(jitted), want, rtol=1e-13,
+                             atol=1e-14)
 
 
 def test_regression_loss_special_values():
   """Zero row -> 1, both zero -> 0, parallel -> 0, antiparallel -> 4."""
   p, z = _edge_case_batch()
   got = np.asarray(losses.regression_loss(jnp.asarray(p), jnp.asarray(z)))
-  np.testing.assert_allclose(got[[3, 4]], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(got[[3, 4]], 1.0, rtol=1e-14)
   assert got[5] == 0.0
-  np.testing.assert_allclose(got[11], 0.0, atol=1e-6)
-  np.testing.assert_allclose(got[12], 4.0, rtol=1e-6)
+  np.testing.assert_allclose(got[11], 0.0, atol=1e-15)
+  np.testing.assert_allclose(got[12], 4.0, rtol=1e-15)
   # Below the floor p^ = 1e6 p, of norm sqrt(0.5) < 1, so the loss is not 0.
   want_13 = (1.0 - math.sqrt(0.5))**2
-  np.testing.assert_allclose(got[13], want_13, rtol=1e-5)
+  np.testing.assert_allclose(got[13], want_13, rtol=1e-12)
 
 
 def test_regression_loss_is_two_minus_two_cosine():
   """For non-degenerate rows the loss is `2 - 2 cos(p, z)`."""
   rng = np.random.default_rng(2)
-  p = rng.standard_normal((64, 32)).astype(np.float32)
-  z = rng.standard_normal((64, 32)).astype(np.float32) * 0.1
-  p64, z64 = p.astype(np.float64), z.astype(np.float64)
-  cos = np.sum(p64 * z64, -1) / (
-      np.linalg.norm(p64, axis=-1) * np.linalg.norm(z64, axis=-1))
+  p = rng.standard_normal((64, 32))
+  z = rng.standard_normal((64, 32)) * 0.1
+  cos = np.sum(p * z, -1) / (
+      np.linalg.norm(p, axis=-1) * np.linalg.norm(z, axis=-1))
   got = losses.regression_loss(jnp.asarray(p), jnp.asarray(z))
-  np.testing.assert_allclose(np.asarray(got), 2.0 - 2.0 * cos, rtol=1e-5,
-                             atol=2e-6)
+  np.testing.assert_allclose(np.asarray(got), 2.0 - 2.0 * cos, rtol=1e-13,
+                             atol=1e-14)
 
 
 def test_regression_loss_gradients():
@@ -151,7 +162,7 @@ def test_regression_loss_gradients():
   # Row by row, zero and tiny-norm rows included; all entries finite.
   p, z = _edge_case_batch()
   n = p.shape[0]
-  w = np.linspace(0.5, 2.0, n).astype(np.float32)
+  w = np.linspace(0.5, 2.0, n)
 
   def weighted(p_, z_):
     return jnp.sum(jnp.asarray(w) * losses.regression_loss(p_, z_))
@@ -166,10 +177,11 @@ def test_regression_loss_gradients():
   for name, a, got, want in (("p", p, gp, want_p), ("z", z, gz, want_z)):
     for i in range(n):
       # The natural scale of row i's gradient is w_i * 2/max(||a_i||, 1e-6);
-      # float32 error is relative to it (rows with exact zeros included).
-      norm = max(np.linalg.norm(a[i].astype(np.float64)), math.sqrt(_EPS))
+      # rounding error is relative to it (rows with exact zeros included).
+      norm = max(np.linalg.norm(a[i]), math.sqrt(_EPS))
       scale = w64[i, 0] * 2.0 / norm
-      np.testing.assert_allclose(got[i], want[i], rtol=1e-5, atol=1e-6 * scale,
+      np.testing.assert_allclose(got[i], want[i], rtol=1e-12,
+                                 atol=1e-13 * scale,
                                  err_msg=f"d/d{name} of row {i}")
 
 
@@ -179,13 +191,13 @@ def test_regression_loss_gradient_of_zero_rows():
   gp, gz = jax.grad(lambda a, b: jnp.sum(losses.regression_loss(a, b)),
                     argnums=(0, 1))(jnp.asarray(p), jnp.asarray(z))
   gp, gz = np.asarray(gp), np.asarray(gz)
-  np.testing.assert_allclose(gp[3], -2e6 * _np_normalize(z[3]), rtol=1e-5,
-                             atol=1e-6 * 2e6)
-  np.testing.assert_allclose(gz[4], -2e6 * _np_normalize(p[4]), rtol=1e-5,
-                             atol=1e-6 * 2e6)
+  np.testing.assert_allclose(gp[3], -2e6 * _np_normalize(z[3]), rtol=1e-13,
+                             atol=1e-14 * 2e6)
+  np.testing.assert_allclose(gz[4], -2e6 * _np_normalize(p[4]), rtol=1e-13,
+                             atol=1e-14 * 2e6)
   # The zero-row side gets zero gradient from the other one being constant.
-  np.testing.assert_allclose(gz[3], 0.0, atol=1e-6)
-  np.testing.assert_allclose(gp[4], 0.0, atol=1e-6)
+  np.testing.assert_allclose(gz[3], 0.0, atol=1e-15)
+  np.testing.assert_allclose(gp[4], 0.0, atol=1e-15)
   np.testing.assert_array_equal(gp[5], 0.0)
   np.testing.assert_array_equal(gz[5], 0.0)
 
@@ -197,8 +209,8 @@ def test_regression_loss_rows_are_independent():
   for i in (0, 3, 8, 12):
     one = losses.regression_loss(jnp.asarray(p[i:i + 1]),
                                  jnp.asarray(z[i:i + 1]))
-    np.testing.assert_allclose(np.asarray(one), full[i:i + 1], rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(np.asarray(one), full[i:i + 1], rtol=1e-15,
+                               atol=1e-16)
 
 
 # ----------------------------------------------------------------------------
@@ -221,15 +233,15 @@ def test_ema_momentum_values(base, total):
     want = _ref_tau(k, base, total)
     eager = float(fn(k))
     traced = float(jitted(jnp.int32(k)))
-    # float32 resolution near 1 is 6e-8.
-    np.testing.assert_allclose(eager, want, rtol=0, atol=2e-7, err_msg=str(k))
-    np.testing.assert_allclose(traced, want, rtol=0, atol=2e-7,
+    # float64 resolution near 1 is 1.1e-16.
+    np.testing.assert_allclose(eager, want, rtol=0, atol=1e-15, err_msg=str(k))
+    np.testing.assert_allclose(traced, want, rtol=0, atol=1e-15,
                                err_msg=str(k))
-  np.testing.assert_allclose(float(fn(0)), base, rtol=0, atol=1e-7)
-  np.testing.assert_allclose(float(fn(total)), 1.0, rtol=0, atol=1e-7)
+  np.testing.assert_allclose(float(fn(0)), base, rtol=0, atol=1e-15)
+  np.testing.assert_allclose(float(fn(total)), 1.0, rtol=0, atol=1e-15)
   # Midpoint: exactly halfway between base and 1.
   np.testing.assert_allclose(float(fn(total // 2)), (1.0 + base) / 2,
-                             rtol=0, atol=1e-7)
+                             rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("base,total", [(0.99, 1000), (0.996, 312 * 300)])
@@ -238,11 +250,11 @@ def test_ema_momentum_in_range_and_monotone(base, total):
   fn = jax.jit(jax.vmap(schedules.ema_momentum(base, total)))
   steps = np.unique(np.linspace(0, total, 2001).astype(np.int32))
   taus = np.asarray(fn(jnp.asarray(steps)), np.float64)
-  assert np.all(taus >= np.float32(base)), taus.min()
+  assert np.all(taus >= base), taus.min()
   assert np.all(taus <= 1.0), taus.max()
   assert np.all(np.diff(taus) >= 0.0)
   want = np.array([_ref_tau(int(k), base, total) for k in steps])
-  np.testing.assert_allclose(taus, want, rtol=0, atol=2e-7)
+  np.testing.assert_allclose(taus, want, rtol=0, atol=1e-14)
 
 
 def test_ema_momentum_past_total_steps():
@@ -326,9 +338,10 @@ def _run(tx, params, grads_seq, jit=False):
 
 
 def _assert_close(got, want, what):
-  want = np.asarray(want, np.float64)
-  np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5,
-                             atol=1e-6 * np.abs(want).max(), err_msg=what)
+  got, want = np.asarray(got), np.asarray(want, np.float64)
+  assert got.dtype == np.float64, what
+  np.testing.assert_allclose(got, want, rtol=1e-12,
+                             atol=1e-13 * np.abs(want).max(), err_msg=what)
 
 
 def _assert_matches(got_updates, got_params, want_updates, want_params):
@@ -468,7 +481,7 @@ def test_byol_lars_zero_kernel_gets_trust_one():
   grads = _random_tree(11)
   updates, _ = _run(_byol_lars(_lr_schedule), params, [grads])
   _assert_close(_get(updates[0], ("conv", "kernel")),
-                -0.5 * grads["conv"]["kernel"].astype(np.float64),
+                -0.5 * grads["conv"]["kernel"],
                 "zero kernel")
   grads["conv"]["kernel"] = np.zeros_like(grads["conv"]["kernel"])
   updates, _ = _run(_byol_lars(_lr_schedule), params, [grads])

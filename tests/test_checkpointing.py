@@ -14,6 +14,7 @@ import pytest
 
 import config_files
 import mesh_runs
+import subprocess_env
 from jaxssl import checkpointing
 from jaxssl import sharding
 from jaxssl import train
@@ -150,8 +151,7 @@ def test_restore_onto_4_devices_and_continue(uninterrupted):
 def test_sigterm_saves_and_exits_0(tmp_path):
   """`kill -TERM` during training: the step finishes, a checkpoint is
   saved, the process exits 0; a second run resumes from it."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = subprocess_env.cpu_env(8)
   cmd = [sys.executable, "-m", "jaxssl.main",
          "--config=configs/simclr_cifar10.py:runlocal,epochs=400",
          f"--workdir={tmp_path}", *SMALL,
@@ -179,8 +179,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(uninterrupted,
   """`kill -9` twice at random steps (asynchronous saves may be cut short),
   re-run the same command each time: the final checkpoint equals the
   uninterrupted run's bit for bit."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = subprocess_env.cpu_env(8)
   cmd = [sys.executable, "-m", "jaxssl.main",
          "--config=configs/simclr_cifar10.py:runlocal", f"--workdir={tmp_path}",
          *SMALL, "--config.checkpoint.every_steps=4",

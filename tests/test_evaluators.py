@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+import mesh_runs
 from jaxssl import metric_writers
 from jaxssl import sharding
 from jaxssl.evaluators import linear_probe
@@ -57,12 +58,14 @@ def test_probe_accuracy_top1_top5_known_values():
   assert got == {"top1": 0.0, "top5": 1.0}
 
 
+@mesh_runs.float64()
 def test_online_probe_update_is_global_and_skips_unlabelled_rows():
   """One SGD step of the probe on 8 devices equals one device on the
   concatenated batch (the cross-entropy is a mean over the GLOBAL labelled
-  rows), rows labelled −1 do not count, and the loss at zero init is log C."""
+  rows), rows labelled −1 do not count, and the loss at zero init is log C
+  (float64)."""
   rng = np.random.default_rng(1)
-  features = rng.normal(size=(16, 5)).astype(np.float32)
+  features = rng.normal(size=(16, 5))
   labels = rng.integers(0, 3, 16).astype(np.int32)
   labels[[2, 9, 10]] = -1
   tx = optax.sgd(0.5)
@@ -74,19 +77,18 @@ def test_online_probe_update_is_global_and_skips_unlabelled_rows():
       functools.partial(update, axis_name="data"), mesh=mesh,
       in_specs=(P(), P("data"), P("data")), out_specs=(P(), P(), P())))(
           state, features, labels)
-  np.testing.assert_allclose(float(loss1), np.log(3), rtol=1e-6)
-  np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-6)
-  np.testing.assert_allclose(float(acc8), float(acc1), rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
-                               atol=1e-7)
+  assert loss1.dtype == np.float64
+  np.testing.assert_allclose(float(loss1), np.log(3), rtol=1e-14)
+  np.testing.assert_allclose(float(loss8), float(loss1), rtol=mesh_runs.RTOL)
+  np.testing.assert_allclose(float(acc8), float(acc1), rtol=mesh_runs.RTOL)
+  mesh_runs.assert_trees_close(eight.params, one.params, rtol=mesh_runs.RTOL)
   # Zero init: softmax uniform; gradient of the mean CE over the 13 valid
   # rows w.r.t. the bias is mean(1/3 − onehot).
   valid = labels >= 0
   onehot = np.eye(3)[labels[valid]]
   want_bias = -0.5 * np.mean(1 / 3 - onehot, axis=0)
   np.testing.assert_allclose(np.asarray(one.params["head"]["bias"]),
-                             want_bias, rtol=1e-5)
+                             want_bias, rtol=1e-13)
 
 
 def test_effective_rank_and_std_known_values():

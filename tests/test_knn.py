@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+import mesh_runs
 from jaxssl.evaluators import knn
 
 
@@ -216,13 +217,14 @@ def test_extract_features_of_a_dict():
   np.testing.assert_array_equal(out["b"], 2 * images)
 
 
+@mesh_runs.float64()
 def test_extract_features_removes_padding_and_keeps_order():
   """37 images, batch 20 on 8 devices (rounded to 16): three sharded calls of
-  a fixed shape, and the result is embed of every image, in order."""
+  a fixed shape, and the result is embed of every image, in order (float64)."""
   mesh = Mesh(np.array(jax.devices()), ("data",))
   rng = np.random.default_rng(5)
-  images = rng.normal(size=(37, 4, 4, 3)).astype(np.float32)
-  images += np.arange(37, dtype=np.float32)[:, None, None, None]
+  images = rng.normal(size=(37, 4, 4, 3))
+  images += np.arange(37)[:, None, None, None]
   calls = []
   mean_pixels = jax.jit(lambda x: jnp.mean(x, axis=(1, 2)))
 
@@ -233,6 +235,7 @@ def test_extract_features_removes_padding_and_keeps_order():
   feats = knn.extract_features(embed, images, batch_size=20, mesh=mesh)
   assert calls == [((16, 4, 4, 3), P("data"))] * 3
   assert feats.shape == (37, 3)
-  np.testing.assert_allclose(feats, images.astype(np.float64).mean(axis=(1, 2)),
-                             rtol=1e-6, atol=1e-6)
+  assert feats.dtype == np.float64
+  np.testing.assert_allclose(feats, images.mean(axis=(1, 2)), rtol=1e-14,
+                             atol=1e-14)
   np.testing.assert_array_equal(feats, np.asarray(mean_pixels(images)))

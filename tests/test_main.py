@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import config_files
+import subprocess_env
 from jaxssl import train
 from jaxssl.config_utils import parse_arg
 
@@ -163,8 +164,7 @@ def test_online_probe_and_evaluations_reach_tensorboard(tmp_path):
 
 
 def _cli(*args, devices=8):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = subprocess_env.cpu_env(devices)
   return subprocess.run(
       [sys.executable, "-m", "jaxssl.main", *args], cwd=REPO, env=env,
       capture_output=True, text=True, timeout=300, check=False)

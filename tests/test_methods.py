@@ -2,6 +2,8 @@
 
 Each learner is built from a config through `train.create_learner`, so the
 methods' `create` functions and config keys are exercised as in a real run.
+The whole-model runs are in float64 (`mesh_runs.float64`): 1 and 8 devices
+agree to ~1e-14, so `mesh_runs.RTOL` (1e-10) holds on any processor.
 """
 
 import jax
@@ -24,8 +26,6 @@ GLOBAL_BATCH = 16
 IMAGE_SIZE = 8
 NUM_EXAMPLES = 64  # 4 steps per epoch: the τ and lr schedules' length.
 BASE_TAU = 0.9
-# See test_train.PARAM_RTOL: the float32 floor between device counts.
-PARAM_RTOL = 1e-4
 
 
 def _config(method):
@@ -70,16 +70,18 @@ def _batches(steps=2):
 
 @pytest.fixture(scope="module")
 def byol_steps():
-  """States after 0, 1, 2 steps on 8 devices, and the metrics of each step."""
-  learner = _learner("byol")
-  mesh = sharding.data_mesh()
-  step_fn = train.compile_train_step(learner, mesh)
-  state = train.create_train_state(jax.random.key(0), learner, mesh)
-  states, metrics = [jax.device_get(state)], []
-  for images in _batches():
-    state, m = step_fn(state, sharding.global_batch({"image": images}, mesh))
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
+  """States after 0, 1, 2 steps on 8 devices, and the metrics of each step
+  (float64)."""
+  with mesh_runs.float64():
+    learner = _learner("byol")
+    mesh = sharding.data_mesh()
+    step_fn = train.compile_train_step(learner, mesh)
+    state = train.create_train_state(jax.random.key(0), learner, mesh)
+    states, metrics = [jax.device_get(state)], []
+    for images in _batches():
+      state, m = step_fn(state, sharding.global_batch({"image": images}, mesh))
+      states.append(jax.device_get(state))
+      metrics.append(jax.device_get(m))
   return states, metrics
 
 
@@ -102,28 +104,30 @@ def test_byol_target_starts_as_copy_of_online_encoder_and_projector(
 
 
 def test_byol_target_is_ema_of_updated_online_params(byol_steps):
-  """After each step: target = τ·old_target + (1 − τ)·new_online, to float32
+  """After each step: target = τ·old_target + (1 − τ)·new_online, to float64
   rounding (the same expression as optax.incremental_update; XLA may fuse
-  it into an FMA), with τ_k from `ema_momentum(base, K)` at the step before
-  the update. A gradient step on the target, or an update towards the OLD
-  online weights, would be off by orders of magnitude more."""
+  it into an FMA: a few 1e-16), with τ_k from `ema_momentum(base, K)` at the
+  step before the update. A gradient step on the target, or an update
+  towards the OLD online weights, would be off by orders of magnitude more."""
   states, metrics = byol_steps
   tau_fn = schedules.ema_momentum(BASE_TAU, NUM_EXAMPLES // GLOBAL_BATCH)
   for k, m in enumerate(metrics):
     old_target = states[k].target["params"]
     new = states[k + 1]
-    tau = np.float32(m["tau"])
-    np.testing.assert_allclose(tau, float(tau_fn(k)), rtol=1e-7)
-    step_size = np.float32(1.0) - tau
+    tau = np.asarray(m["tau"])
+    assert tau.dtype == np.float64
+    with mesh_runs.float64():
+      np.testing.assert_allclose(tau, float(tau_fn(k)), rtol=1e-15)
+    step_size = 1.0 - tau
     want = jax.tree.map(
-        lambda o, t: step_size * np.asarray(o) + (np.float32(1) - step_size)
+        lambda o, t: step_size * np.asarray(o) + (1.0 - step_size)
         * np.asarray(t),
         {n: new.params[n] for n in old_target}, old_target)
     for (path, got), w in zip(
         jax.tree_util.tree_leaves_with_path(new.target["params"]),
         jax.tree.leaves(want)):
-      np.testing.assert_allclose(np.asarray(got), w, rtol=3e-7,
-                                 atol=3e-7 * np.abs(w).max(),
+      np.testing.assert_allclose(np.asarray(got), w, rtol=1e-14,
+                                 atol=1e-14 * np.abs(w).max(),
                                  err_msg=jax.tree_util.keystr(path))
     moved = jax.tree.map(lambda a, b: np.abs(a - b).max(),
                          new.params["encoder"], states[k].params["encoder"])
@@ -163,7 +167,8 @@ def test_byol_target_keeps_its_own_batch_statistics(byol_steps):
   init, one_step, two_steps = byol_steps[0]
   for name in ("encoder", "projector"):
     mesh_runs.assert_trees_close(one_step.target["batch_stats"][name],
-                                 one_step.batch_stats[name], rtol=1e-6)
+                                 one_step.batch_stats[name],
+                                 rtol=mesh_runs.RTOL)
   diffs = jax.tree.map(lambda a, b: np.abs(a - b).max(),
                        two_steps.target["batch_stats"]["encoder"],
                        two_steps.batch_stats["encoder"])
@@ -175,21 +180,18 @@ def test_byol_target_keeps_its_own_batch_statistics(byol_steps):
 
 
 def test_byol_matches_on_1_and_8_devices(byol_steps):
-  """Loss, parameters, target and BN statistics over 2 steps."""
-  init1, state1, m1 = mesh_runs.run(_learner("byol"), 1, _batches())
+  """Loss, parameters, optimizer state, target and BN statistics over 2
+  steps (float64, `mesh_runs.RTOL`)."""
+  with mesh_runs.float64():
+    init1, state1, m1 = mesh_runs.run(_learner("byol"), 1, _batches())
   (init8, _, state8), m8 = byol_steps
   mesh_runs.assert_trees_close(init1.params, init8.params, rtol=0)
-  for a, b in zip(m1, m8):
-    for key in ("loss", "grad_norm", "tau", "lr", "embed_std"):
-      np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
+  mesh_runs.assert_metrics_close(
+      m1, m8, ("loss", "grad_norm", "tau", "lr", "embed_std"))
   assert m1[0]["loss"] > 0.1
-  mesh_runs.assert_trees_close(state1.params, state8.params, rtol=PARAM_RTOL)
-  mesh_runs.assert_trees_close(state1.target["params"],
-                               state8.target["params"], rtol=PARAM_RTOL)
-  mesh_runs.assert_trees_close(state1.batch_stats, state8.batch_stats,
-                               rtol=1e-5)
-  mesh_runs.assert_trees_close(state1.target["batch_stats"],
-                               state8.target["batch_stats"], rtol=1e-5)
+  for part in ("params", "opt_state", "batch_stats", "target"):
+    mesh_runs.assert_trees_close(getattr(state1, part), getattr(state8, part),
+                                 rtol=mesh_runs.RTOL)
 
 
 # ----------------------------------------------------------------------------
@@ -211,11 +213,12 @@ def _np_barlow_twins(z1, z2, lambd):
 
 
 def _embeddings(seed, n=GLOBAL_BATCH, d=6):
+  """Correlated float64 embeddings (the tests below run in float64)."""
   rng = np.random.default_rng(seed)
   mix = rng.normal(size=(d, d))
   z1 = rng.normal(size=(n, d)) @ mix + rng.normal(size=d)
   z2 = z1 + 0.5 * rng.normal(size=(n, d)) * rng.uniform(0.1, 3, size=d)
-  return z1.astype(np.float32), z2.astype(np.float32)
+  return z1, z2
 
 
 def _on_8_devices(fn, *args):
@@ -227,6 +230,7 @@ def _on_8_devices(fn, *args):
       out_specs=P()))(*args)
 
 
+@mesh_runs.float64()
 def test_cross_correlation_over_8_devices_equals_concatenated_batch():
   z1, z2 = _embeddings(0)
   whole = losses.cross_correlation(z1, z2)
@@ -235,8 +239,9 @@ def test_cross_correlation_over_8_devices_equals_concatenated_batch():
                                                        axis_name=axis_name),
       z1, z2)
   want = _np_cross_correlation(z1, z2)
-  np.testing.assert_allclose(np.asarray(whole), want, atol=2e-6)
-  np.testing.assert_allclose(np.asarray(sharded), want, atol=2e-6)
+  assert whole.dtype == sharded.dtype == np.float64
+  np.testing.assert_allclose(np.asarray(whole), want, atol=1e-13)
+  np.testing.assert_allclose(np.asarray(sharded), want, atol=1e-13)
   # A per-device standardisation (2 rows) would be far off.
   local = np.mean([_np_cross_correlation(z1[i:i + 2], z2[i:i + 2])
                    for i in range(0, 16, 2)], axis=0)
@@ -244,14 +249,15 @@ def test_cross_correlation_over_8_devices_equals_concatenated_batch():
 
 
 @pytest.mark.parametrize("lambd", [5e-3, 0.5])
+@mesh_runs.float64()
 def test_barlow_twins_loss_and_gradient_on_1_and_8_devices(lambd):
-  """Value against float64; the gradient w.r.t. each device's embeddings,
+  """Value against numpy; the gradient w.r.t. each device's embeddings,
   taken through the psum of the statistics and of C, equals the gradient of
-  the single-device loss on the concatenated batch."""
+  the single-device loss on the concatenated batch (float64)."""
   z1, z2 = _embeddings(1)
   value, _ = losses.barlow_twins(z1, z2, lambd=lambd)
   np.testing.assert_allclose(float(value), _np_barlow_twins(z1, z2, lambd),
-                             rtol=2e-5)
+                             rtol=1e-12)
 
   def mean_loss(a, b, axis_name=None):
     v = losses.barlow_twins(a, b, lambd=lambd, axis_name=axis_name)[0]
@@ -265,18 +271,18 @@ def test_barlow_twins_loss_and_gradient_on_1_and_8_devices(lambd):
       mesh=mesh, in_specs=(P("data"), P("data")),
       out_specs=(P("data"), P("data"))))(z1, z2)
   v8 = _on_8_devices(mean_loss, z1, z2)
-  np.testing.assert_allclose(float(v8), float(value), rtol=1e-5)
+  np.testing.assert_allclose(float(v8), float(value), rtol=mesh_runs.RTOL)
   for a, b in zip(g1, g8):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4,
-                               atol=1e-5 * np.abs(np.asarray(a)).max())
-  # Against float64 central differences on a few coordinates.
-  z64 = (z1.astype(np.float64), z2.astype(np.float64))
+    mesh_runs.assert_trees_close(np.asarray(b), np.asarray(a),
+                                 rtol=mesh_runs.RTOL)
+  # Against central differences of the numpy loss on a few coordinates
+  # (truncation error ~h² = 1e-8 of the gradient's scale).
   for i, j in [(0, 0), (5, 3), (15, 5)]:
-    e = np.zeros_like(z64[0])
+    e = np.zeros_like(z1)
     e[i, j] = 1e-4
-    fd = (_np_barlow_twins(z64[0] + e, z64[1], lambd)
-          - _np_barlow_twins(z64[0] - e, z64[1], lambd)) / 2e-4
-    np.testing.assert_allclose(float(g1[0][i, j]), fd, rtol=2e-3, atol=1e-5)
+    fd = (_np_barlow_twins(z1 + e, z2, lambd)
+          - _np_barlow_twins(z1 - e, z2, lambd)) / 2e-4
+    np.testing.assert_allclose(float(g1[0][i, j]), fd, rtol=1e-6, atol=1e-9)
 
 
 def test_barlow_twins_identical_whitened_views_give_zero_loss():
@@ -292,21 +298,27 @@ def test_barlow_twins_identical_whitened_views_give_zero_loss():
   assert float(value) < 0.05
 
 
-def test_barlow_twins_matches_on_1_and_8_devices():
-  """Loss, parameters and BN statistics over 2 steps of the whole model."""
-  learner = _learner("barlow_twins")
-  (init1, state1, m1), (init8, state8, m8) = (
-      mesh_runs.run(learner, 1, _batches()),
-      mesh_runs.run(learner, 8, _batches()))
+@pytest.mark.parametrize("method,metric_keys,min_loss", [
+    ("barlow_twins", ("bt_diag",), 1.0), ("simsiam", (), -1.0)])
+def test_method_matches_on_1_and_8_devices(method, metric_keys, min_loss):
+  """Loss, parameters, optimizer state and BN statistics over 2 steps of the
+  whole model (float64, `mesh_runs.RTOL`)."""
+  with mesh_runs.float64():
+    learner = _learner(method)
+    (init1, state1, m1), (init8, state8, m8) = (
+        mesh_runs.run(learner, 1, _batches()),
+        mesh_runs.run(learner, 8, _batches()))
   mesh_runs.assert_trees_close(init1.params, init8.params, rtol=0)
   assert state1.target is None and state1.method_state is None
-  for a, b in zip(m1, m8):
-    for key in ("loss", "grad_norm", "bt_diag", "embed_std"):
-      np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
-  assert m1[0]["loss"] > 1.0
-  mesh_runs.assert_trees_close(state1.params, state8.params, rtol=PARAM_RTOL)
-  mesh_runs.assert_trees_close(state1.batch_stats, state8.batch_stats,
-                               rtol=1e-5)
+  mesh_runs.assert_metrics_close(
+      m1, m8, ("loss", "grad_norm", "embed_std", *metric_keys))
+  assert m1[0]["loss"] > min_loss
+  for part in ("params", "opt_state", "batch_stats"):
+    mesh_runs.assert_trees_close(getattr(state1, part), getattr(state8, part),
+                                 rtol=mesh_runs.RTOL)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), init1.params,
+                       state1.params)
+  assert np.median(jax.tree.leaves(moved)) > 0
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), init1.params,
                        state1.params)
   assert np.median(jax.tree.leaves(moved)) > 0

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import mesh_runs
 from jaxssl import models
 from jaxssl.models.heads import ProjectionHead
 from jaxssl.models.normalization import BatchNorm
@@ -151,11 +152,12 @@ def _np_bn_train(x, scale, bias, eps=_EPS):
 
 def _bn_input(rng, shape):
   """Channels with different means/scales; channel 3 has variance ~1e-6, so
-  ε = 1e-5 dominates its normalisation (a wrong ε shows up)."""
+  ε = 1e-5 dominates its normalisation (a wrong ε shows up). float64: the
+  BatchNorm tests run in JAX's 64-bit mode (`mesh_runs.float64`)."""
   c = shape[-1]
   loc = np.array([0.0, 1.0, -2.0, 0.0, 0.5, 3.0])[:c]
   std = np.array([1.0, 3.0, 0.5, 1e-3, 2.0, 0.2])[:c]
-  return (loc + std * rng.normal(size=shape)).astype(np.float32)
+  return loc + std * rng.normal(size=shape)
 
 
 # ----------------------------------------------------------------------------
@@ -343,15 +345,16 @@ def _random_bn_variables(variables, rng, c):
                                 "batch_stats/mean": (c,),
                                 "batch_stats/var": (c,)}
   return {
-      "params": {"scale": jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32),
-                 "bias": jnp.asarray(rng.normal(size=c), jnp.float32)},
+      "params": {"scale": jnp.asarray(rng.uniform(0.5, 2.0, c)),
+                 "bias": jnp.asarray(rng.normal(size=c))},
       "batch_stats": {
-          "mean": jnp.asarray(rng.normal(size=c), jnp.float32),
-          "var": jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32)},
+          "mean": jnp.asarray(rng.normal(size=c)),
+          "var": jnp.asarray(rng.uniform(0.5, 2.0, c))},
   }
 
 
 @pytest.mark.parametrize("shape", [(24, 5), (3, 4, 2, 6)])
+@mesh_runs.float64()
 def test_batchnorm_train_matches_numpy(shape):
   """Defaults momentum 0.9, ε 1e-5: output (x - μ)/√(σ² + ε)·γ + β with the
   biased batch variance, running stats ra ← 0.9·ra + 0.1·batch."""
@@ -368,17 +371,21 @@ def test_batchnorm_train_matches_numpy(shape):
   scale = np.asarray(variables["params"]["scale"], np.float64)
   bias = np.asarray(variables["params"]["bias"], np.float64)
   want, mean, var = _np_bn_train(x, scale, bias)
-  np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-4)
+  assert y.dtype == np.float64
+  # One-pass variance E[x²] − E[x]² (as flax) loses ~1e-16·E[x²]/var of
+  # relative accuracy: ~1e-10 on the low-variance channel.
+  np.testing.assert_allclose(np.asarray(y), want, rtol=1e-9, atol=1e-9)
   ra_mean = np.asarray(variables["batch_stats"]["mean"], np.float64)
   ra_var = np.asarray(variables["batch_stats"]["var"], np.float64)
   np.testing.assert_allclose(np.asarray(state["batch_stats"]["mean"]),
                              _MOMENTUM * ra_mean + (1 - _MOMENTUM) * mean,
-                             rtol=1e-5, atol=1e-6)
+                             rtol=1e-13, atol=1e-14)
   np.testing.assert_allclose(np.asarray(state["batch_stats"]["var"]),
                              _MOMENTUM * ra_var + (1 - _MOMENTUM) * var,
-                             rtol=1e-5, atol=1e-6)
+                             rtol=1e-13, atol=1e-14)
 
 
+@mesh_runs.float64()
 def test_batchnorm_eval_uses_running_statistics():
   """Eval mode: at init (μ 0, σ² 1) the output is x/√(1 + ε)·γ + β; with other
   running stats (x - μ)/√(σ² + ε)·γ + β; running stats are left unchanged."""
@@ -396,19 +403,19 @@ def test_batchnorm_eval_uses_running_statistics():
   at_init = {"params": custom["params"], "batch_stats": init["batch_stats"]}
   y, state = bn.apply(at_init, x, mutable=["batch_stats"])
   np.testing.assert_allclose(np.asarray(y), x64 / np.sqrt(1 + _EPS) * scale
-                             + bias, rtol=1e-6, atol=1e-6)
+                             + bias, rtol=1e-14, atol=1e-14)
   np.testing.assert_array_equal(np.asarray(state["batch_stats"]["var"]), 1.0)
 
   y, state = bn.apply(custom, x, mutable=["batch_stats"])
   mean = np.asarray(custom["batch_stats"]["mean"], np.float64)
   var = np.asarray(custom["batch_stats"]["var"], np.float64)
   np.testing.assert_allclose(np.asarray(y), (x64 - mean) / np.sqrt(var + _EPS)
-                             * scale + bias, rtol=1e-5, atol=1e-5)
+                             * scale + bias, rtol=1e-14, atol=1e-14)
   np.testing.assert_array_equal(np.asarray(state["batch_stats"]["mean"]),
                                 np.asarray(custom["batch_stats"]["mean"]))
   # The batch statistics are not used: one example gives the same rows.
   y1 = bn.apply(custom, x[:1])
-  np.testing.assert_allclose(np.asarray(y1), np.asarray(y)[:1], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(y1), np.asarray(y)[:1], rtol=1e-15)
 
 
 # ----------------------------------------------------------------------------
@@ -447,6 +454,7 @@ def _grouped_input(rng, c=4):
 
 
 @pytest.mark.parametrize("group_size", [None, 1, 2, 4, 8])
+@mesh_runs.float64()
 def test_sharded_batchnorm_matches_numpy(group_size):
   """Global BN (group_size None) normalises with the statistics of the whole
   global batch; group_size=k with those of its k devices' rows. The running
@@ -466,7 +474,8 @@ def test_sharded_batchnorm_matches_numpy(group_size):
   rows = (group_size or 8) * _PER_DEVICE
   want = np.concatenate([_np_bn_train(x[i:i + rows], scale, bias)[0]
                          for i in range(0, len(x), rows)])
-  np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-4)
+  assert y.dtype == np.float64
+  np.testing.assert_allclose(np.asarray(y), want, rtol=1e-9, atol=1e-9)
 
   _, mean, var = _np_bn_train(x, None, None)
   ra_mean = np.asarray(variables["batch_stats"]["mean"], np.float64)
@@ -476,11 +485,12 @@ def test_sharded_batchnorm_matches_numpy(group_size):
   assert stats["mean"].shape == stats["var"].shape == (8, c)
   for device in range(8):
     np.testing.assert_allclose(np.asarray(stats["mean"][device]), want_mean,
-                               rtol=1e-5, atol=1e-5)
+                               rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(np.asarray(stats["var"][device]), want_var,
-                               rtol=1e-5, atol=1e-5)
+                               rtol=1e-13, atol=1e-14)
 
 
+@mesh_runs.float64()
 def test_global_batchnorm_equals_single_device_on_concatenated_batch():
   """BatchNorm(axis_name='data') over 8 devices gives the output and running
   stats of the plain BatchNorm applied to the concatenated batch."""
@@ -491,15 +501,17 @@ def test_global_batchnorm_equals_single_device_on_concatenated_batch():
   want_y, want_state = local.apply(variables, x, mutable=["batch_stats"])
   y, stats = _sharded_bn(BatchNorm(use_running_average=False, axis_name="data"),
                          variables, x)
-  np.testing.assert_allclose(np.asarray(y), np.asarray(want_y), rtol=1e-5,
-                             atol=1e-5)
+  assert y.dtype == np.float64
+  np.testing.assert_allclose(np.asarray(y), np.asarray(want_y),
+                             rtol=mesh_runs.RTOL, atol=mesh_runs.RTOL)
   for name in ("mean", "var"):
     np.testing.assert_allclose(
         np.asarray(stats[name]),
         np.broadcast_to(np.asarray(want_state["batch_stats"][name]), (8, 4)),
-        rtol=1e-5, atol=1e-6)
+        rtol=mesh_runs.RTOL, atol=mesh_runs.RTOL)
 
 
+@mesh_runs.float64()
 def test_group_size_not_dividing_devices_is_an_error():
   """group_size=3 cannot split 8 devices into groups: ValueError."""
   rng = np.random.default_rng(5)

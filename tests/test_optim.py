@@ -3,7 +3,9 @@
 The reference follows the SimCLR TF2 "classic" LARS (`lars_optimizer.py`):
 weight decay is added to the gradient and the trust ratio
 `eta * ||p|| / ||g||` scales the learning rate, both only for masked-in
-parameters; the momentum buffer accumulates `lr_t * trust * g`.
+parameters; the momentum buffer accumulates `lr_t * trust * g`. The
+optimizers run in float64 (JAX's 64-bit mode, `mesh_runs.float64`), so the
+comparisons hold to ~1e-12 on any processor.
 """
 
 import jax
@@ -12,14 +14,21 @@ import numpy as np
 import optax
 import pytest
 
-from jaxssl import optim
 import lars_trees
+import mesh_runs
+from jaxssl import optim
 
 _SHAPES = lars_trees.SHAPES
 _LEAVES = lars_trees.LEAVES
 _get = lars_trees.get
 _random_tree = lars_trees.random_tree
 _to_jnp = lars_trees.to_jnp
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+  with mesh_runs.float64():
+    yield
 
 
 def _np_lars(params, grads_seq, lr_fn, *, weight_decay, momentum,
@@ -77,16 +86,17 @@ def _lr_schedule(count):
 def _assert_matches(got_updates, got_params, want_updates, want_params):
   for step, (got, want) in enumerate(zip(got_updates, want_updates)):
     for path, _ in _LEAVES:
+      got_leaf = np.asarray(_get(got, path))
+      assert got_leaf.dtype == np.float64
       np.testing.assert_allclose(
-          # Float32 rounding is relative to the leaf's scale, not to each
-          # element (small entries of a large leaf differ by ~1e-5 relative).
-          np.asarray(_get(got, path)), want[path], rtol=1e-5,
-          atol=1e-6 * np.abs(want[path]).max(),
+          # Rounding is relative to the leaf's scale, not to each element.
+          got_leaf, want[path], rtol=1e-12,
+          atol=1e-13 * np.abs(want[path]).max(),
           err_msg=f"update of {path} at step {step}")
   for path, _ in _LEAVES:
     np.testing.assert_allclose(
-        np.asarray(_get(got_params, path)), want_params[path], rtol=1e-5,
-        atol=1e-7, err_msg=f"param {path}")
+        np.asarray(_get(got_params, path)), want_params[path], rtol=1e-12,
+        atol=1e-14, err_msg=f"param {path}")
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -118,9 +128,9 @@ def test_lars_matches_reference(nesterov, trust_coefficient):
     u0 = m * v0 + 0.5 * g0 if nesterov else v0
     u1 = m * v1 + 0.75 * g1 if nesterov else v1
     np.testing.assert_allclose(
-        np.asarray(_get(got_updates[0], path)), -u0, rtol=1e-5, atol=1e-8)
+        np.asarray(_get(got_updates[0], path)), -u0, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(
-        np.asarray(_get(got_updates[1], path)), -u1, rtol=1e-5, atol=1e-8)
+        np.asarray(_get(got_updates[1], path)), -u1, rtol=1e-12, atol=1e-15)
 
   # Adapted kernels: step 0 is -lr_0 * trust * (g + wd p), not plain SGD.
   for path, adapted in _LEAVES:
@@ -131,7 +141,7 @@ def test_lars_matches_reference(nesterov, trust_coefficient):
     trust = trust_coefficient * np.linalg.norm(p) / np.linalg.norm(g)
     u0 = 0.5 * trust * g * ((1 + m) if nesterov else 1.0)
     np.testing.assert_allclose(
-        np.asarray(_get(got_updates[0], path)), -u0, rtol=1e-5, atol=1e-8)
+        np.asarray(_get(got_updates[0], path)), -u0, rtol=1e-12, atol=1e-15)
     plain = -0.5 * np.asarray(_get(grads_seq[0], path), np.float64)
     assert not np.allclose(np.asarray(_get(got_updates[0], path)), plain,
                            rtol=1e-2)
@@ -152,7 +162,7 @@ def test_lars_constant_learning_rate_float():
 def test_default_lars_mask():
   """The default mask is True exactly for leaves with ndim > 1."""
   params = _to_jnp(_random_tree(6))
-  params["scalar"] = jnp.float32(2.0)
+  params["scalar"] = jnp.asarray(2.0)
   mask = optim.default_lars_mask(params)
   assert bool(mask["conv"]["kernel"]) is True
   assert bool(mask["dense"]["kernel"]) is True
@@ -198,7 +208,7 @@ def test_lars_zero_norm_param_has_unit_trust():
     assert np.all(np.isfinite(np.asarray(leaf)))
   np.testing.assert_allclose(
       np.asarray(updates["conv"]["kernel"]),
-      -0.5 * grads["conv"]["kernel"].astype(np.float64), rtol=1e-6)
+      -0.5 * grads["conv"]["kernel"], rtol=1e-15)
   np.testing.assert_array_equal(np.asarray(updates["dense"]["kernel"]), 0.0)
 
 
@@ -255,14 +265,14 @@ def test_create_optimizer_decays_only_kernels(name):
     else:
       np.testing.assert_array_equal(upd, 0.0, err_msg=f"{name} {path}")
       np.testing.assert_array_equal(new, old, err_msg=f"{name} {path}")
-  kernel = _get(params, ("conv", "kernel")).astype(np.float64)
+  kernel = _get(params, ("conv", "kernel"))
   got = np.asarray(updates["conv"]["kernel"])
   if name == "sgd":
     # optax.sgd on g + wd * p: the first momentum step is -lr * wd * p.
-    np.testing.assert_allclose(got, -lr * wd * kernel, rtol=1e-5)
+    np.testing.assert_allclose(got, -lr * wd * kernel, rtol=1e-14)
   elif name == "lars":
     # g = wd * p, trust = 1e-3 / wd: update = -lr * 1e-3 * p.
-    np.testing.assert_allclose(got, -lr * 1e-3 * kernel, rtol=1e-5)
+    np.testing.assert_allclose(got, -lr * 1e-3 * kernel, rtol=1e-14)
 
 
 def test_create_optimizer_unknown_name():

@@ -15,6 +15,7 @@ import mesh_runs
 from jaxssl import augment
 from jaxssl import config_utils
 from jaxssl import models
+from jaxssl import precision
 from jaxssl import schedules
 from jaxssl import sharding
 from jaxssl import train
@@ -78,6 +79,22 @@ def test_auto_dtype_is_float32_on_cpu_and_names_are_checked():
     models.compute_dtype("fp8")
 
 
+@pytest.mark.parametrize("x64", [False, True])
+def test_full_precision_is_float64_in_64_bit_mode(x64):
+  """Parameters, BN statistics, optimizer state, views, outputs and loss are
+  JAX's default float: float32, float64 under `jax.enable_x64` (the mode of
+  the equivalence tests), with nothing left in float32 there."""
+  want = np.float64 if x64 else np.float32
+  with jax.enable_x64(x64):
+    assert models.compute_dtype("auto") == want
+    _, state, metrics = mesh_runs.run(_learner(), 1,
+                                      mesh_runs.random_batches(1, 16, 16))
+  floats = [leaf.dtype for leaf in jax.tree.leaves(
+      (state.params, state.batch_stats, state.opt_state, metrics))
+            if np.issubdtype(leaf.dtype, np.floating)]
+  assert floats and set(floats) == {np.dtype(want)}
+
+
 @pytest.mark.parametrize("remat", ["block", "dots"])
 def test_remat_gives_the_same_step(remat):
   """jax.checkpoint per block changes memory, not results."""
@@ -126,8 +143,9 @@ class PerExampleEncoder(nn.Module):
   @nn.compact
   def __call__(self, x, train=True):
     del train
-    x = nn.gelu(nn.Conv(8, (3, 3), (2, 2))(x))
-    x = nn.gelu(nn.Conv(16, (3, 3), (2, 2))(x))
+    conv = functools.partial(nn.Conv, param_dtype=precision.full_dtype())
+    x = nn.gelu(conv(8, (3, 3), (2, 2))(x))
+    x = nn.gelu(conv(16, (3, 3), (2, 2))(x))
     return jnp.mean(x, axis=(1, 2))
 
 
@@ -177,11 +195,12 @@ def _gradients(learner, num_devices, views, state=None):
 
 
 def _random_views(batch_size, seed=0):
-  return np.random.default_rng(seed).normal(
-      size=(2, batch_size, 16, 16, 3)).astype(np.float32)
+  """float64 views `[2, B, 16, 16, 3]` (the tests below run in float64)."""
+  return np.random.default_rng(seed).normal(size=(2, batch_size, 16, 16, 3))
 
 
 @functools.lru_cache(maxsize=None)
+@mesh_runs.float64()
 def _full_step_gradients(method):
   return _gradients(_per_example_learner(method, 1), 8, _random_views(32))
 
@@ -193,19 +212,23 @@ def test_microbatched_gradients_equal_the_full_step(method, num_devices,
                                                     microbatches, loop):
   """GradCache with a per-example encoder: the loss, every gradient (encoder
   summed over micro-batches; heads over the whole batch), the heads' BN
-  statistics and the target's equal the full step on 8 devices (float32),
-  with the micro-batches in a `lax.scan` or unrolled."""
+  statistics and the target's equal the full step on 8 devices (float64,
+  `mesh_runs.RTOL`), with the micro-batches in a `lax.scan` or unrolled."""
   views = _random_views(32)
   loss, grads, stats, target_stats = _full_step_gradients(method)
-  m_loss, m_grads, m_stats, m_target_stats = _gradients(
-      _per_example_learner(method, microbatches, loop), num_devices, views)
-  np.testing.assert_allclose(m_loss, loss, rtol=1e-6)
+  with mesh_runs.float64():
+    m_loss, m_grads, m_stats, m_target_stats = _gradients(
+        _per_example_learner(method, microbatches, loop), num_devices, views)
+  assert m_loss.dtype == np.float64
+  assert {leaf.dtype for leaf in jax.tree.leaves(m_grads)} == {np.dtype(float)}
+  np.testing.assert_allclose(m_loss, loss, rtol=mesh_runs.RTOL)
   assert set(m_grads) == set(grads) == set(
       ["encoder", "projector"] + (["predictor"] if method == "byol" else []))
-  mesh_runs.assert_trees_close(m_grads, grads, rtol=1e-5)
-  mesh_runs.assert_trees_close(m_stats, stats, rtol=1e-5)
+  mesh_runs.assert_trees_close(m_grads, grads, rtol=mesh_runs.RTOL)
+  mesh_runs.assert_trees_close(m_stats, stats, rtol=mesh_runs.RTOL)
   if method == "byol":
-    mesh_runs.assert_trees_close(m_target_stats, target_stats, rtol=1e-5)
+    mesh_runs.assert_trees_close(m_target_stats, target_stats,
+                                 rtol=mesh_runs.RTOL)
   # Not vacuous: every gradient leaf is non-zero.
   for leaf in jax.tree.leaves(grads["encoder"]):
     assert np.abs(leaf).max() > 1e-6
@@ -226,17 +249,18 @@ def test_microbatched_encoder_batchnorm_is_per_microbatch():
   BN alone: against float64 statistics of the stem convolution's output,
   the first BN's running statistics move by the full batch's mean and by
   the MEAN WITHIN-MICRO-BATCH variance (not the full batch's), and the
-  gradients differ from the full step's."""
+  gradients differ from the full step's (float64)."""
   views = _random_views(32, seed=1)
   # Brightness that depends on the micro-batch (image 4·d + i is in
   # micro-batch i), so that micro-batch statistics clearly differ.
-  views += 0.5 * (np.arange(32) % 4)[None, :, None, None, None]
-  learner = _learner()
-  state = train.create_train_state(jax.random.key(0), learner,
-                                   sharding.data_mesh())
-  _, grads, stats, _ = _gradients(learner, 8, views, state)
-  _, m_grads, m_stats, _ = _gradients(_learner(microbatches=4), 8, views,
-                                      state)
+  views += 1.0 * (np.arange(32) % 4)[None, :, None, None, None]
+  with mesh_runs.float64():
+    learner = _learner()
+    state = train.create_train_state(jax.random.key(0), learner,
+                                     sharding.data_mesh())
+    _, grads, stats, _ = _gradients(learner, 8, views, state)
+    _, m_grads, m_stats, _ = _gradients(_learner(microbatches=4), 8, views,
+                                        state)
   y = _stem_conv_float64(
       views, np.asarray(state.params["encoder"]["stem_conv"]["kernel"]))
   # 8 devices × 4 images: micro-batch i holds image 4·d + i of every device
@@ -250,14 +274,15 @@ def test_microbatched_encoder_batchnorm_is_per_microbatch():
   within_var = micro.var(1).mean(0)
   # Not vacuous: the between-micro-batch variance is a large part of it.
   assert np.sum(full_var - within_var) > 0.2 * np.sum(full_var)
+  # (1 − momentum) = 0.1 divides the rounding of the running average: ~1e-15.
   np.testing.assert_allclose(moved(first(stats)["var"], 1.0), full_var,
-                             rtol=2e-5)
+                             rtol=1e-12)
   np.testing.assert_allclose(moved(first(m_stats)["var"], 1.0), within_var,
-                             rtol=2e-5)
+                             rtol=1e-12)
   for s in (stats, m_stats):
     np.testing.assert_allclose(moved(first(s)["mean"], 0.0),
                                y.reshape(-1, y.shape[-1]).mean(0),
-                               rtol=1e-4, atol=1e-6)
+                               rtol=1e-12, atol=1e-12)
   assert np.all(np.isfinite(m_grads["encoder"]["stem_conv"]["kernel"]))
   assert not np.allclose(m_grads["encoder"]["stem_conv"]["kernel"],
                          grads["encoder"]["stem_conv"]["kernel"], rtol=1e-2)

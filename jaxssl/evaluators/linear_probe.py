@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxssl import precision
+
 PyTree = Any
 
 
@@ -29,7 +31,8 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                    name="head")(h.astype(jnp.float32))
+                    param_dtype=precision.full_dtype(),
+                    name="head")(precision.to_full(h))
 
 
 @flax.struct.dataclass
@@ -76,10 +79,10 @@ def classification_loss(logits: jax.Array, labels: jax.Array, *,
   Sums over the local rows, then over `axis_name`, divided by the global
   count of rows whose label is not −1.
   """
-  valid = (labels >= 0).astype(jnp.float32)
+  valid = precision.to_full(labels >= 0)
   ce = optax.softmax_cross_entropy_with_integer_labels(
       logits, jnp.maximum(labels, 0))
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  correct = precision.to_full(jnp.argmax(logits, -1) == labels)
   sums = jnp.stack([jnp.sum(ce * valid), jnp.sum(correct * valid),
                     jnp.sum(valid)])
   if axis_name is not None:
@@ -113,7 +116,7 @@ def accuracy(params: PyTree, features: np.ndarray, labels: np.ndarray, *,
              num_classes: int) -> dict:
   """`{'top1', 'top5'}` of the probe on labelled features."""
   logits = Linear(num_classes).apply({"params": params},
-                                     jnp.asarray(features, jnp.float32))
+                                     precision.to_full(features))
   return top_k_accuracy(logits, labels)
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Optional
 import jax
 import jax.numpy as jnp
 
+from jaxssl import precision
 from jaxssl.models.heads import ProjectionHead
 from jaxssl.models.resnet import ResNet
 
@@ -18,9 +19,12 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(name: str):
-  """'auto' → bfloat16 on GPU/TPU, float32 on CPU; else the named dtype."""
+  """'auto' → bfloat16 on GPU/TPU, full precision (`jaxssl.precision`:
+  float32, float64 in 64-bit mode) on CPU; else the named dtype."""
   if name == "auto":
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    if jax.default_backend() == "cpu":
+      return precision.full_dtype()
+    return jnp.bfloat16
   if name not in DTYPES:
     raise ValueError(f"config.model.dtype={name!r} is not one of "
                      f"{['auto', *DTYPES]}")

@@ -4,8 +4,8 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from jaxssl import precision
 from jaxssl.models.normalization import batch_norm_factory
 
 # The SimCLR reference initialises its head's dense layers with N(0, 0.01²);
@@ -50,7 +50,8 @@ class ProjectionHead(nn.Module):
       (γ and β), 'plain' (neither), 'none' (no BatchNorm).
     kernel_init: 'simclr' (N(0, 0.01²)) or 'fan_in' (LeCun normal).
     bn_momentum, bn_epsilon, axis_name, bn_group_size: as in `ResNet`.
-    dtype: computation dtype.
+    dtype: computation dtype; None: full precision (`jaxssl.precision`),
+      which is also the dtype of the parameters and of the output.
   """
   num_layers: int = 2
   hidden_dim: int = 0
@@ -62,7 +63,7 @@ class ProjectionHead(nn.Module):
   bn_epsilon: float = 1e-5
   axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True,
@@ -76,10 +77,11 @@ class ProjectionHead(nn.Module):
       raise ValueError(f"kernel_init={self.kernel_init!r} is not one of "
                        f"{sorted(KERNEL_INITS)}")
     hidden = self.hidden_dim or x.shape[-1]
+    full = precision.full_dtype()
+    dtype = full if self.dtype is None else self.dtype
     norm = batch_norm_factory(
         train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        axis_name=self.axis_name, group_size=self.bn_group_size,
-        dtype=self.dtype)
+        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=dtype)
     layers = self.num_layers if layers is None else layers
     if not 0 <= layers <= self.num_layers:
       raise ValueError(f"layers={layers} is not in [0, {self.num_layers}]")
@@ -88,7 +90,7 @@ class ProjectionHead(nn.Module):
       bn = self.use_bn and not (last and self.last_bn == "none")
       x = nn.Dense(self.out_dim if last else hidden, use_bias=not bn,
                    kernel_init=KERNEL_INITS[self.kernel_init],
-                   dtype=self.dtype, name=f"dense{i + 1}")(x)
+                   dtype=dtype, param_dtype=full, name=f"dense{i + 1}")(x)
       if bn:
         if last:
           x = norm(use_scale=self.last_bn != "plain",
@@ -97,4 +99,4 @@ class ProjectionHead(nn.Module):
           x = norm(name=f"bn{i + 1}")(x)
       if not last:
         x = nn.relu(x)
-    return x.astype(jnp.float32)
+    return x.astype(full)

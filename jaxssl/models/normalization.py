@@ -7,6 +7,8 @@ import flax.linen as nn
 from jax import lax
 import jax.numpy as jnp
 
+from jaxssl import precision
+
 Initializer = Callable[..., Any]
 
 
@@ -37,7 +39,8 @@ class BatchNorm(nn.Module):
       along `axis_name`; None for all devices.
     use_bias, use_scale: learn β, γ.
     scale_init: initialiser of γ (zeros for the last BN of a residual block).
-    dtype: output dtype; statistics are computed in float32.
+    dtype: output dtype; statistics, γ and β are in full precision
+      (`jaxssl.precision`: float32, or float64 in JAX's 64-bit mode).
   """
   use_running_average: Optional[bool] = None
   momentum: float = 0.9
@@ -54,16 +57,16 @@ class BatchNorm(nn.Module):
     use_running_average = nn.merge_param(
         "use_running_average", self.use_running_average, use_running_average)
     features = x.shape[-1]
+    full = precision.full_dtype()
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,),
-                            jnp.float32)
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,),
-                           jnp.float32)
+                            full)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), full)
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      x32 = x.astype(jnp.float32)
+      xf = x.astype(full)
       axes = tuple(range(x.ndim - 1))
-      stats = jnp.stack([jnp.mean(x32, axes), jnp.mean(jnp.square(x32), axes)])
+      stats = jnp.stack([jnp.mean(xf, axes), jnp.mean(jnp.square(xf), axes)])
       if self.axis_name is None or self.is_initializing():
         local = global_ = stats
       elif self.group_size is None:
@@ -78,12 +81,12 @@ class BatchNorm(nn.Module):
         g_var = jnp.maximum(global_[1] - jnp.square(global_[0]), 0.0)
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * g_mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * g_var
-    y = (x.astype(jnp.float32) - mean) * lax.rsqrt(var + self.epsilon)
+    y = (x.astype(full) - mean) * lax.rsqrt(var + self.epsilon)
     if self.use_scale:
-      y = y * self.param("scale", self.scale_init, (features,), jnp.float32)
+      y = y * self.param("scale", self.scale_init, (features,), full)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-    return y.astype(self.dtype or x.dtype)
+      y = y + self.param("bias", nn.initializers.zeros, (features,), full)
+    return y.astype(x.dtype if self.dtype is None else self.dtype)
 
 
 def _group_and_global_mean(stats, axis_name, group_size):

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxssl import precision
 from jaxssl.models import convolution
 from jaxssl.models.normalization import batch_norm_factory
 
@@ -59,12 +60,13 @@ class BasicBlock(nn.Module):
   filters: int
   strides: int
   norm: Any
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+        nn.Conv, use_bias=False, dtype=self.dtype,
+        param_dtype=precision.full_dtype(), kernel_init=conv_init,
         conv_general_dilated=convolution.conv_general_dilated)
     y = conv(self.filters, (3, 3), (self.strides, self.strides),
              padding=((1, 1), (1, 1)), name="conv1")(x)
@@ -79,12 +81,13 @@ class BottleneckBlock(nn.Module):
   filters: int
   strides: int
   norm: Any
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+        nn.Conv, use_bias=False, dtype=self.dtype,
+        param_dtype=precision.full_dtype(), kernel_init=conv_init,
         conv_general_dilated=convolution.conv_general_dilated)
     y = conv(self.filters, (1, 1), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
@@ -109,8 +112,9 @@ class ResNet(nn.Module):
     axis_name: device axis for global BatchNorm statistics, None for local.
     bn_group_size: aggregate BatchNorm statistics over groups of this many
       devices (None: all devices).
-    dtype: computation dtype (bfloat16 for mixed precision: parameters, BN
-      statistics and the pooled output stay float32).
+    dtype: computation dtype; None: full precision (`jaxssl.precision`).
+      With bfloat16 (mixed precision) the parameters, BN statistics and the
+      pooled output stay in full precision.
     remat: rematerialisation of each block: 'none', 'block' (store only the
       block inputs), 'dots' (also keep convolution outputs).
   """
@@ -121,7 +125,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
-  dtype: Any = jnp.float32
+  dtype: Any = None
   remat: str = "none"
 
   @property
@@ -134,10 +138,11 @@ class ResNet(nn.Module):
     if self.depth not in STAGE_SIZES:
       raise ValueError(f"unsupported ResNet depth {self.depth}; expected one "
                        f"of {sorted(STAGE_SIZES)}")
+    full = precision.full_dtype()
+    dtype = full if self.dtype is None else self.dtype
     norm = batch_norm_factory(
         train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        axis_name=self.axis_name, group_size=self.bn_group_size,
-        dtype=self.dtype)
+        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=dtype)
     block_cls = BottleneckBlock if self.depth >= 50 else BasicBlock
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r} is not one of "
@@ -148,15 +153,16 @@ class ResNet(nn.Module):
       # cheap element-wise ops).
       block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat])
     width = int(64 * self.width_multiplier)
-    x = x.astype(self.dtype)
+    x = x.astype(dtype)
     if self.cifar_stem:
       x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype, name="stem_conv")(x)
+                  kernel_init=conv_init, dtype=dtype, param_dtype=full,
+                  name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
     else:
       x = nn.Conv(width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
-                  use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                  name="stem_conv")(x)
+                  use_bias=False, kernel_init=conv_init, dtype=dtype,
+                  param_dtype=full, name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
       # Explicit 1-pixel padding (with −inf), as torchvision's MaxPool2d:
       # "SAME" would pad only after the last row/column.
@@ -164,6 +170,6 @@ class ResNet(nn.Module):
     for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = block_cls(width * 2**stage, strides, norm, dtype=self.dtype,
+        x = block_cls(width * 2**stage, strides, norm, dtype=dtype,
                       name=f"stage{stage + 1}_block{block + 1}")(x)
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return jnp.mean(x.astype(full), axis=(1, 2))
