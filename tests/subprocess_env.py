@@ -12,5 +12,6 @@ def cpu_env(num_devices: int, **extra: str) -> dict:
   `XLA_FLAGS=--xla_cpu_max_isa=AVX2` runs its subprocesses so too."""
   flags = _DEVICE_COUNT.sub("", os.environ.get("XLA_FLAGS", "")).split()
   flags.append(f"--xla_force_host_platform_device_count={num_devices}")
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags),
-              **extra)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+  env.update(extra)
+  return env

@@ -298,9 +298,13 @@ def test_barlow_twins_identical_whitened_views_give_zero_loss():
   assert float(value) < 0.05
 
 
-@pytest.mark.parametrize("method,metric_keys,min_loss", [
-    ("barlow_twins", ("bt_diag",), 1.0), ("simsiam", (), -1.0)])
-def test_method_matches_on_1_and_8_devices(method, metric_keys, min_loss):
+@pytest.mark.parametrize("method,metric_keys,loss_range", [
+    # Barlow Twins: the off-diagonal term alone keeps the loss above 1 at
+    # init; SimSiam: -cos of two views of noise through a fresh network is
+    # strictly inside (-1, 0) (exactly -1 would mean a collapsed projector).
+    ("barlow_twins", ("bt_diag",), (1.0, np.inf)),
+    ("simsiam", (), (-0.999, 0.0))])
+def test_method_matches_on_1_and_8_devices(method, metric_keys, loss_range):
   """Loss, parameters, optimizer state and BN statistics over 2 steps of the
   whole model (float64, `mesh_runs.RTOL`)."""
   with mesh_runs.float64():
@@ -312,13 +316,10 @@ def test_method_matches_on_1_and_8_devices(method, metric_keys, min_loss):
   assert state1.target is None and state1.method_state is None
   mesh_runs.assert_metrics_close(
       m1, m8, ("loss", "grad_norm", "embed_std", *metric_keys))
-  assert m1[0]["loss"] > min_loss
+  assert loss_range[0] < m1[0]["loss"] < loss_range[1], m1[0]["loss"]
   for part in ("params", "opt_state", "batch_stats"):
     mesh_runs.assert_trees_close(getattr(state1, part), getattr(state8, part),
                                  rtol=mesh_runs.RTOL)
-  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), init1.params,
-                       state1.params)
-  assert np.median(jax.tree.leaves(moved)) > 0
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), init1.params,
                        state1.params)
   assert np.median(jax.tree.leaves(moved)) > 0
