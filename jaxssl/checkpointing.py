@@ -6,9 +6,9 @@ PRNG key); the input position is the step itself, since every input source
 derives its batches from (seed, step). Orbax writes each checkpoint into a
 temporary directory and renames it when complete, so a checkpoint cut short
 by a kill is never listed, and the previous complete one is restored.
+The directory may be local or on GCS (`gs://`, through `jaxssl.paths`).
 """
 
-import os
 import time
 from typing import Optional
 
@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxssl import paths
 from jaxssl.train_state import TrainState
 
 
@@ -28,7 +29,8 @@ class Checkpointer:
   """Saves every `every_steps` steps (keeping `keep`) and restores the latest.
 
   Args:
-    directory: where checkpoints live (`workdir/checkpoints`).
+    directory: where checkpoints live (`workdir/checkpoints`), local or
+      `gs://`.
     every_steps: save interval in steps (0: none by step count).
     keep: checkpoints kept.
     asynchronous: write in a background thread while training goes on.
@@ -37,9 +39,10 @@ class Checkpointer:
       save at the same step.
   """
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int = 3,
-               asynchronous: bool = True, every_minutes: float = 0.0):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: paths.PathLike, *, every_steps: int,
+               keep: int = 3, asynchronous: bool = True,
+               every_minutes: float = 0.0):
+    self.directory = paths.path(directory)
     self.every_steps = every_steps
     self.every_minutes = every_minutes
     self._last_save = time.monotonic()
@@ -49,7 +52,17 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> Optional[int]:
-    return self._manager.latest_step()
+    """The newest complete checkpoint's step (None: none). With several
+    processes, process 0's listing decides for all (every process must
+    call this), so a listing that lags on one host cannot make hosts
+    restore different steps."""
+    step = self._manager.latest_step()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      step = int(multihost_utils.broadcast_one_to_all(
+          np.int64(-1 if step is None else step)))
+      step = None if step < 0 else step
+    return step
 
   def should_save(self, step: int) -> bool:
     """Due by step count (`time_due` is asked separately, at the loop's

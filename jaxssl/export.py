@@ -10,12 +10,12 @@ projection-head layer (SimCLR v2) and export to other frameworks.
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING, Any, Optional
 
 import flax.serialization
 import jax
 
+from jaxssl import paths
 from jaxssl.methods import base
 
 if TYPE_CHECKING:  # configs are only read here: no runtime dependency
@@ -35,31 +35,29 @@ def encoder_variables(state) -> dict:
           "batch_stats": {k: state.batch_stats.get(k, {}) for k in EXPORTED}}
 
 
-def save_encoder(workdir: str, state, config: ml_collections.ConfigDict
-                 ) -> str:
-  """Writes `workdir/encoder.msgpack` (and `config.json`) on process 0."""
-  path = os.path.join(workdir, ENCODER_FILE)
+def save_encoder(workdir: paths.PathLike, state,
+                 config: ml_collections.ConfigDict) -> paths.Path:
+  """Writes `workdir/encoder.msgpack` (and `config.json`) on process 0,
+  whole (never a half-written file), locally or on `gs://`."""
+  workdir = paths.path(workdir)
+  path = workdir / ENCODER_FILE
   if jax.process_index() != 0:
     return path
   data = flax.serialization.to_bytes(jax.device_get(encoder_variables(state)))
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)  # atomic: never a half-written file
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(config_path):
-    with open(config_path, "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
+  paths.write_bytes(path, data)
+  if not (workdir / CONFIG_FILE).exists():
+    paths.write_text(workdir / CONFIG_FILE,
+                     config.to_json_best_effort(indent=1))
   return path
 
 
-def load_encoder(path: str, axis_name: Optional[str] = None
+def load_encoder(path: paths.PathLike, axis_name: Optional[str] = None
                  ) -> tuple[Any, dict, ml_collections.ConfigDict]:
   """Reads an exported encoder and projector.
 
   Args:
     path: a pretraining workdir, or the `encoder.msgpack` inside one (its
-      `config.json` must sit next to it).
+      `config.json` must sit next to it); local or `gs://`.
     axis_name: data axis for the module's BatchNorm (fine-tuning), or None.
 
   Returns:
@@ -67,16 +65,16 @@ def load_encoder(path: str, axis_name: Optional[str] = None
     `methods.base.Network(encoder, projector)`, `variables` its
     `{'params', 'batch_stats'}`.
   """
-  if os.path.isdir(path):
-    path = os.path.join(path, ENCODER_FILE)
-  config_path = os.path.join(os.path.dirname(path), CONFIG_FILE)
+  path = paths.path(path)
+  if path.name != ENCODER_FILE and path.is_dir():
+    path = path / ENCODER_FILE
+  config_path = path.parent / CONFIG_FILE
   for p in (path, config_path):
-    if not os.path.exists(p):
+    if not p.exists():
       raise FileNotFoundError(f"{p} does not exist (expected a pretraining "
                               f"workdir with {ENCODER_FILE} and {CONFIG_FILE})")
   import ml_collections  # pylint: disable=g-import-not-at-top,redefined-outer-name
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   network = base.create_network(config, axis_name)
   image_size = config.data.image_size
   shapes = jax.eval_shape(
@@ -86,12 +84,11 @@ def load_encoder(path: str, axis_name: Optional[str] = None
   template = {"params": shapes["params"],
               "batch_stats": {k: shapes.get("batch_stats", {}).get(k, {})
                               for k in EXPORTED}}
-  with open(path, "rb") as f:
-    try:
-      variables = flax.serialization.from_bytes(template, f.read())
-    except (ValueError, KeyError) as e:
-      raise ValueError(f"{path} does not hold the variables of the encoder "
-                       f"described in {config_path}: {e}") from e
+  try:
+    variables = flax.serialization.from_bytes(template, path.read_bytes())
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"{path} does not hold the variables of the encoder "
+                     f"described in {config_path}: {e}") from e
   return network, variables, config
 
 

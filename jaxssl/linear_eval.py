@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import importlib
 import json
-import os
+import sys
 import time
 from typing import Any
 
@@ -34,6 +34,7 @@ from jaxssl import augment
 from jaxssl import export
 from jaxssl import metric_writers
 from jaxssl import optim
+from jaxssl import paths
 from jaxssl import schedules
 from jaxssl import sharding
 from jaxssl import train
@@ -180,7 +181,7 @@ def _data_config(config, pretrain_config) -> ml_collections.ConfigDict:
   return data
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   """Linear evaluation or fine-tuning as `config` says; writes results.json."""
   if config.mode not in MODES:
     raise ValueError(f"config.mode={config.mode!r} is not one of {MODES}")
@@ -253,9 +254,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   print_fn(f"{config.mode} on {eval_ds.name}: top-1 {results['top1']:.4f} | "
            f"top-5 {results['top5']:.4f}")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"results": results, "history": history, "epochs": epochs},
-                f, indent=1)
+    paths.write_text(workdir / "results.json", json.dumps(
+        {"results": results, "history": history, "epochs": epochs}, indent=1))
   return results
 
 
@@ -271,5 +271,5 @@ def main(argv):
 if __name__ == "__main__":
   # jaxssl.main defines the flags (--config, --workdir, --distributed, ...);
   # imported here only, so that importing this module defines no flags.
-  importlib.import_module("jaxssl.main")
-  app.run(main)
+  _entry = importlib.import_module("jaxssl.main")
+  app.run(main, argv=_entry.resolve_config_argv(sys.argv))

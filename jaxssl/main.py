@@ -2,9 +2,15 @@ r"""Command-line entry point: flags → `train.train_and_evaluate`.
 
   python -m jaxssl.main --config=configs/simclr_cifar10.py --workdir=/tmp/run \
       --config.batch_size=256
+
+`--workdir` may be local or `gs://bucket/run` (`jaxssl.paths`). A relative
+`--config=configs/...` that does not exist in the working directory is taken
+from the jaxssl checkout (the folder holding `jaxssl/` and `configs/`).
 """
 
 import os
+import sys
+from typing import List
 
 from absl import app
 from absl import flags
@@ -32,6 +38,8 @@ def initialize(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from jaxssl import paths  # pylint: disable=g-import-not-at-top
+  paths.configure()  # gs:// through gcsfs (and an emulator if one is set)
   if not FLAGS["verbosity"].present:
     # Progress and results are printed; library INFO logs (orbax writes
     # several lines per checkpoint) only with --verbosity=0.
@@ -65,5 +73,26 @@ def main(argv):
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
+def resolve_config_argv(argv: List[str]) -> List[str]:
+  """`argv` with a relative `--config` path that does not exist in the
+  working directory replaced by the same path in the jaxssl checkout, when
+  it exists there (so `--config=configs/quickstart.py` runs from any
+  directory). Anything else is left for the flag parser to report."""
+  checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      prefix, value = "--config=", arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(out):
+      prefix, value, i = "", out[i + 1], i + 1
+    else:
+      continue
+    file, sep, variant = value.partition(":")
+    if (file and not os.path.isabs(file) and not os.path.exists(file)
+        and os.path.exists(os.path.join(checkout, file))):
+      out[i] = prefix + os.path.join(checkout, file) + sep + variant
+  return out
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=resolve_config_argv(sys.argv))

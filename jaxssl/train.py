@@ -1,526 +1,48 @@
-"""Pretraining: state creation, the per-device train step, and the loop.
+"""Pretraining: config → learner, the loop, evaluation and outputs.
 
-The train step is written for ONE device's share of the batch, with named-axis
-collectives (`lax.all_gather` of the negatives in the loss, `lax.pmean` of the
-BatchNorm statistics and of the loss). `jax.shard_map` maps it over the 1-D
-data mesh and `jax.jit` compiles it once, with the state donated. Under
-`shard_map`, the gradient with respect to replicated parameters is already the
-sum over devices of the per-device contributions (the transpose of the
-implicit broadcast is a `psum`), so the step differentiates the *mean* loss
-over devices and adds no pmap-style `psum` of the gradients.
+`train_and_evaluate` is the whole run behind `python -m jaxssl.main`: it
+checks the config, builds the input, the learner (`jaxssl.step`) and the
+state, restores the latest checkpoint, runs `train_loop` over the compiled
+per-device step, evaluates on held-out data, exports the encoder and writes
+`results.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
-import signal
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
-import flax.linen as nn
 import jax
-from jax import lax
-import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 import numpy as np
 import optax
 
 from jaxssl import augment
 from jaxssl import checkpointing
 from jaxssl import export
-from jaxssl import losses
 from jaxssl import metric_writers
+from jaxssl import methods
 from jaxssl import optim
-from jaxssl import precision
+from jaxssl import paths
+from jaxssl import preemption
 from jaxssl import progress
 from jaxssl import schedules
 from jaxssl import sharding
-from jaxssl.data import in_memory
+from jaxssl.data import eval_input
 from jaxssl.data import sources
-from jaxssl.evaluators import linear_probe
 from jaxssl.evaluators import representation
-from jaxssl import methods
-from jaxssl.methods import base
+# The step's public names, for callers of `jaxssl.train`.
+from jaxssl.gradients import compute_gradients, microbatched_gradients  # pylint: disable=unused-import
+from jaxssl.step import DATA_AXIS, Learner, OnlineProbe, compile_train_step, create_train_state, make_views, train_step  # pylint: disable=unused-import
 from jaxssl.train_state import TrainState
 
 if TYPE_CHECKING:  # configs are only read here: no runtime dependency
   import ml_collections
 
-DATA_AXIS = sharding.DATA_AXIS
 PyTree = Any
-
-
-@dataclasses.dataclass(frozen=True)
-class Learner:
-  """The static parts of a train step: method, optimizer and view settings.
-
-  Attributes:
-    method: networks, loss, optional target and state (`jaxssl.methods`),
-      built with `axis_name=DATA_AXIS`.
-    tx: optax transformation.
-    schedule: learning rate as a function of the step (for logging).
-    view_specs: how each view is cropped and augmented.
-    probe: the online linear probe's settings, or None.
-    microbatches: encoder micro-batches per device and step (1: the plain
-      step; > 1: `microbatched_gradients`, exact-batch contrastive losses
-      with the activation memory of one micro-batch).
-    microbatch_loop: how the encoder backward passes of the micro-batches
-      are sequenced: 'scan', 'unrolled' or 'auto' (`_unroll_microbatches`).
-  """
-  method: base.Method
-  tx: optax.GradientTransformation
-  schedule: Callable[[jax.Array], jax.Array]
-  view_specs: Tuple[augment.ViewSpec, ...]
-  probe: Optional["OnlineProbe"] = None
-  microbatches: int = 1
-  microbatch_loop: str = "auto"
-
-  def __post_init__(self):
-    if self.microbatches < 1:
-      raise ValueError(f"config.train.microbatches={self.microbatches} must "
-                       "be at least 1")
-    _unroll_microbatches(self.microbatch_loop)  # checks the name
-
-  @property
-  def network(self) -> nn.Module:
-    return self.method.network
-
-  @property
-  def image_size(self) -> int:
-    return self.view_specs[0].size
-
-
-@dataclasses.dataclass(frozen=True)
-class OnlineProbe:
-  """A linear classifier trained during pretraining on stop-gradient
-  encoder features of every augmented view, with its own optimizer."""
-  num_classes: int
-  tx: optax.GradientTransformation
-
-
-def make_views(batch: dict, rng: jax.Array, *,
-               specs: Tuple[augment.ViewSpec, ...],
-               axis_name: Optional[str] = DATA_AXIS) -> list:
-  """The augmented views of the local batch, one `[n, S_v, S_v, 3]` per spec.
-
-  Host pipelines deliver the crops (`batch['views']`); in-memory data
-  delivers whole images (`batch['image']`), which are cropped here with
-  `augment.random_resized_crop` (10 vectorised attempts at the spec's area
-  range, bilinear; the host's SimCLR/BYOL samplers need TensorFlow). Each
-  image's key is `fold_in(rng, global_index)`, with the example's index in
-  the global batch: the views depend on the step and the example, not on how
-  many devices share the batch.
-  """
-  host_crops = "views" in batch
-  if host_crops and len(batch["views"]) != len(specs):
-    raise ValueError(f"batch has {len(batch['views'])} views, the method "
-                     f"expects {len(specs)}")
-  n = (batch["views"][0] if host_crops else batch["image"]).shape[0]
-  first = 0 if axis_name is None else lax.axis_index(axis_name) * n
-  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(n))
-  keys = jax.vmap(lambda k: jax.random.split(k, 2 * len(specs)))(keys)
-  views = []
-  for v, spec in enumerate(specs):
-    if host_crops:
-      crops = batch["views"][v]
-    else:
-      crops = jax.vmap(lambda k, im, spec=spec: augment.random_resized_crop(
-          k, im, spec.size, spec.crop_area))(keys[:, len(specs) + v],
-                                             batch["image"])
-    views.append(augment.augment_batch(keys[:, v], crops, spec))
-  return views
-
-
-def _embedding_std(z: jax.Array, axis_name: Optional[str]) -> jax.Array:
-  """Mean per-dimension std of L2-normalised embeddings over the global batch.
-
-  ≈ 1/√d for well-spread embeddings, → 0 on collapse (SimSiam, §4.1).
-  """
-  zn = losses.l2_normalize(precision.to_full(z))
-  moments = jnp.stack([jnp.mean(zn, 0), jnp.mean(jnp.square(zn), 0)])
-  if axis_name is not None:
-    moments = lax.pmean(moments, axis_name)
-  return jnp.mean(jnp.sqrt(jnp.maximum(moments[1] - moments[0]**2, 0.0)))
-
-
-def _target_params(online: PyTree, target: PyTree) -> PyTree:
-  """The online parameters the target tracks (its top-level names)."""
-  return {name: online[name] for name in target}
-
-
-@dataclasses.dataclass
-class Gradients:
-  """What the forward/backward pass of a step hands to the update.
-
-  Attributes:
-    loss: the global-batch loss (the same on every device).
-    grads: its gradient w.r.t. the online parameters (replicated).
-    batch_stats: the online network's new BatchNorm statistics.
-    outputs: the online outputs `{'h', 'z'[, 'p']}` of the local views.
-    aux: the method's metrics (local).
-    method_state: the method's new state.
-    target_stats: the target network's new BatchNorm statistics, or None.
-  """
-  loss: jax.Array
-  grads: PyTree
-  batch_stats: PyTree
-  outputs: dict
-  aux: dict
-  method_state: Any
-  target_stats: Optional[PyTree]
-
-
-def compute_gradients(state: TrainState, views: jax.Array, *,
-                      learner: Learner,
-                      axis_name: str = DATA_AXIS) -> Gradients:
-  """Loss and gradients of one device's views `[view_1; ...; view_V]`.
-
-  With `learner.microbatches == 1` one forward/backward over all local views;
-  otherwise the cached-gradient step of `microbatched_gradients`.
-  """
-  if learner.microbatches > 1:
-    return microbatched_gradients(state, views, learner=learner,
-                                  axis_name=axis_name)
-  method = learner.method
-  target_out = target_stats = None
-  if method.target_network is not None:
-    # Training mode (batch statistics), as the BYOL reference; the target's
-    # own running statistics are updated by this pass.
-    target_out, target_vars = method.target_network.apply(
-        state.target, views, train=True, mutable=["batch_stats"])
-    target_out = lax.stop_gradient(target_out)
-    target_stats = target_vars.get("batch_stats", {})
-
-  def loss_fn(params):
-    out, new_vars = method.network.apply(
-        {"params": params, "batch_stats": state.batch_stats}, views,
-        train=True, mutable=["batch_stats"])
-    local_loss, aux, method_state = method.loss(
-        out, target_out, state.method_state, axis_name=axis_name)
-    # The mean over devices of per-device means over local anchors is the
-    # loss of the global batch; its gradient needs no further reduction.
-    return lax.pmean(local_loss, axis_name), (new_vars.get("batch_stats", {}),
-                                              out, aux, method_state)
-
-  (loss, (batch_stats, out, aux, method_state)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  return Gradients(loss, grads, batch_stats, out, aux, method_state,
-                   target_stats)
-
-
-def _to_microbatches(x: jax.Array, num_views: int, m: int) -> jax.Array:
-  """`[view_1; ...; view_V]` (n rows each) → `[m, V·n/m, ...]`: micro-batch
-  i holds rows i·n/m … (i+1)·n/m of every view (both views of its images)."""
-  n = x.shape[0] // num_views
-  x = x.reshape(num_views, m, n // m, *x.shape[1:])
-  return jnp.swapaxes(x, 0, 1).reshape(m, num_views * (n // m), *x.shape[3:])
-
-
-def _from_microbatches(x: jax.Array, num_views: int) -> jax.Array:
-  """Inverse of `_to_microbatches`."""
-  m, rows = x.shape[:2]
-  x = x.reshape(m, num_views, rows // num_views, *x.shape[2:])
-  return jnp.swapaxes(x, 0, 1).reshape(m * rows, *x.shape[3:])
-
-
-def _encode_microbatches(network: nn.Module, variables: PyTree,
-                         xs: jax.Array, num_views: int):
-  """Encoder features of every micro-batch, one at a time, without keeping
-  activations; BN statistics of each micro-batch start from `variables` and
-  are averaged over micro-batches."""
-  def encode(x):
-    h, new_vars = network.apply(variables, x, train=True,
-                                mutable=["batch_stats"], method="encode")
-    return h, new_vars.get("batch_stats", {})
-
-  hs, stats = lax.map(encode, xs)
-  return (_from_microbatches(hs, num_views),
-          jax.tree.map(lambda s: jnp.mean(s, axis=0), stats))
-
-
-def _with_encoder_stats(head_stats: PyTree, encoder_stats: PyTree) -> PyTree:
-  """The heads' statistics (whole batch) with the encoder's (micro-batch
-  averages)."""
-  if "encoder" not in encoder_stats:
-    return head_stats
-  return {**head_stats, "encoder": encoder_stats["encoder"]}
-
-
-MICROBATCH_LOOPS = ("auto", "scan", "unrolled")
-
-
-def _unroll_microbatches(loop: str) -> bool:
-  """'auto': unrolled on CPU, a `lax.scan` elsewhere.
-
-  XLA:CPU leaves convolution gradients inside a loop body in a form its fast
-  (Eigen) convolution does not take; measured on a 2-core CPU, a kernel
-  gradient in a `fori_loop` ran 30× slower than outside it (forward
-  convolutions are unaffected). GPU and TPU keep the loop: one copy of the
-  encoder in the program, activations of one micro-batch at a time.
-  """
-  if loop not in MICROBATCH_LOOPS:
-    raise ValueError(f"config.train.microbatch_loop={loop!r} is not one of "
-                     f"{list(MICROBATCH_LOOPS)}")
-  if loop == "auto":
-    return jax.default_backend() == "cpu"
-  return loop == "unrolled"
-
-
-def _sum_microbatches(fn: Callable[[PyTree, Any], PyTree], init: PyTree,
-                      xs: Any, *, unroll: bool) -> PyTree:
-  """`fn(fn(init, xs[0]), xs[1]) ...` over the leading axis of `xs`.
-
-  Unrolled, an optimisation barrier makes micro-batch i+1's inputs wait for
-  micro-batch i's result, so that their activations are never live together.
-  """
-  if not unroll:
-    return lax.scan(lambda total, x: (fn(total, x), None), init, xs)[0]
-  total = init
-  for i in range(jax.tree.leaves(xs)[0].shape[0]):
-    x = jax.tree.map(lambda a, i=i: a[i], xs)
-    if i:
-      total, x = lax.optimization_barrier((total, x))
-    total = fn(total, x)
-  return total
-
-
-def microbatched_gradients(state: TrainState, views: jax.Array, *,
-                           learner: Learner,
-                           axis_name: str = DATA_AXIS) -> Gradients:
-  """The cached-gradient step of Gao et al. 2021, "Scaling Deep Contrastive
-  Learning Batch Size under Memory Limited Setup" (GradCache,
-  https://arxiv.org/abs/2101.06983), with the cache at the encoder output.
-
-  1. Encode the `M = learner.microbatches` micro-batches one after another
-     without storing activations (`lax.map`), giving `h` for all local views.
-  2. Run the heads (projector, predictor), the target's heads and the loss
-     over the WHOLE global batch (negatives gathered across devices as
-     usual) and differentiate w.r.t. the head parameters and `h`. The heads
-     are small, so their BatchNorm sees the whole batch, as in the full step.
-  3. Re-encode each micro-batch (`lax.scan`) and pull `∂L/∂h` of its rows
-     back through the encoder (`jax.vjp`); the encoder gradients are summed
-     over micro-batches locally and reduced over devices once.
-
-  Activation memory is that of one micro-batch through the encoder; the
-  price is a second encoder forward pass (~1.3× the step's FLOPs). The views
-  of the whole local batch are made once, before step 1 (float32: B·V·S²·3·4
-  bytes, 4.9 GB for 4096 × 2 views at 224 px on one device).
-
-  What differs from the full step: the ENCODER's BatchNorm normalises each
-  micro-batch with its own statistics (over its `B/M` images × views on all
-  devices, instead of over all `B`), and its running statistics move by the
-  average of the micro-batch updates (the running mean by exactly the full
-  batch's mean; the variance by the mean within-micro-batch variance, which
-  misses the variance between micro-batch means). The same holds for the
-  target's encoder. With an encoder whose outputs are per-example (no
-  BatchNorm, or frozen statistics) the gradients equal the full step's to
-  rounding (tested in float64).
-  """
-  method = learner.method
-  m = learner.microbatches
-  num_views = len(learner.view_specs)
-  n = views.shape[0] // num_views
-  if n % m:
-    raise ValueError(f"config.train.microbatches={m} does not divide the "
-                     f"{n} images per device (batch_size / devices)")
-  for name, network in (("network", method.network),
-                        ("target_network", method.target_network)):
-    if network is not None and not isinstance(network, base.Network):
-      raise TypeError(f"method {method.name!r}: micro-batching needs "
-                      f"`{name}` to be a jaxssl.methods.base.Network "
-                      f"(encode + heads), got {type(network).__name__}")
-  xs = _to_microbatches(views, num_views, m)
-  online_vars = {"params": state.params, "batch_stats": state.batch_stats}
-  h, encoder_stats = _encode_microbatches(method.network, online_vars, xs,
-                                          num_views)
-  target_out = target_stats = None
-  if method.target_network is not None:
-    target_h, target_encoder_stats = _encode_microbatches(
-        method.target_network, state.target, xs, num_views)
-    target_out, target_vars = method.target_network.apply(
-        state.target, target_h, train=True, mutable=["batch_stats"],
-        method="heads")
-    target_out = lax.stop_gradient(target_out)
-    target_stats = _with_encoder_stats(target_vars.get("batch_stats", {}),
-                                       target_encoder_stats)
-
-  def loss_fn(params, h):
-    out, new_vars = method.network.apply(
-        {"params": params, "batch_stats": state.batch_stats}, h,
-        train=True, mutable=["batch_stats"], method="heads")
-    local_loss, aux, method_state = method.loss(
-        out, target_out, state.method_state, axis_name=axis_name)
-    return lax.pmean(local_loss, axis_name), (new_vars.get("batch_stats", {}),
-                                              out, aux, method_state)
-
-  (loss, (head_stats, out, aux, method_state)), (grads, grad_h) = (
-      jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-          state.params, h))
-
-  # Local (device-varying) encoder parameters: the per-micro-batch vjps then
-  # give this device's contributions, summed here and psum-ed once below,
-  # instead of one all-reduce per micro-batch.
-  local_params = lax.pcast(state.params["encoder"], axis_name, to="varying")
-
-  def accumulate(total, micro):
-    x, grad_h = micro
-
-    def encode(encoder_params):
-      h, _ = method.network.apply(
-          {"params": {**state.params, "encoder": encoder_params},
-           "batch_stats": state.batch_stats}, x, train=True,
-          mutable=["batch_stats"], method="encode")
-      return h
-
-    _, vjp = jax.vjp(encode, local_params)
-    return jax.tree.map(jnp.add, total, vjp(grad_h)[0])
-
-  encoder_grads = _sum_microbatches(
-      accumulate, jax.tree.map(jnp.zeros_like, local_params),
-      (xs, _to_microbatches(grad_h, num_views, m)),
-      unroll=_unroll_microbatches(learner.microbatch_loop))
-  grads = {**grads, "encoder": lax.psum(encoder_grads, axis_name)}
-  return Gradients(loss, grads, _with_encoder_stats(head_stats, encoder_stats),
-                   out, aux, method_state, target_stats)
-
-
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
-               learner: Learner,
-               axis_name: str = DATA_AXIS) -> tuple[TrainState, dict]:
-  """One optimisation step on one device's share of the global batch.
-
-  Views → online network → (target network) → method loss → optimizer
-  update → EMA of the target towards the updated online parameters.
-
-  Args:
-    state: replicated train state.
-    batch: `{'image': uint8 [n, H, W, 3]}` or `{'views': [...]}`, this
-      device's rows.
-    rng: key of this step (the same on every device).
-    learner: method, optimizer and view settings.
-    axis_name: the mapped data axis.
-
-  Returns:
-    The new state and metrics averaged over devices.
-  """
-  method = learner.method
-  views = jnp.concatenate(
-      make_views(batch, rng, specs=learner.view_specs, axis_name=axis_name))
-  result = compute_gradients(state, views, learner=learner,
-                             axis_name=axis_name)
-  grads, out = result.grads, result.outputs
-  updates, opt_state = learner.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {
-      "loss": result.loss,
-      "lr": learner.schedule(state.step),
-      "grad_norm": optax.tree.norm(grads),
-      "param_norm": optax.tree.norm(params),
-      "embed_std": _embedding_std(out["z"], axis_name),
-  }
-  metrics.update(jax.tree.map(lambda m: lax.pmean(m, axis_name),
-                              result.aux))
-  probe = state.probe
-  if learner.probe is not None:
-    labels = jnp.tile(batch["label"], len(learner.view_specs))
-    probe, metrics["probe_loss"], metrics["probe_acc"] = linear_probe.update(
-        state.probe, out["h"], labels, tx=learner.probe.tx,
-        num_classes=learner.probe.num_classes, axis_name=axis_name)
-  target = state.target
-  if method.target_network is not None:
-    tau = method.target_momentum(state.step)
-    target = {
-        # (1 − τ)·online + τ·target, towards the UPDATED online weights.
-        "params": optax.incremental_update(
-            _target_params(params, state.target["params"]),
-            state.target["params"], step_size=1.0 - tau),
-        "batch_stats": result.target_stats,
-    }
-    metrics["tau"] = tau
-  new_state = state.replace(step=state.step + 1, params=params,
-                            batch_stats=result.batch_stats,
-                            opt_state=opt_state, target=target,
-                            method_state=result.method_state,
-                            probe=probe)
-  return new_state, metrics
-
-
-def _step_from_state(state, batch, *, learner):
-  rng = jax.random.fold_in(state.rng, state.step)
-  return train_step(state, batch, rng, learner=learner)
-
-
-def compile_train_step(learner: Learner, mesh: Mesh):
-  """`jit(shard_map(train_step))` over `mesh`; the state is donated.
-
-  The returned function maps `(state, global_batch) -> (state, metrics)`, with
-  the state and metrics replicated and the batch sharded over the data axis.
-  """
-  per_device = jax.shard_map(
-      functools.partial(_step_from_state, learner=learner), mesh=mesh,
-      in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()))
-  return jax.jit(per_device, donate_argnums=0)
-
-
-def create_train_state(rng: jax.Array, learner: Learner,
-                       mesh: Mesh) -> TrainState:
-  """Initialises the state, replicated over `mesh`.
-
-  Parameters, BN statistics and optimizer state of the online network; for
-  methods with a target, a copy of the online parameters and statistics it
-  tracks (the BYOL reference's initialisation); the method state.
-  """
-  init_rng, state_rng = jax.random.split(rng)
-  method = learner.method
-
-  def init(init_rng, state_rng):
-    dummy = jnp.zeros((2, learner.image_size, learner.image_size, 3))
-    variables = method.network.init(init_rng, dummy, train=False)
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
-    target = None
-    if method.target_network is not None:
-      shapes = jax.eval_shape(
-          functools.partial(method.target_network.init, train=False),
-          init_rng, dummy)
-      target = {
-          "params": _copy_tracked(params, shapes["params"], method.name),
-          "batch_stats": _copy_tracked(
-              batch_stats, shapes.get("batch_stats", {}), method.name)}
-    method_state = (None if method.init_method_state is None
-                    else method.init_method_state())
-    probe = None
-    if learner.probe is not None:
-      feature_dim = method.network.apply(variables, dummy,
-                                         method="encode").shape[-1]
-      probe = linear_probe.create(learner.probe.num_classes, feature_dim,
-                                  learner.probe.tx)
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                      batch_stats=batch_stats,
-                      opt_state=learner.tx.init(params), rng=state_rng,
-                      target=target, method_state=method_state, probe=probe)
-
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(
-      init_rng, state_rng)
-
-
-def _copy_tracked(online: PyTree, target_shapes: PyTree, method: str) -> PyTree:
-  """Copies the online subtrees the target tracks, checking their shapes."""
-  missing = sorted(set(target_shapes) - set(online))
-  if missing:
-    raise ValueError(f"method {method!r}: target submodules {missing} have no "
-                     f"online counterpart among {sorted(online)}")
-  copy = _target_params(online, target_shapes)
-  got = jax.tree.map(lambda x: (x.shape, x.dtype), copy)
-  want = jax.tree.map(lambda x: (x.shape, x.dtype), target_shapes)
-  if got != want:
-    raise ValueError(f"method {method!r}: the target network's variables do "
-                     "not mirror the online ones they track")
-  return jax.tree.map(jnp.copy, copy)
 
 
 def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
@@ -609,10 +131,6 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     raise ValueError(f"config.method={config.method!r} is not one of "
                      f"{sorted(methods.METHODS)}")
   _check_steps_rule(config)
-  if jax.process_count() > 1 and (config.eval.knn_ks or config.probe.enabled):
-    raise ValueError(
-        "held-out evaluation on several processes is not supported yet: set "
-        "--config.eval.knn_ks=() --config.probe.enabled=False")
   if config.method in ("byol", "simsiam") and config.predictor.num_layers < 1:
     raise ValueError(f"config.method={config.method!r} needs a predictor: "
                      "config.predictor.num_layers >= 1")
@@ -623,17 +141,30 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   sources.check(config.data)
 
 
-def prepare_workdir(workdir: str) -> str:
-  """Creates `workdir` (and parents) or fails with a clear message."""
+def prepare_workdir(workdir: paths.PathLike) -> paths.Path:
+  """`workdir` as a path of the file layer (`jaxssl.paths`): a local folder,
+  created with its parents, or a `gs://` prefix in an existing bucket.
+  Fails with a clear message otherwise."""
   if not workdir:
     raise ValueError("--workdir is required")
+  if paths.is_url(workdir):
+    wd = paths.path(workdir)
+    bucket = paths.path("/".join(str(wd).split("/")[:3]))
+    try:
+      found = bucket.exists()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"cannot reach workdir {workdir!r}: {e}") from e
+    if not found:
+      raise ValueError(f"workdir {workdir!r}: bucket {str(bucket)!r} does "
+                       "not exist or is not accessible")
+    return wd
   try:
-    os.makedirs(workdir, exist_ok=True)
+    wd = paths.makedirs(workdir)
   except OSError as e:
     raise ValueError(f"cannot create workdir {workdir!r}: {e}") from e
-  if not os.access(workdir, os.W_OK):
+  if not os.access(wd, os.W_OK):
     raise ValueError(f"workdir {workdir!r} is not writable")
-  return workdir
+  return wd
 
 
 class Preempted(Exception):
@@ -650,7 +181,7 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
                writer: Optional[metric_writers.MetricWriter] = None,
                on_epoch_end: Optional[Callable[[int, Any], dict]] = None,
                checkpointer: Optional[checkpointing.Checkpointer] = None,
-               should_stop: Optional[Callable[[int], bool]] = None
+               preemption_flag: Optional[preemption.PreemptionFlag] = None
                ) -> tuple[Any, list, list]:
   """Runs `step_fn` to `total_steps`; reports every `log_every` steps and
   at the end of every epoch; saves checkpoints as `checkpointer` says.
@@ -658,8 +189,10 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
   Metrics stay on the devices between reports, so the host never waits for
   a step it does not need to. A non-finite loss stops the run with
   FloatingPointError; metrics are fetched and checked BEFORE every save, so
-  no NaN state is ever saved. When `should_stop(step)` says so (SIGTERM),
-  the state is saved and `Preempted` raised.
+  no NaN state is ever saved. With `preemption_flag`, every step carries
+  this process's SIGTERM flag and returns the flag agreed by all processes;
+  the loop reads step s − 1's after dispatching step s and, if set, saves
+  step s and raises `Preempted` (on every process at the same step).
   `on_epoch_end(epoch, state)` may return extra (evaluation) metrics.
 
   Returns:
@@ -669,11 +202,17 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
   reporter = progress.Progress(total_steps, batch_size, start_step=start,
                                print_fn=_print0)
   pending, epoch_metrics, history, epochs = [], [], [], []
+  agreed_flag = None  # the previous step's agreed preemption flag
   for step in range(start + 1, total_steps + 1):
-    state, metrics = step_fn(state, next(batches))
+    batch = next(batches)
+    if preemption_flag is not None:
+      batch = dict(batch,
+                   **{preemption.BATCH_KEY: preemption_flag.array(step)})
+    state, metrics = step_fn(state, batch)
+    stop = agreed_flag is not None and preemption.agreed(agreed_flag)
+    agreed_flag = metrics.pop(preemption.BATCH_KEY, None)
     pending.append(metrics)
     epoch_end = step % steps_per_epoch == 0 or step == total_steps
-    stop = should_stop is not None and should_stop(step)
     report = step % log_every == 0 or epoch_end
     save = checkpointer is not None and (
         stop or step == total_steps or checkpointer.should_save(step)
@@ -706,6 +245,8 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
                                     if k != "step"})
         writer.flush()
     if save:
+      if writer is not None:
+        writer.flush()  # the metrics up to a checkpoint survive a kill
       checkpointer.save(state, force=True)
     if stop:
       if checkpointer is not None:
@@ -730,22 +271,26 @@ def _variables(state: TrainState) -> dict:
 def create_evaluator(config: ml_collections.ConfigDict, learner: Learner,
                      mesh: Mesh
                      ) -> Optional[representation.RepresentationEvaluator]:
-  """The held-out evaluation of config section `eval` (None if disabled)."""
+  """The held-out evaluation of config section `eval` (None if disabled).
+
+  Nothing is read here: each evaluation streams the eval split (and, for
+  kNN only, the bank: the training examples, the `data.train_fraction`
+  subset when pretraining used one) through every process.
+  """
   if not config.eval.knn_ks and learner.probe is None:
     return None
   kwargs = dict(image_size=learner.image_size)
-  train_ds = sources.eval_arrays(config.data, config.data.train_split,
-                                 **kwargs)
-  if config.data.train_fraction:  # the bank holds the examples trained on
-    train_ds = in_memory.label_subset(train_ds, config.data.train_fraction,
-                                      seed=config.seed)
-  eval_ds = sources.eval_arrays(config.data, config.data.eval_split, **kwargs)
+  bank = None
+  if config.eval.knn_ks:
+    bank = eval_input.eval_input(config, config.data.train_split, mesh,
+                                 trained_subset=True, **kwargs)
   return representation.RepresentationEvaluator(
       learner.network, image_size=learner.image_size,
-      normalize=learner.view_specs[0].normalize, train_ds=train_ds,
-      eval_ds=eval_ds, mesh=mesh, ks=config.eval.knn_ks,
+      normalize=learner.view_specs[0].normalize, bank_input=bank,
+      eval_input=eval_input.eval_input(config, config.data.eval_split, mesh,
+                                       **kwargs),
+      mesh=mesh, ks=config.eval.knn_ks,
       temperature=config.eval.knn_temperature,
-      batch_size=config.eval.batch_size,
       num_classes=0 if learner.probe is None else learner.probe.num_classes)
 
 
@@ -754,7 +299,7 @@ def _describe(results: dict) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict:
+                       workdir: paths.PathLike) -> dict:
   """Pretrains as `config` says, evaluating on held-out data as it goes.
 
   Writes `metrics.jsonl` and TensorBoard events (train metrics every
@@ -764,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Args:
     config: an experiment config (see `configs/`).
-    workdir: directory for outputs; created if missing.
+    workdir: directory for outputs, local (created if missing) or `gs://`.
 
   Returns:
     A summary dict (also written to `workdir/results.json`).
@@ -783,13 +328,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           f"{num_examples} examples, {config.method}, batch "
           f"{config.batch_size}, {steps} steps")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
+    paths.write_text(workdir / "config.json",
+                     config.to_json_best_effort(indent=1))
 
   rng = jax.random.key(config.seed)
   state = create_train_state(rng, learner, mesh)
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"),
+      workdir / "checkpoints",
       every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
       every_minutes=config.checkpoint.every_minutes,
       asynchronous=config.checkpoint.asynchronous and not config.deterministic)
@@ -799,7 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             f"{int(jax.device_get(state.step))}")
   start_step = int(jax.device_get(state.step))
   evaluator = create_evaluator(config, learner, mesh)
-  writer = metric_writers.MetricWriter(workdir, print_fn=_print0)
+  writer = metric_writers.MetricWriter(workdir, start_step=start_step,
+                                       print_fn=_print0)
 
   eval_seconds = [0.0]
 
@@ -815,22 +361,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   step_fn = compile_train_step(learner, mesh)
   start = time.perf_counter()
-  stop_signal = _StopOnSigterm()
+  preemption_flag = preemption.PreemptionFlag(mesh)
   try:
     state, history, epochs = train_loop(
         state, step_fn, train_input.batches(start_step), total_steps=steps,
         log_every=config.log_every, batch_size=config.batch_size,
         steps_per_epoch=steps_per_epoch, writer=writer,
         on_epoch_end=on_epoch_end, checkpointer=checkpointer,
-        should_stop=functools.partial(stop_signal.agreed,
-                                      every=config.log_every))
+        preemption_flag=preemption_flag)
   except Preempted as e:
     _print0(f"preempted: {e}")
     writer.close()
     checkpointer.close()
     return {"preempted_at_step": e.step}
   finally:
-    stop_signal.restore()
+    preemption_flag.restore()
   checkpointer.wait()
   checkpointer.close()
   # Training time without the evaluations in between.
@@ -867,37 +412,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       _print0(f"random init on {evaluator.name}: {_describe(baseline)}")
   writer.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"results": results, "history": history, "epochs": epochs}, f,
-                indent=1)
+    paths.write_text(workdir / "results.json", json.dumps(
+        {"results": results, "history": history, "epochs": epochs}, indent=1))
   return results
-
-
-class _StopOnSigterm:
-  """Turns SIGTERM (TPU VM preemption, `kill`) into a request to save and
-  stop after the current step, agreed by all processes."""
-
-  def __init__(self):
-    self._event = threading.Event()
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM,
-                                     lambda *_: self._event.set())
-
-  def agreed(self, step: int, every: int) -> bool:
-    if jax.process_count() == 1:
-      return self._event.is_set()
-    if step % every:  # a cross-host agreement costs a sync: not every step
-      return False
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.int32(self._event.is_set()))
-    return bool(np.max(flags))
-
-  def restore(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
 
 
 def _probe_params(state: TrainState) -> Optional[PyTree]:
   return None if state.probe is None else state.probe.params
+

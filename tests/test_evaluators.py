@@ -112,6 +112,28 @@ def test_effective_rank_and_std_known_values():
   assert monitors.embedding_std(z) == pytest.approx(0.25, rel=0.02)
 
 
+def test_streamed_monitors_equal_the_whole_array_ones():
+  """From sums and the Gram matrix: the same std and effective rank as from
+  all rows, also with fewer rows than dimensions; and a float32 Gram matrix
+  of a rank-2 set still says 2 (rounding noise is not read as rank)."""
+  rng = np.random.default_rng(5)
+  for n, d in ((300, 16), (10, 16)):
+    z = rng.normal(size=(n, d)) * np.linspace(0.1, 3.0, d)
+    unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+    assert monitors.embedding_std_from_sums(
+        n, unit.sum(0), (unit**2).sum(0)) == pytest.approx(
+            monitors.embedding_std(z), rel=1e-10)
+    assert monitors.effective_rank_from_gram(z.T @ z, n) == pytest.approx(
+        monitors.effective_rank(z), rel=1e-9)
+  low = (rng.normal(size=(4096, 2)) @ rng.normal(size=(2, 512))).astype(
+      np.float32)
+  gram = low.T @ low
+  assert gram.dtype == np.float32
+  got = monitors.effective_rank_from_gram(gram, 4096)
+  assert got == pytest.approx(monitors.effective_rank(low), rel=1e-3)
+  assert got < 2.01
+
+
 def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   pytest.importorskip("tensorboard")
   writer = metric_writers.MetricWriter(str(tmp_path))

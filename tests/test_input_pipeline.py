@@ -731,3 +731,64 @@ def test_tfds_missing_split_raises(tf, tfds_dir):
   with pytest.raises(ValueError, match="tiny_colours.*validation"):
     ip.tfds_source("tiny_colours", "validation", data_dir=tfds_dir,
                    process_index=0, process_count=1)
+
+
+# --------------------------------------------------------------------------
+# Held-out evaluation input, streamed per process.
+# --------------------------------------------------------------------------
+
+
+def _eval_config(root):
+  from jaxssl import config_utils  # pylint: disable=g-import-not-at-top
+  c = config_utils.base_config()
+  c.data.source, c.data.path = "files", root
+  c.eval.batch_size = 16
+  return c
+
+
+def _colours_and_labels(rows):
+  """`{colour: label}` of the masked-in rows of padded batches."""
+  seen = {}
+  for b in rows:
+    assert b["image"].shape[1:] == (16, 16, 3)
+    assert np.all(b["label"][~b["mask"]] == -1)
+    assert np.all(b["image"][~b["mask"]] == 0)
+    for image, label in zip(b["image"][b["mask"]], b["label"][b["mask"]]):
+      colour = tuple(int(v) for v in image[0, 0])
+      assert np.all(image == image[0, 0]) and colour not in seen
+      seen[colour] = int(label)
+  return seen
+
+
+def test_eval_input_streams_every_example_once_per_process(solid_folder,
+                                                           monkeypatch):
+  """A `files` split on 2 (simulated) processes: the same number of padded
+  batches on each, every image exactly once with its label; on 1 process
+  the global batches hold the same, sharded over the 8 devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxssl import sharding  # pylint: disable=g-import-not-at-top
+  from jaxssl.data import eval_input  # pylint: disable=g-import-not-at-top
+  root, colours = solid_folder
+  want = {colour: sorted(_CLASSES).index(rel.split("/")[0])
+          for rel, colour in colours.items()}
+  mesh = sharding.data_mesh()
+  config = _eval_config(root)
+  whole = eval_input.eval_input(config, "", mesh, image_size=16)
+  assert whole.num_batches == 3 and whole.per_process == 16  # 37 of 48 rows
+  batches = [jax.device_get(b) for b in whole.batches(mesh)]
+  assert _colours_and_labels(batches) == want
+
+  parts, counts = {}, set()
+  for p in range(2):
+    with monkeypatch.context() as m:
+      m.setattr(jax, "process_index", lambda p=p: p)
+      m.setattr(jax, "process_count", lambda: 2)
+      m.setattr(eval_input, "_max_over_processes", lambda n: 19)
+      inp = eval_input.eval_input(config, "", mesh, image_size=16)
+      rows = [inp._padded(b) for b in inp.local_batches()]  # pylint: disable=protected-access
+      counts.add((inp.num_batches, inp.per_process))
+      assert len(rows) <= inp.num_batches
+      part = _colours_and_labels(rows)
+    assert not set(part) & set(parts)
+    parts.update(part)
+  assert counts == {(3, 8)} and parts == want

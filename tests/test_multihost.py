@@ -1,12 +1,20 @@
-"""2 processes × 4 CPU devices (gloo collectives over 127.0.0.1) train like
-1 process × 8 devices: each process feeds its slice of every global batch,
-the step runs over the global mesh, checkpoints are written together. Both
-runs are in float64 (`JAX_ENABLE_X64=1`, `mesh_runs.float64`), where gloo's
-order of summation moves results by ~1e-14 instead of float32's ~1e-5."""
+"""Several processes (gloo collectives over 127.0.0.1), as on a TPU pod.
 
+2 processes × 4 CPU devices train AND evaluate like 1 process × 8 devices:
+each process feeds its slice of every global batch, streams its part of the
+held-out data (kNN bank sharded over all devices, online probe), and the
+checkpoints are written together. The comparison runs in float64
+(`JAX_ENABLE_X64=1`, `mesh_runs.float64`), where gloo's order of summation
+moves results by ~1e-14 instead of float32's ~1e-5. SIGTERM to one process
+stops both at the same step, with a checkpoint that restores.
+"""
+
+import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -16,14 +24,17 @@ import mesh_runs
 import subprocess_env
 from jaxssl import train
 
-# 192 synthetic images, batch 64, `floor` steps: 3 steps. (Evaluation on
-# several processes needs globally gathered features: off here.)
-SETTINGS = {"eval.knn_ks": (), "probe.enabled": False, "steps_rule": "floor",
-            "epochs": 1, "data.synthetic_examples": 192,
-            "data.image_size": 16, "model.width": 0.0625,
-            "checkpoint.asynchronous": False}
+# The documented pod config's CPU variant with its evaluation on (kNN k=20
+# and the online probe), on 200 synthetic images: batch 64, `floor` steps:
+# 3 steps; each process's 100 held-out images are one padded eval batch.
+CONFIG = "simclr_resnet50"
+SETTINGS = {"steps_rule": "floor", "epochs": 1, "data.image_size": 16,
+            "model.width": 0.0625,
+            "data.synthetic_examples": 200, "checkpoint.asynchronous": False}
 OVERRIDES = [f"--config.{k}={v if isinstance(v, str) else repr(v)}"
              for k, v in SETTINGS.items()]
+EVAL_KEYS = ("knn_top1_k20", "probe_top1", "probe_top5", "std_h", "std_z",
+             "erank_h", "erank_z")
 
 
 def _free_port():
@@ -32,8 +43,28 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _start_two(config, workdir, overrides, **env_extra):
+  """Starts processes 0 and 1 of one run (`jaxssl.main --distributed`)."""
+  port = _free_port()
+  env = subprocess_env.cpu_env(4, **env_extra)
+  return [subprocess.Popen(
+      [sys.executable, "-m", "jaxssl.main", "--distributed",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}", f"--config=configs/{config}.py:runlocal",
+       f"--workdir={workdir}", *overrides],
+      cwd=config_files.REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+def _finish(procs, seen=("", "")):
+  outputs = [s + p.communicate(timeout=400)[0] for s, p in zip(seen, procs)]
+  for i, (p, out) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 0, f"process {i}:\n{out[-3000:]}"
+  return outputs
+
+
 def _config():
-  _, c = config_files.load("simclr_cifar10", "runlocal")
+  _, c = config_files.load(CONFIG, "runlocal")
   for key, value in SETTINGS.items():
     section, _, name = key.rpartition(".")
     (c[section] if section else c)[name] = value
@@ -42,34 +73,72 @@ def _config():
 
 def _state(workdir):
   with mesh_runs.float64():
-    return mesh_runs.latest_checkpoint(_config(), 192, 10, workdir)
+    return mesh_runs.latest_checkpoint(_config(), 200, 10, workdir)
 
 
-def test_two_processes_match_one_process(tmp_path):
-  port = _free_port()
-  env = subprocess_env.cpu_env(4, JAX_ENABLE_X64="1")
+def test_two_processes_train_and_evaluate_like_one(tmp_path):
   workdir = tmp_path / "two"
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "jaxssl.main", "--distributed",
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-       f"--process_id={i}", "--config=configs/simclr_cifar10.py:runlocal",
-       f"--workdir={workdir}", *OVERRIDES],
-      cwd=config_files.REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=400)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  outputs = _finish(_start_two(CONFIG, workdir, OVERRIDES,
+                               JAX_ENABLE_X64="1"))
   assert "2 process(es), 8 device(s)" in outputs[0]
   one = tmp_path / "one"
   with mesh_runs.float64():
     results = train.train_and_evaluate(_config(), str(one))
   assert results["steps"] == 3
+  two = json.loads((workdir / "results.json").read_text())["results"]
+  # Evaluation: the same kNN and probe accuracies and collapse monitors.
+  for key in EVAL_KEYS:
+    np.testing.assert_allclose(two[key], results[key], rtol=1e-9, atol=0,
+                               err_msg=key)
+  # A probe that learnt something, and a bank that holds every example.
+  assert results["probe_top5"] > 0.5 and results["knn_top1_k20"] > 0.1
   two_state, one_state = _state(str(workdir)), _state(str(one))
   assert int(two_state.step) == int(one_state.step) == 3
   assert jax.tree.leaves(two_state.params)[0].dtype == np.float64
   # gloo sums in another order than the in-process all-reduce.
-  for part in ("params", "opt_state", "batch_stats"):
+  for part in ("params", "opt_state", "batch_stats", "probe"):
     mesh_runs.assert_trees_close(getattr(two_state, part),
                                  getattr(one_state, part), rtol=mesh_runs.RTOL)
 
 
+def test_sigterm_to_one_process_stops_both(tmp_path):
+  """BYOL's pod config (`:runlocal`: kNN and the online probe on, here
+  after every epoch) on 2 processes: once epoch 1 has been evaluated on
+  both, SIGTERM to process 1 only; both stop at the same step within a few
+  steps, save, exit 0, and the checkpoint restores."""
+  overrides = ["--config.epochs=10", "--config.checkpoint.every_steps=1000",
+               "--config.eval.every_epochs=1"]
+  procs = _start_two("byol_resnet50", tmp_path, overrides)
+  seen = ""
+  deadline = time.time() + 300
+  for line in procs[0].stdout:  # only process 0 prints
+    seen += line
+    if line.startswith("epoch 1:") or time.time() > deadline:
+      break
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = _finish(procs, (seen, ""))
+  # Epoch 1 (steps 1-4) evaluated over both processes' data.
+  epoch1 = dict(kv.rsplit(" ", 1) for kv in
+                seen.splitlines()[-1].split(": ", 1)[1].split(" | "))
+  for key in ("knn_top1_k20", "probe_top1", "probe_top5", "erank_h"):
+    assert 0 < float(epoch1[key]) <= (1 if "top" in key else 512), epoch1
+  stopped = [int(line.rsplit("step ", 1)[1].split()[0])
+             for line in outputs[0].splitlines()
+             if line.startswith("preempted: stopped at step")]
+  assert len(stopped) == 1, outputs[0][-3000:]
+  # The flag enters process 1's next step and is read one step later; only
+  # process 1 saw the signal.
+  flagged = [int(line.split("flag set from step ")[1].split(":")[0])
+             for line in outputs[1].splitlines()
+             if line.startswith("process 1: SIGTERM received")]
+  assert len(flagged) == 1 and stopped[0] == flagged[0] + 1 > 5, (
+      flagged, stopped)
+  assert "SIGTERM received" not in outputs[0]
+  checkpoints = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+                       if p.name.isdigit())
+  assert checkpoints == [stopped[0]]
+  _, config = config_files.load("byol_resnet50", "runlocal")
+  config.epochs = 10
+  state = mesh_runs.latest_checkpoint(config, 256, 10, str(tmp_path))
+  assert int(state.step) == stopped[0]
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))

@@ -79,20 +79,25 @@ def test_auto_dtype_is_float32_on_cpu_and_names_are_checked():
     models.compute_dtype("fp8")
 
 
-@pytest.mark.parametrize("x64", [False, True])
-def test_full_precision_is_float64_in_64_bit_mode(x64):
+def _float_dtypes(state, metrics) -> set:
+  return {leaf.dtype for leaf in jax.tree.leaves(
+      (state.params, state.batch_stats, state.opt_state, metrics))
+          if np.issubdtype(leaf.dtype, np.floating)}
+
+
+def test_full_precision_is_float64_in_64_bit_mode():
   """Parameters, BN statistics, optimizer state, views, outputs and loss are
-  JAX's default float: float32, float64 under `jax.enable_x64` (the mode of
-  the equivalence tests), with nothing left in float32 there."""
-  want = np.float64 if x64 else np.float32
-  with jax.enable_x64(x64):
-    assert models.compute_dtype("auto") == want
+  JAX's default float: float64 under `jax.enable_x64` (the mode of the
+  equivalence tests), with nothing left in float32 there; float32 otherwise
+  (the float32 step the bf16 and remat tests share)."""
+  with jax.enable_x64(True):
+    assert models.compute_dtype("auto") == np.float64
     _, state, metrics = mesh_runs.run(_learner(), 1,
                                       mesh_runs.random_batches(1, 16, 16))
-  floats = [leaf.dtype for leaf in jax.tree.leaves(
-      (state.params, state.batch_stats, state.opt_state, metrics))
-            if np.issubdtype(leaf.dtype, np.floating)]
-  assert floats and set(floats) == {np.dtype(want)}
+  assert _float_dtypes(state, metrics) == {np.dtype(np.float64)}
+  assert models.compute_dtype("auto") == np.float32
+  _, state, metrics = _plain_first_step()
+  assert _float_dtypes(state, metrics) == {np.dtype(np.float32)}
 
 
 @pytest.mark.parametrize("remat", ["block", "dots"])

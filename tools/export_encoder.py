@@ -2,7 +2,8 @@ r"""Exports a pretrained encoder: flax msgpack, and torchvision ResNet weights.
 
   python tools/export_encoder.py --checkpoint=/tmp/byol_r50 --out=/tmp/byol_r50
 
-writes `/tmp/byol_r50.msgpack` (encoder `params` + `batch_stats`) and, for a
+(`--checkpoint` and `--out` may be `gs://` paths) writes
+`/tmp/byol_r50.msgpack` (encoder `params` + `batch_stats`) and, for a
 ResNet, `/tmp/byol_r50.pt` (a PyTorch state_dict with torchvision key names,
 when torch is installed) or else `/tmp/byol_r50.npz` with the same keys:
 
@@ -15,6 +16,7 @@ torchvision's architecture matches configs with the standard stem and width
 keys with their own shapes, for a correspondingly modified torchvision model.
 """
 
+import io
 import os
 import sys
 
@@ -38,13 +40,13 @@ def main(argv):
   import flax.serialization  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxssl import export  # pylint: disable=g-import-not-at-top
+  from jaxssl import paths  # pylint: disable=g-import-not-at-top
   network, variables, config = export.load_encoder(FLAGS.checkpoint)
   del network
   encoder = {"params": variables["params"]["encoder"],
              "batch_stats": variables["batch_stats"]["encoder"]}
   path = f"{FLAGS.out}.msgpack"
-  with open(path, "wb") as f:
-    f.write(flax.serialization.to_bytes(encoder))
+  paths.write_bytes(path, flax.serialization.to_bytes(encoder))
   print(f"wrote {path}")
   if FLAGS.torch_format == "none":
     return
@@ -62,11 +64,13 @@ def main(argv):
       if fmt == "pt":
         raise app.UsageError("--torch_format=pt needs torch; use npz")
     fmt = "npz" if torch is None else "pt"
+  buffer = io.BytesIO()
   if fmt == "pt":
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
-               f"{FLAGS.out}.pt")
+               buffer)
   else:
-    np.savez(f"{FLAGS.out}.npz", **state)
+    np.savez(buffer, **state)
+  paths.write_bytes(f"{FLAGS.out}.{fmt}", buffer.getvalue())
   print(f"wrote {FLAGS.out}.{fmt} ({len(state)} torchvision keys, "
         f"ResNet-{config.model.depth})")
 

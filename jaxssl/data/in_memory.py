@@ -185,14 +185,10 @@ def load_image_files(path: str, split: Optional[str],
   import io  # pylint: disable=g-import-not-at-top
   from jaxssl.data import files  # pylint: disable=g-import-not-at-top
   listing = files.list_images(path, split)
-  reader = (files.ZipReader(listing.archive) if listing.archive else None)
+  read = files.reader(listing)
   images = np.empty((len(listing), image_size, image_size, 3), np.uint8)
   for i, name in enumerate(listing.names):
-    if reader is not None:
-      data = reader.read(name)
-    else:
-      with open(name, "rb") as f:
-        data = f.read()
+    data = read(name)
     try:
       image = Image.open(io.BytesIO(data)).convert("RGB")
     except Exception as e:  # pylint: disable=broad-except

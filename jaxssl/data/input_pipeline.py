@@ -25,6 +25,7 @@ from absl import logging
 import numpy as np
 
 from jaxssl import augment
+from jaxssl import paths
 from jaxssl.data import files as files_lib
 
 
@@ -208,16 +209,18 @@ def files_source(path: str, split: Optional[str], *, process_index: int,
   names = [listing.names[i] for i in idx]
   labels = (listing.labels[idx] if listing.labels is not None
             else np.full(len(idx), -1, np.int32))
-  if listing.archive is None:
+  if listing.archive is None and not paths.is_url(path):
     names_t = tf.constant(names)
 
     def read(i):
       return tf.io.read_file(tf.gather(names_t, i))
   else:
-    reader = files_lib.ZipReader(listing.archive)
+    # Zip members, and files on GCS: TensorFlow's own GCS filesystem is not
+    # the file layer's (`jaxssl.paths`), so Python reads them.
+    reader = files_lib.reader(listing)
 
     def read_member(i):
-      return reader.read(names[int(i)])
+      return reader(names[int(i)])
 
     def read(i):
       data = tf.numpy_function(read_member, [i], tf.string, stateful=False)

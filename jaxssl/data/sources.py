@@ -121,7 +121,7 @@ def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
             seed=config.seed, start_step=start),
         len(dataset), dataset.name, num_classes=num_classes)
   from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  data = _imagenet_subset(data)
+  data = imagenet_subset(data)
   source = host_source(data, data.train_split, seed=config.seed)
   input_pipeline.check_readable(source)
   per_process = config.batch_size // jax.process_count()
@@ -146,7 +146,7 @@ _IMAGENET_SUBSETS = {0.01: "imagenet2012_subset/1pct",
                      0.1: "imagenet2012_subset/10pct"}
 
 
-def _imagenet_subset(data: ml_collections.ConfigDict
+def imagenet_subset(data: ml_collections.ConfigDict
                      ) -> ml_collections.ConfigDict:
   """The data section reading `train_fraction` of the labels (host sources)."""
   if not data.train_fraction:
@@ -175,8 +175,9 @@ def eval_arrays(data: ml_collections.ConfigDict, split: str, *,
     return load_in_memory(data, split)
   if jax.process_count() > 1:
     raise NotImplementedError(
-        "evaluation of host-pipeline sources on several processes is not "
-        "supported yet; set config.eval.knn_ks=() and config.probe.enabled=False")
+        "whole-split arrays of host-pipeline sources on several processes "
+        "are not supported (offline linear evaluation, jaxssl.linear_eval, "
+        "runs on one host; pretraining evaluation streams per host)")
   from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
   source = host_source(data, split, seed=0)
   images, labels = [], []

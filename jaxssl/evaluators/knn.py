@@ -11,6 +11,11 @@ For each chunk of queries, every device scores the queries against its rows
 and keeps its own top k; the candidates of all devices are gathered and the
 global top k is taken from them. No device ever holds more than
 `[chunk, N / devices]` similarities, and one pass serves several k.
+
+Two entry points: `knn_classify`/`knn_accuracy` take host arrays (offline
+evaluation on one process); `StreamedBank` is filled batch by batch from
+features that stay on the devices that computed them (several processes,
+`evaluators.representation`): its rows are never gathered onto one host.
 """
 
 import functools
@@ -23,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxssl import losses
+from jaxssl import precision
 from jaxssl import sharding
 
 _PAD_SIMILARITY = -2.0  # below any cosine similarity: padded rows never win
@@ -125,6 +131,109 @@ def knn_classify(train_features, train_labels, query_features, *,
     preds.append(out[:, :out.shape[1] - short])
   preds = np.concatenate(preds, axis=1)
   return dict(zip(ks, preds))
+
+
+class StreamedBank:
+  """A kNN bank of `num_batches` global batches, sharded like the batches.
+
+  Row `j` of global batch `i` lives on the device that computed it: the
+  bank is `[num_batches, batch, D]` with the batch axis over the mesh, so
+  each device holds `[num_batches, batch / devices, D]` and filling it moves
+  no data. Padded rows carry label −1 and never win a vote.
+
+  Args:
+    mesh: the data mesh.
+    num_batches: global batches of the bank.
+    batch_size: rows per global batch (a multiple of the devices).
+    dim: feature dimension.
+  """
+
+  def __init__(self, mesh: Mesh, num_batches: int, batch_size: int,
+               dim: int):
+    self.mesh = mesh
+    spec = NamedSharding(mesh, P(None, sharding.DATA_AXIS))
+    dtype = precision.full_dtype()
+    self.features = jax.jit(
+        lambda: jnp.zeros((num_batches, batch_size, dim), dtype),
+        out_shardings=spec)()
+    self.labels = jax.jit(
+        lambda: jnp.full((num_batches, batch_size), -1, jnp.int32),
+        out_shardings=spec)()
+    self.count = 0  # labelled rows, on the host
+
+  def put(self, index: int, features: jax.Array, labels: jax.Array,
+          mask: jax.Array) -> None:
+    """Stores global batch `index`: `[batch, D]` features (L2-normalised
+    here), `[batch]` labels and `[batch]` mask, all sharded over the mesh."""
+    self.features, self.labels = _put(self.mesh)(
+        self.features, self.labels, jnp.int32(index), features, labels, mask)
+
+  def correct(self, queries: jax.Array, labels: jax.Array, *,
+              ks: Sequence[int], num_classes: int, temperature: float,
+              num_labelled: int) -> jax.Array:
+    """`[len(ks)]` correctly classified rows of one global batch of
+    `queries` (`[batch, D]`, sharded; rows with label −1 do not count).
+    `ks` are clamped to `num_labelled`, the bank's labelled rows."""
+    ks = tuple(sorted({min(int(k), num_labelled) for k in ks}))
+    rows = self.features.shape[0] * (self.features.shape[1]
+                                     // self.mesh.devices.size)
+    fn = _streamed(self.mesh, min(ks[-1], rows), ks, num_classes,
+                   float(temperature))
+    return fn(self.features, self.labels, queries, labels)
+
+
+@functools.lru_cache(maxsize=8)
+def _put(mesh: Mesh) -> Callable:
+  def per_device(bank, bank_labels, index, features, labels, mask):
+    rows = losses.l2_normalize(precision.to_full(features))
+    bank = lax.dynamic_update_index_in_dim(bank, rows.astype(bank.dtype),
+                                           index, 0)
+    bank_labels = lax.dynamic_update_index_in_dim(
+        bank_labels, jnp.where(mask, labels, -1), index, 0)
+    return bank, bank_labels
+
+  bank_spec, rows = P(None, sharding.DATA_AXIS), P(sharding.DATA_AXIS)
+  return jax.jit(jax.shard_map(
+      per_device, mesh=mesh, in_specs=(bank_spec, bank_spec, P(), rows, rows,
+                                       rows),
+      out_specs=(bank_spec, bank_spec)), donate_argnums=(0, 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _streamed(mesh: Mesh, k_local: int, ks: tuple, num_classes: int,
+              temperature: float) -> Callable:
+  """Correct-vote counts of a sharded query batch against a sharded bank.
+
+  Every device gathers the batch's queries, then takes them one device's
+  share at a time (`lax.map`: at most `[batch / devices, rows]`
+  similarities), scoring them against its own bank rows; the top-k
+  candidates of all devices are merged as in `knn_classify`.
+  """
+  axis = sharding.DATA_AXIS
+
+  def per_device(bank, bank_labels, queries, labels):
+    bank = bank.reshape(-1, bank.shape[-1])
+    bank_labels = bank_labels.reshape(-1)
+    queries = losses.l2_normalize(precision.to_full(queries))
+    gather = functools.partial(lax.all_gather, axis_name=axis, tiled=False,
+                               to="invarying")
+    queries = gather(queries.astype(bank.dtype))  # [devices, b, D]
+    labels = gather(labels)                       # [devices, b]
+
+    def block(args):
+      q, y = args
+      sims, top_labels = _local_top_k(bank, bank_labels, q, k_local=k_local,
+                                      k=max(ks), axis_name=axis)
+      preds = _votes(sims, top_labels, ks=ks, num_classes=num_classes,
+                     temperature=temperature)
+      return jnp.sum((preds == y[None]) & (y[None] >= 0), axis=1)
+
+    return jnp.sum(lax.map(block, (queries, labels)), axis=0)
+
+  bank_spec, rows = P(None, axis), P(axis)
+  return jax.jit(jax.shard_map(
+      per_device, mesh=mesh, in_specs=(bank_spec, bank_spec, rows, rows),
+      out_specs=P()))
 
 
 def extract_features(embed: Callable[[jax.Array], jax.Array], images: np.ndarray,

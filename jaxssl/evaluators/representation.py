@@ -1,9 +1,14 @@
 """Evaluation of a representation during and after pretraining.
 
 One object, called with a set of network variables, computes on held-out
-data: weighted kNN top-1 for each k (features on the devices, bank split
-over them), the online probe's top-1/top-5 on centre crops, and the collapse
-monitors (std and effective rank of `h` and `z`).
+data: weighted kNN top-1 for each k, the online probe's top-1/top-5 on
+centre crops, and the collapse monitors (std and effective rank of `h` and
+`z`). It works the same on one process and on a pod: each process streams
+its part of the data (`data.eval_input`), features are computed on the
+devices that hold the rows and stay there (the kNN bank is sharded over all
+devices of all processes), and only sums leave the devices — correct counts,
+and the moments and Gram matrices of the monitors — so no host ever holds
+the features of a split.
 """
 
 import functools
@@ -11,10 +16,14 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+from jax import lax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxssl import augment
-from jaxssl.data import in_memory
+from jaxssl import losses
+from jaxssl import precision
+from jaxssl.data import eval_input
 from jaxssl.evaluators import knn
 from jaxssl.evaluators import linear_probe
 from jaxssl.evaluators import monitors
@@ -26,47 +35,52 @@ class RepresentationEvaluator:
   """kNN, online-probe accuracy and collapse monitors on held-out data.
 
   Args:
-    network: the method's online network (`encode` gives `h`; the call gives
-      `{'h', 'z', ...}`).
+    network: the method's online network (its call gives `{'h', 'z', ...}`).
     image_size: side the images are centre-resized to.
     normalize: ImageNet-normalise them (as the training views were).
-    train_ds: labelled examples forming the kNN bank.
-    eval_ds: labelled examples evaluated.
+    bank_input: labelled examples forming the kNN bank (None: no kNN).
+    eval_input: labelled examples evaluated.
     mesh: the data mesh.
     ks: kNN neighbour counts (empty: no kNN).
     temperature: kNN vote temperature.
-    batch_size: images per feature-extraction call.
     num_classes: classes of the online probe (0: no probe).
-    monitor_examples: eval examples used for the collapse monitors.
   """
 
   def __init__(self, network: nn.Module, *, image_size: int,
                normalize: bool,
-               train_ds: in_memory.ArrayDataset,
-               eval_ds: in_memory.ArrayDataset, mesh: Mesh,
-               ks: Sequence[int], temperature: float, batch_size: int,
-               num_classes: int = 0, monitor_examples: int = 2048):
-    self.train_ds, self.eval_ds = train_ds, eval_ds
+               bank_input: Optional[eval_input.EvalInput],
+               eval_input: eval_input.EvalInput,  # pylint: disable=redefined-outer-name
+               mesh: Mesh, ks: Sequence[int], temperature: float,
+               num_classes: int = 0):
+    self.ks = tuple(ks) if bank_input is not None else ()
+    if self.ks and bank_input is None:
+      raise ValueError("kNN evaluation needs a bank input")
+    self.bank_input, self.eval_input = bank_input, eval_input
     self.mesh = mesh
-    self.ks = tuple(ks)
     self.temperature = temperature
-    self.batch_size = batch_size
     self.num_classes = num_classes
-    self.monitor_examples = monitor_examples
-    self.name = eval_ds.name
+    self.name = eval_input.name
 
-    @jax.jit
-    def encode(variables, images):
-      x = augment.center_resize(images, image_size, normalize)
-      return network.apply(variables, x, method="encode")
-
+    # One compiled forward pass serves the bank (`h`) and the eval split.
     @jax.jit
     def embed(variables, images):
       x = augment.center_resize(images, image_size, normalize)
       out = network.apply(variables, x, train=False)
       return {"h": out["h"], "z": out["z"]}
 
-    self._encode, self._embed = encode, embed
+    self._embed = embed
+
+  def _fill_bank(self, variables: PyTree) -> tuple:
+    """The bank of the train split's features, and its labelled rows."""
+    bank, count = None, 0
+    for i, batch in enumerate(self.bank_input.batches(self.mesh)):
+      h = self._embed(variables, batch["image"])["h"]
+      if bank is None:
+        bank = knn.StreamedBank(self.mesh, self.bank_input.num_batches,
+                                h.shape[0], h.shape[-1])
+      bank.put(i, h, batch["label"], batch["mask"])
+      count += _count(batch["mask"])
+    return bank, int(count)
 
   def __call__(self, variables: PyTree,
                probe_params: Optional[PyTree] = None) -> dict:
@@ -74,31 +88,73 @@ class RepresentationEvaluator:
 
     Returns:
       `{'knn_top1_k{k}', 'probe_top1', 'probe_top5', 'std_h', 'std_z',
-      'erank_h', 'erank_z'}` (those that apply).
+      'erank_h', 'erank_z'}` (those that apply); the monitors are over the
+      whole eval split.
     """
-    extract = functools.partial(knn.extract_features,
-                                batch_size=self.batch_size, mesh=self.mesh)
-    test = extract(functools.partial(self._embed, variables),
-                   self.eval_ds.images)
+    bank, bank_size = self._fill_bank(variables) if self.ks else (None, 0)
+    num_classes = max(self.eval_input.num_classes,
+                      self.bank_input.num_classes if self.ks else 0)
+    sums = None
+    for batch in self.eval_input.batches(self.mesh):
+      out = self._embed(variables, batch["image"])
+      new = _sums(out, probe_params, batch["label"], batch["mask"],
+                  num_classes=self.num_classes)
+      if bank is not None:
+        new["knn"] = bank.correct(out["h"], batch["label"], ks=self.ks,
+                                  num_classes=num_classes,
+                                  temperature=self.temperature,
+                                  num_labelled=bank_size)
+      sums = new if sums is None else jax.tree.map(jnp.add, sums, new)
+    sums = jax.device_get(sums)
+    count = max(float(sums["count"]), 1.0)
     results = {}
-    if self.ks:
-      bank = extract(functools.partial(self._encode, variables),
-                     self.train_ds.images)
-      accuracy = knn.knn_accuracy(
-          bank, self.train_ds.labels, test["h"], self.eval_ds.labels,
-          num_classes=max(self.train_ds.num_classes,
-                          self.eval_ds.num_classes),
-          ks=self.ks, temperature=self.temperature, mesh=self.mesh)
+    if bank is not None:
       # Keys of the requested ks (a k above the bank size is clamped).
-      n = len(self.train_ds)
-      results.update({f"knn_top1_k{k}": accuracy[min(k, n)] for k in self.ks})
+      clamped = sorted({min(k, bank_size) for k in self.ks})
+      for k in self.ks:
+        results[f"knn_top1_k{k}"] = float(
+            sums["knn"][clamped.index(min(k, bank_size))]) / count
     if probe_params is not None:
-      probe = linear_probe.accuracy(probe_params, test["h"],
-                                    self.eval_ds.labels,
-                                    num_classes=self.num_classes)
-      results.update(probe_top1=probe["top1"], probe_top5=probe["top5"])
+      results.update(probe_top1=float(sums["probe"][0]) / count,
+                     probe_top5=float(sums["probe"][1]) / count)
     for name in ("h", "z"):
-      sample = test[name][:self.monitor_examples]
-      results[f"std_{name}"] = monitors.embedding_std(sample)
-      results[f"erank_{name}"] = monitors.effective_rank(sample)
+      total, squares, gram = sums[name]
+      results[f"std_{name}"] = monitors.embedding_std_from_sums(
+          count, total, squares)
+      results[f"erank_{name}"] = monitors.effective_rank_from_gram(gram,
+                                                                    count)
     return results
+
+
+def _count(mask: jax.Array) -> jax.Array:
+  return jnp.sum(mask.astype(jnp.int32))
+
+
+@jax.jit
+def _moments(x: jax.Array, mask: jax.Array) -> tuple:
+  """`(Σ x̂, Σ x̂², Σ x xᵀ)` over the rows of `mask`, `x̂ = x / ‖x‖`."""
+  x = precision.to_full(x) * precision.to_full(mask)[:, None]
+  unit = losses.l2_normalize(x)
+  return (jnp.sum(unit, 0), jnp.sum(unit**2, 0),
+          jnp.matmul(x.T, x, precision=lax.Precision.HIGHEST))
+
+
+def _sums(out: dict, probe_params: Optional[PyTree], labels: jax.Array,
+          mask: jax.Array, *, num_classes: int) -> dict:
+  """Sums over one global batch (reductions over the sharded rows)."""
+  sums = {"count": _count(mask),
+          "h": _moments(out["h"], mask), "z": _moments(out["z"], mask)}
+  if probe_params is not None:
+    sums["probe"] = _probe_correct(probe_params, out["h"], labels, mask,
+                                   num_classes=num_classes)
+  return sums
+
+
+@functools.partial(jax.jit, static_argnames="num_classes")
+def _probe_correct(params: PyTree, h: jax.Array, labels: jax.Array,
+                   mask: jax.Array, *, num_classes: int) -> jax.Array:
+  """`[top-1, top-5]` correct rows of the probe (ties: the lower class)."""
+  logits = linear_probe.Linear(num_classes).apply({"params": params}, h)
+  _, top = lax.top_k(logits, min(5, num_classes))
+  hit = (top == labels[:, None]) & mask[:, None]
+  return jnp.stack([jnp.sum(hit[:, 0]), jnp.sum(hit)]).astype(jnp.int32)
