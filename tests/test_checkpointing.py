@@ -251,10 +251,13 @@ def test_gcs_workdir_is_killed_resumes_and_exports(uninterrupted, gcs,
          "--config.checkpoint.asynchronous=True"]
 
   def committed_steps():
-    return {int(name.split("/")[2]) for name in
-            gcs_emulator.list_objects(gcs, "run/checkpoints/")
-            if name.endswith("/commit_success.txt")
-            and name.split("/")[2].isdigit()}
+    # The step's own commit file (`run/checkpoints/<step>/commit_success.txt`),
+    # written last; each item's (`<step>/default/commit_success.txt`) comes
+    # earlier, before the step is complete.
+    parts = [name.split("/") for name in
+             gcs_emulator.list_objects(gcs, "run/checkpoints/")]
+    return {int(p[2]) for p in parts
+            if len(p) == 4 and p[3] == "commit_success.txt" and p[2].isdigit()}
 
   proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
