@@ -14,7 +14,9 @@ training loop flushes at every epoch end and checkpoint):
   one-line notice says so and only `metrics.jsonl` is written.
 """
 
+import itertools
 import json
+import os
 import socket
 import struct
 import time
@@ -25,6 +27,7 @@ import jax
 from jaxssl import paths
 
 METRICS_FILE = "metrics.jsonl"
+_EVENT_FILES = itertools.count()  # event files written by this process
 
 
 def _masked_crc32c(data: bytes) -> int:
@@ -78,7 +81,6 @@ class MetricWriter:
     self._active = jax.process_index() == 0
     self._workdir = paths.path(workdir)
     self._lines, self._events = [], []
-    self._event_files = 0
     self.tensorboard = False
     if not self._active:
       return
@@ -121,11 +123,13 @@ class MetricWriter:
                                     file_version="brain.Event:2")
       data = b"".join(tfrecord(e.SerializeToString())
                       for e in [first, *self._events])
-      # Names sort by time, then by a counter within one writer.
+      # Names sort by time, then by a counter of this process; the process
+      # id and the counter keep writers of the same second apart (a quick
+      # restart would otherwise overwrite the previous run's first file).
       name = (f"events.out.tfevents.{int(self._events[0].wall_time):010d}."
-              f"{socket.gethostname()}.{self._event_files:06d}")
+              f"{socket.gethostname()}.{os.getpid()}."
+              f"{next(_EVENT_FILES):06d}")
       paths.write_bytes(self._workdir / name, data)
-      self._event_files += 1
       self._events = []
 
   def close(self) -> None:

@@ -147,3 +147,40 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   events = metric_writers.read_scalars(str(tmp_path))
   assert events == [(3, {"train/loss": 1.5, "eval/probe_top1": 0.25}),
                     (7, {"train/loss": 1.25})]
+
+
+def test_metric_writer_resume_and_event_files_tensorboard_reads(tmp_path):
+  """A resumed writer keeps the records up to its start step and drops the
+  later ones (logged again); each flush adds an event file that
+  TensorBoard's own loader reads, checksums included."""
+  pytest.importorskip("tensorboard")
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
+
+  def value(v):  # the loader may migrate simple_value to a tensor
+    return (float(tensor_util.make_ndarray(v.tensor))
+            if v.HasField("tensor") else v.simple_value)
+  writer = metric_writers.MetricWriter(str(tmp_path))
+  writer.write_scalars(2, {"loss": 2.0})
+  writer.flush()
+  writer.write_scalars(4, {"loss": 1.0})
+  writer.write_scalars(6, {"loss": 0.5})
+  writer.close()
+  resumed = metric_writers.MetricWriter(str(tmp_path), start_step=4)
+  resumed.write_scalars(6, {"loss": 0.75})
+  resumed.close()
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert lines == [{"step": 2, "loss": 2.0}, {"step": 4, "loss": 1.0},
+                   {"step": 6, "loss": 0.75}]
+  files = sorted(p for p in tmp_path.iterdir() if "tfevents" in p.name)
+  assert len(files) == 3
+  seen = []
+  for path in files:
+    for event in event_file_loader.EventFileLoader(str(path)).Load():
+      seen += [(event.step, value(v)) for v in event.summary.value]
+  assert seen == [(2, 2.0), (4, 1.0), (6, 0.5), (6, 0.75)]
+  data = files[0].read_bytes()
+  corrupt = data[:-1] + bytes([data[-1] ^ 1])
+  with pytest.raises(ValueError, match="corrupt TFRecord data"):
+    metric_writers.read_tfrecords(corrupt)
