@@ -159,7 +159,6 @@ class StreamedBank:
     self.labels = jax.jit(
         lambda: jnp.full((num_batches, batch_size), -1, jnp.int32),
         out_shardings=spec)()
-    self.count = 0  # labelled rows, on the host
 
   def put(self, index: int, features: jax.Array, labels: jax.Array,
           mask: jax.Array) -> None:

@@ -52,7 +52,7 @@ class RepresentationEvaluator:
                eval_input: eval_input.EvalInput,  # pylint: disable=redefined-outer-name
                mesh: Mesh, ks: Sequence[int], temperature: float,
                num_classes: int = 0):
-    self.ks = tuple(ks) if bank_input is not None else ()
+    self.ks = tuple(ks)
     if self.ks and bank_input is None:
       raise ValueError("kNN evaluation needs a bank input")
     self.bank_input, self.eval_input = bank_input, eval_input
