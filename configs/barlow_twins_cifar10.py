@@ -15,8 +15,9 @@ Variants: `epochs=N` (default 1000), `runlocal`.
 EXPECTED: solo-learn reports ≈ 92.1 % linear top-1 after 1000 epochs (with
 its loss scaled by 0.1, which is not done here).
 
-`:runlocal` trains 20 steps on 256 synthetic 32 px images with a ResNet-18/8
-and 128-wide heads (a CPU smoke run).
+`:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
+with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+trains N epochs of 4 steps.
 """
 
 from jaxssl import config_utils
@@ -41,5 +42,5 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 1e-4
   c.optimizer.warmup_epochs = 10.0
   if arg.runlocal:
-    config_utils.shrink_for_cpu(c)
+    config_utils.shrink_for_cpu(c, keep=arg.given)
   return c

@@ -15,8 +15,9 @@ EXPECTED (paper Table 1, linear evaluation top-1 on ImageNet): 73.2 % after
 1000 epochs. Differs from the reference: the cosine decays to 0, not to
 1/1000 of the peak.
 
-`:runlocal` trains 20 steps on 256 synthetic 32 px images with a ResNet-18/8
-and 128-wide heads (a CPU smoke run).
+`:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
+with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+trains N epochs of 4 steps.
 """
 
 from jaxssl import config_utils
@@ -40,5 +41,5 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 1.5e-6
   c.optimizer.warmup_epochs = 10.0
   if arg.runlocal:
-    config_utils.shrink_for_cpu(c)
+    config_utils.shrink_for_cpu(c, keep=arg.given)
   return c

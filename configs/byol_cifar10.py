@@ -15,8 +15,9 @@ Variants: `epochs=N` (default 1000), `runlocal`.
 EXPECTED: solo-learn reports ≈ 92.6 % linear top-1 after 1000 epochs; lightly's
 benchmark (ResNet-18, batch 512) kNN top-1 0.868 after 200 epochs.
 
-`:runlocal` trains 20 steps on 256 synthetic 32 px images with a ResNet-18/8
-and 128-wide heads (a CPU smoke run).
+`:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
+with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+trains N epochs of 4 steps.
 """
 
 from jaxssl import config_utils
@@ -44,5 +45,5 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 1e-5
   c.optimizer.warmup_epochs = 10.0
   if arg.runlocal:
-    config_utils.shrink_for_cpu(c)
+    config_utils.shrink_for_cpu(c, keep=arg.given)
   return c

@@ -17,8 +17,9 @@ values below), `runlocal`.
 EXPECTED (paper and reference README, linear evaluation top-1 on ImageNet):
 300 epochs 72.5 %, 1000 epochs 74.3 %.
 
-`:runlocal` trains 20 steps on 256 synthetic 32 px images with a ResNet-18/8
-and 128-wide heads (a CPU smoke run).
+`:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
+with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+trains N epochs of 4 steps.
 """
 
 from jaxssl import config_utils
@@ -49,5 +50,5 @@ def get_config(arg=None):
   c.optimizer.weight_decay = weight_decay
   c.optimizer.warmup_epochs = 10.0
   if arg.runlocal:
-    config_utils.shrink_for_cpu(c)
+    config_utils.shrink_for_cpu(c, keep=arg.given)
   return c

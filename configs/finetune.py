@@ -33,7 +33,7 @@ def get_config(arg=None):
   c = config_utils.downstream_config(
       mode="finetune", epochs=EPOCHS[arg.fraction], batch_size=1024,
       optimizer="lars", base_lr=0.005, lr_scaling="sqrt",
-      runlocal=arg.runlocal)
+      runlocal=arg.runlocal, keep=arg.given)
   c.head_layers = arg.head_layers
   c.data.train_fraction = arg.fraction / 100
   if arg.runlocal:

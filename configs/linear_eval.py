@@ -16,7 +16,8 @@ Variants: `protocol=simclr` (default) or `protocol=byol`, `epochs=N`,
 EXPECTED: the paper numbers of the pretraining config (README, Methods);
 top-1 and top-5 of the evaluation split in `workdir/results.json`.
 
-`:runlocal` trains 2 epochs at batch 64 (a CPU smoke run of any checkpoint).
+`:runlocal` trains 2 epochs at batch 64 (a CPU smoke run of any checkpoint);
+`:runlocal,epochs=N` trains N epochs at batch 64.
 """
 
 from jaxssl import config_utils
@@ -34,4 +35,4 @@ def get_config(arg=None):
   return config_utils.downstream_config(
       mode="linear", epochs=arg.epochs or epochs, batch_size=batch_size,
       optimizer="sgd", base_lr=base_lr, lr_scaling="linear",
-      runlocal=arg.runlocal)
+      runlocal=arg.runlocal, keep=arg.given)

@@ -15,8 +15,9 @@ EXPECTED: SimCLR paper Fig. B.7 reports ≈ 94 % linear evaluation with a
 ResNet-50 at batch 1024 and 1000 epochs; for ResNet-18 at batch 512, lightly's
 benchmark reports kNN top-1 0.848 after 200 epochs.
 
-`:runlocal` trains 21 steps on 256 synthetic 32 px images with a ResNet-18/8
-(a CPU smoke run).
+`:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
+with a ResNet-18/8 (a CPU smoke run); `:runlocal,epochs=N` trains N epochs
+of 4 steps.
 """
 
 from jaxssl import config_utils
@@ -39,5 +40,5 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 1e-4
   c.optimizer.warmup_epochs = 10.0
   if arg.runlocal:
-    config_utils.shrink_for_cpu(c)
+    config_utils.shrink_for_cpu(c, keep=arg.given)
   return c

@@ -21,8 +21,9 @@ EXPECTED (paper, linear evaluation top-1 on ImageNet): 100 epochs ≈ 64–65 %
 (Fig. 9, batch 4096), 1000 epochs 69.3 % (Table 6); v2 head, 800 epochs
 71.7 % (SimCLR v2, Table 1 row R50 1×).
 
-`:runlocal` trains 21 steps on 256 synthetic 32 px images with a ResNet-18/8
-(a CPU smoke run).
+`:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
+with a ResNet-18/8 (a CPU smoke run); `:runlocal,epochs=N` trains N epochs
+of 4 steps.
 """
 
 from jaxssl import config_utils
@@ -45,5 +46,5 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 1e-6
   c.optimizer.warmup_epochs = 10.0
   if arg.runlocal:
-    config_utils.shrink_for_cpu(c)
+    config_utils.shrink_for_cpu(c, keep=arg.given)
   return c

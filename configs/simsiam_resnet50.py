@@ -15,8 +15,9 @@ EXPECTED (paper Table 4, linear evaluation top-1 on ImageNet): 100 epochs
 68.1 %, 200 epochs 70.0 %, 400 epochs 70.8 %, 800 epochs 71.3 %. Not
 reproduced here: the paper's fixed (undecayed) predictor rate.
 
-`:runlocal` trains 20 steps on 256 synthetic 32 px images with a ResNet-18/8
-and 128-wide heads (a CPU smoke run).
+`:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
+with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+trains N epochs of 4 steps.
 """
 
 from jaxssl import config_utils
@@ -41,5 +42,5 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 1e-4
   c.optimizer.warmup_epochs = 0.0
   if arg.runlocal:
-    config_utils.shrink_for_cpu(c)
+    config_utils.shrink_for_cpu(c, keep=arg.given)
   return c

@@ -5,43 +5,88 @@ one set of keys and `--config.some.key=value` fails on a typo (configs are
 locked by `config_flags`). Durations are in epochs and learning rates per 256
 examples: steps and peak rates are derived at run time from the batch size
 and the dataset, so overriding `batch_size` never leaves stale values.
+
+Variants (`configs/x.py:runlocal,epochs=400`) compose: `:runlocal` shrinks
+the run for a CPU, but a value given explicitly in the variant wins over the
+shrink (400 epochs here).
 """
 
-from typing import Optional
+from typing import Any, Dict, Iterable, Optional
 
 import ml_collections
+
+from jaxssl.config_errors import did_you_mean
 
 
 def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
   """Parses a config variant string such as `"runlocal,epochs=1000"`.
 
   Bare words set boolean flags to True; `key=value` pairs are converted to the
-  type of the default. Unknown words are an error naming the allowed ones.
+  type of the default. Unknown words, values that do not convert and bare
+  words of non-boolean variants are errors naming the allowed variants.
+
+  The keys written in `arg` are listed in the result's `given`, so that
+  `:runlocal` keeps them: `shrink_for_cpu(c, keep=arg.given)` leaves the
+  epochs of `:runlocal,epochs=400` at 400.
 
   Args:
     arg: the text after `:` in `--config=configs/x.py:arg`, or None.
     **defaults: the allowed keys and their default values.
 
   Returns:
-    A ConfigDict of the parsed values.
+    A ConfigDict of the parsed values, plus `given`: the sorted tuple of the
+    keys that `arg` sets.
+
+  Raises:
+    ValueError: with a one-line message, for any word that does not parse.
   """
+  if "given" in defaults:
+    raise ValueError("'given' cannot be a config variant (it lists the "
+                     "variants given)")
   result = ml_collections.ConfigDict(defaults)
+  given = set()
   for token in filter(None, (arg or "").split(",")):
-    key, sep, value = token.partition("=")
-    key = key.strip()
+    key, sep, value = (part.strip() for part in token.partition("="))
     if key not in defaults:
-      raise ValueError(f"unknown config variant {key!r} in {arg!r}; expected "
-                       f"one of {sorted(defaults)}")
-    default = defaults[key]
-    if not sep:
-      if not isinstance(default, bool):
-        raise ValueError(f"config variant {key!r} needs a value ({key}=...)")
-      result[key] = True
-    elif isinstance(default, bool):
-      result[key] = value.lower() in ("1", "true", "yes")
+      raise ValueError(f"unknown config variant {key!r} in {arg!r}"
+                       f"{did_you_mean(key, defaults)}; variants: "
+                       f"{_describe_variants(defaults)}")
+    if sep or not isinstance(defaults[key], bool):
+      result[key] = _parse_variant_value(key, value if sep else None,
+                                         defaults[key])
     else:
-      result[key] = type(default)(value)
+      result[key] = True
+    given.add(key)
+  result.given = tuple(sorted(given))
   return result
+
+
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _parse_variant_value(key: str, value: Optional[str], default: Any) -> Any:
+  """`value` as the type of `default`; ValueError naming the variant."""
+  kind = type(default).__name__
+  if value is None:
+    raise ValueError(f"config variant {key!r} needs a value ({key}=<{kind}>)")
+  if isinstance(default, bool):
+    if value.lower() not in _TRUE + _FALSE:
+      raise ValueError(f"config variant {key}={value!r} is not a bool "
+                       f"(true/false)")
+    return value.lower() in _TRUE
+  try:
+    return type(default)(value)
+  except ValueError:
+    raise ValueError(f"config variant {key}={value!r} is not "
+                     f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}") from None
+
+
+def _describe_variants(defaults: Dict[str, Any]) -> str:
+  """E.g. `epochs=<int, default 100>, runlocal`."""
+  return ", ".join(
+      key if isinstance(value, bool)
+      else f"{key}=<{type(value).__name__}, default {value!r}>"
+      for key, value in sorted(defaults.items()))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -170,7 +215,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.knn_ks = (20, 200)  # () disables kNN.
-  c.eval.every_epochs = 0  # evaluate every N epochs (0: at the end only).
+  # Evaluate after epochs N, 2N, ... (at the step completing each,
+  # ceil(k·examples/batch_size): jaxssl.epochs) and at the end (0: the end
+  # only).
+  c.eval.every_epochs = 0
   c.eval.knn_temperature = 0.07
   c.eval.batch_size = 1024
   c.eval.random_init_baseline = False
@@ -218,10 +266,13 @@ def set_head(section: ml_collections.ConfigDict, *, num_layers: int,
 
 def downstream_config(*, mode: str, epochs: int, batch_size: int,
                       optimizer: str, base_lr: float, lr_scaling: str,
-                      runlocal: bool) -> ml_collections.ConfigDict:
+                      runlocal: bool, keep: Iterable[str] = ()
+                      ) -> ml_collections.ConfigDict:
   """Schema of `jaxssl.linear_eval` configs (linear evaluation, fine-tuning).
 
-  `data.source=''` means the pretraining run's data section.
+  `data.source=''` means the pretraining run's data section. `runlocal`
+  shrinks the run to 2 epochs at batch 64 except for the top-level keys
+  named in `keep` (the variants given explicitly, `parse_arg(...).given`).
   """
   c = ml_collections.ConfigDict()
   c.mode = mode  # 'linear' | 'finetune'
@@ -244,24 +295,44 @@ def downstream_config(*, mode: str, epochs: int, batch_size: int,
   c.optimizer.momentum = 0.9
   c.optimizer.nesterov = optimizer == "sgd"
   if runlocal:
+    kept = _values(c, keep)
     c.batch_size = 64
     c.epochs = 2
     c.log_every = 2
     c.eval_batch_size = 256
+    c.update(kept)
   return c
+
+
+def _values(c: ml_collections.ConfigDict, keys: Iterable[str]
+            ) -> Dict[str, Any]:
+  """The values of those `keys` that are top-level keys of `c`."""
+  return {key: c[key] for key in keys if key in c}
 
 
 # `:runlocal` caps MLP widths (Barlow Twins' 8192) so CPU steps stay fast.
 _RUNLOCAL_HEAD_WIDTH = 128
 
 
-def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The `:runlocal` shrink: 256 synthetic 32 px images, ResNet-18/8, 20 steps.
+def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = ()
+                   ) -> ml_collections.ConfigDict:
+  """The `:runlocal` shrink: 256 synthetic 32 px images, ResNet-18/8.
 
   Keeps the method, loss and optimizer of `c` (heads capped at 128 wide) so
   that the whole code path of the experiment runs on a CPU in about a
-  minute: 5 epochs of 4 steps at batch 64.
+  minute: 5 epochs of 4 steps at batch 64 (20 steps, 21 with the SimCLR
+  `steps_rule`).
+
+  Args:
+    c: the experiment's config, changed in place.
+    keep: top-level keys of `c` that keep their value: the variants given
+      explicitly (`parse_arg(...).given`), so that `:runlocal,epochs=400`
+      trains 400 epochs. Other names are ignored.
+
+  Returns:
+    `c`.
   """
+  kept = _values(c, keep)
   c.batch_size = 64
   c.epochs = 5
   c.log_every = 2
@@ -280,4 +351,5 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optimizer.warmup_epochs = 1.0
   c.eval.knn_ks = (20,)
   c.eval.batch_size = 256
+  c.update(kept)
   return c

@@ -10,7 +10,7 @@ encoder, the first `head_layers` layers of the projection head and a new
 classifier on a (class-balanced) fraction of the labels. Both train on random
 crops and flips of the training split and report top-1/top-5 on centre crops
 of the evaluation split. The train step is the same per-device function with
-named-axis collectives as pretraining, and `train.train_loop` runs it.
+named-axis collectives as pretraining, and `loop.train_loop` runs it.
 """
 
 import dataclasses
@@ -31,10 +31,13 @@ import ml_collections
 import optax
 
 from jaxssl import augment
+from jaxssl import epochs as epochs_lib
 from jaxssl import export
+from jaxssl import loop
 from jaxssl import metric_writers
 from jaxssl import optim
 from jaxssl import paths
+from jaxssl import progress
 from jaxssl import schedules
 from jaxssl import sharding
 from jaxssl import train
@@ -206,8 +209,9 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   if train_input.num_classes <= 0:
     raise ValueError(f"{train_input.description} has no labels")
   num_examples = train_input.num_examples
-  steps = schedules.simclr_total_steps(num_examples, config.epochs,
-                                       config.batch_size)
+  length = epochs_lib.RunLength.create(num_examples, config.batch_size,
+                                      config.epochs, "simclr")
+  steps = length.total_steps
   schedule = schedules.warmup_cosine(
       config.optimizer.base_lr, batch_size=config.batch_size,
       num_examples=num_examples, epochs=config.epochs,
@@ -222,27 +226,24 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   state = create_state(task, pretrained, config.seed, mesh)
   eval_ds = sources.eval_arrays(run_config.data, run_config.data.eval_split,
                                 image_size=spec.size)
-  print_fn = train._print0  # pylint: disable=protected-access
+  print_fn = progress.print0
   print_fn(f"{config.mode} of {config.checkpoint} on "
            f"{train_input.description}: {num_examples} examples, "
            f"{steps} steps")
   writer = metric_writers.MetricWriter(workdir, print_fn=print_fn)
-  steps_per_epoch = max(num_examples // config.batch_size, 1)
 
   def on_epoch_end(epoch, state):
-    every = config.eval_every_epochs
-    if not every or epoch % every or epoch * steps_per_epoch >= steps:
+    del epoch
+    if not length.eval_due(int(jax.device_get(state.step)),
+                           config.eval_every_epochs):
       return {}
     return evaluate(task, state, eval_ds, mesh=mesh,
                     batch_size=config.eval_batch_size)
 
   start = time.perf_counter()
-  state, history, epochs = train.train_loop(
-      state, compile_step(task, mesh), train_input.batches(),
-      total_steps=steps,
-      log_every=config.log_every, batch_size=config.batch_size,
-      steps_per_epoch=steps_per_epoch, writer=writer,
-      on_epoch_end=on_epoch_end)
+  state, history, epochs = loop.train_loop(
+      state, compile_step(task, mesh), train_input.batches(), length=length,
+      log_every=config.log_every, writer=writer, on_epoch_end=on_epoch_end)
   results = {"mode": config.mode, "steps": steps,
              "train_seconds": time.perf_counter() - start,
              "num_examples": num_examples,
@@ -272,4 +273,5 @@ if __name__ == "__main__":
   # jaxssl.main defines the flags (--config, --workdir, --distributed, ...);
   # imported here only, so that importing this module defines no flags.
   _entry = importlib.import_module("jaxssl.main")
-  app.run(main, argv=_entry.resolve_config_argv(sys.argv))
+  app.run(main, argv=_entry.resolve_config_argv(sys.argv),
+          flags_parser=_entry.parse_flags)

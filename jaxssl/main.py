@@ -6,6 +6,12 @@ r"""Command-line entry point: flags → `train.train_and_evaluate`.
 `--workdir` may be local or `gs://bucket/run` (`jaxssl.paths`). A relative
 `--config=configs/...` that does not exist in the working directory is taken
 from the jaxssl checkout (the folder holding `jaxssl/` and `configs/`).
+
+Mistakes on the command line end the program with status 2 and one line on
+stderr, before anything is imported or trained: a config file that does not
+load (missing, broken, an unknown variant), a `--config.` key that is not in
+the config (with its section's keys and the closest one), a value of the
+wrong type, an unknown or missing flag.
 """
 
 import os
@@ -16,6 +22,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from jaxssl import config_errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -29,6 +37,12 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "Index of this process.")
+flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a run whose pinned config (workdir/checkpoints/run_config.json) "
+    "differs from this one in keys that change results; the differences "
+    "are logged and the new config pinned. Without it such a restart is "
+    "refused.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -64,13 +78,49 @@ def main(argv):
   initialize(argv)
   from jaxssl import train  # pylint: disable=g-import-not-at-top
   from jaxssl import sharding  # pylint: disable=g-import-not-at-top
+  from jaxssl import run_config  # pylint: disable=g-import-not-at-top
   try:
     train.prepare_workdir(FLAGS.workdir)
     train.check_config(FLAGS.config, sharding.data_mesh())
   except (ValueError, NotImplementedError) as e:
-    raise app.UsageError(str(e)) from e
+    _exit_with_error(e)
   logging.info("config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                             allow_config_change=FLAGS.allow_config_change)
+  except run_config.ConfigChanged as e:
+    _exit_with_error(e)
+
+
+def _exit_with_error(error: Exception) -> None:
+  """One line on stderr, exit status 2 (a usage mistake, not a crash)."""
+  print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """Parses `argv` into FLAGS; any mistake is one line on stderr, exit 2.
+
+  The `flags_parser` of `app.run`. The config file is loaded and the
+  `--config.` overrides are checked against it first (`config_errors`), as
+  `config_flags` reports these mistakes with chained tracebacks.
+
+  Args:
+    argv: the command line, program name first.
+
+  Returns:
+    The arguments left after the flags (the program name), as `FLAGS(argv)`.
+  """
+  try:
+    # Flagfiles expanded as config_flags reads its overrides.
+    expanded = FLAGS.read_flags_from_files(argv, force_gnu=False)
+    spec = config_errors.config_flag_value(expanded)
+    if spec is not None:
+      config = config_errors.load_config_file(spec)
+      config_errors.check_overrides(config, expanded)
+    return FLAGS(argv)
+  except (config_errors.ConfigError, flags.Error) as e:
+    _exit_with_error(e)
 
 
 def resolve_config_argv(argv: List[str]) -> List[str]:
@@ -95,4 +145,4 @@ def resolve_config_argv(argv: List[str]) -> List[str]:
 
 
 if __name__ == "__main__":
-  app.run(main, argv=resolve_config_argv(sys.argv))
+  app.run(main, argv=resolve_config_argv(sys.argv), flags_parser=parse_flags)

@@ -104,3 +104,22 @@ def read_object_range(url: PathLike, offset: int, size: int) -> bytes:
   configure()
   fs, name = fsspec.core.url_to_fs(os.fspath(url))
   return fs.cat_file(name, start=offset, end=offset + size)
+
+
+def move(src: PathLike, dst: PathLike) -> epath.Path:
+  """Moves file or directory `src` to `dst` (whose parent is created):
+  a rename on local disks, copy-then-delete of every object on GCS.
+  Returns `dst`."""
+  src, dst = path(src), path(dst)
+  if is_url(src) != is_url(dst):
+    raise ValueError(f"cannot move {src} to {dst}: one file system only")
+  if is_url(src):
+    import fsspec  # pylint: disable=g-import-not-at-top
+    configure()
+    fs, name = fsspec.core.url_to_fs(os.fspath(src))
+    _, target = fsspec.core.url_to_fs(os.fspath(dst))
+    fs.mv(name, target, recursive=True)
+    return dst
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  os.replace(src, dst)
+  return dst

@@ -49,3 +49,10 @@ class Progress:
     line = " | ".join(parts)
     self.print_fn(line, flush=True)
     return line
+
+
+def print0(*args, **kwargs) -> None:
+  """`print` on process 0 only (every process runs the same loop)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(*args, **kwargs)

@@ -7,20 +7,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxssl import precision
+# Steps of epochs, as the references count them (`jaxssl.epochs`).
+from jaxssl.epochs import simclr_total_steps, warmup_steps  # pylint: disable=unused-import
 
 Schedule = Callable[[Union[int, jax.Array]], jax.Array]
 
 _SCALINGS = ("linear", "sqrt")
-
-
-def warmup_steps(num_examples: int, warmup_epochs: float, batch_size: int) -> int:
-  """Warm-up length of the SimCLR reference: `round(warmup_epochs·N // B)`."""
-  return int(round(warmup_epochs * num_examples // batch_size))
-
-
-def simclr_total_steps(num_examples: int, epochs: float, batch_size: int) -> int:
-  """Training length of the SimCLR reference: `N·epochs // B + 1`."""
-  return int(num_examples * epochs // batch_size + 1)
 
 
 def scale_learning_rate(base_lr: float, batch_size: int, scaling: str) -> float:

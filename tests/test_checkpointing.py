@@ -1,5 +1,6 @@
 """Checkpoints: exact resume, SIGTERM, NaN, partial checkpoints, 8 → 4 devices."""
 
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import subprocess_env
 from jaxssl import checkpointing
 from jaxssl import export
 from jaxssl import preemption
+from jaxssl import run_config
 from jaxssl import sharding
 from jaxssl import train
 
@@ -82,6 +84,12 @@ def test_stop_and_resume_equals_uninterrupted(uninterrupted, tmp_path,
   assert steps[-1] == 10
   results = train.train_and_evaluate(_config(), workdir)
   assert results["start_step"] == 10 and results["steps"] == 21
+  # metrics.jsonl: one value per (tag, step), and the same values as the
+  # uninterrupted run's, including epoch 3's summary (steps 9-12, cut at 10:
+  # its first two steps' sums came from the checkpoint).
+  resumed_metrics = _tag_values(workdir)
+  assert resumed_metrics == _tag_values(uninterrupted)
+  assert ("epoch/loss", 12) in resumed_metrics
   whole, resumed = _final_state(uninterrupted), _final_state(workdir)
   assert int(whole.step) == int(resumed.step) == 21
   _assert_identical(whole.params, resumed.params)
@@ -90,6 +98,109 @@ def test_stop_and_resume_equals_uninterrupted(uninterrupted, tmp_path,
   _assert_identical(whole.probe, resumed.probe)
   _assert_identical(jax.random.key_data(whole.rng),
                     jax.random.key_data(resumed.rng))
+
+
+def _tag_values(workdir):
+  """{(tag, step): value} of `metrics.jsonl`; fails on a (tag, step) with
+  two different values."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      for tag, value in record.items():
+        if tag == "step":
+          continue
+        key = (tag, record["step"])
+        assert out.get(key, value) == value, (key, out[key], value)
+        out[key] = value
+  return out
+
+
+def test_epochs_end_where_the_data_does(uninterrupted):
+  """256 examples at batch 64 for 5 epochs (21 steps, SimCLR's rule):
+  epoch summaries at steps 4, 8, 12, 16 and at the last step, labelled 1-5
+  (the 21st step belongs to epoch 5, not to an epoch 6)."""
+  with open(os.path.join(uninterrupted, "results.json")) as f:
+    summaries = json.load(f)["epochs"]
+  assert [(e["epoch"], e["step"]) for e in summaries] == [
+      (1, 4), (2, 8), (3, 12), (4, 16), (5, 21)]
+
+
+def _corrupt(step_dir, how):
+  if how == "truncate":  # a disk that filled up: every file cut in half
+    for root, _, files in os.walk(step_dir):
+      for name in files:
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(os.path.getsize(f.name) // 2)
+  else:  # files deleted
+    shutil.rmtree(os.path.join(step_dir, "state"))
+
+
+def test_unreadable_newest_checkpoints_fall_back_bit_identical(
+    uninterrupted, tmp_path, capsys):
+  """Steps 21 (truncated) and 20 (its state deleted) cannot be read: the
+  run says so in one line each, moves them to checkpoints_unreadable/,
+  resumes from step 16 and ends bit-identical to the uninterrupted run."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(uninterrupted, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [
+      16, 20, 21]
+  _corrupt(os.path.join(ckpt_dir, "21"), "truncate")
+  _corrupt(os.path.join(ckpt_dir, "20"), "delete")
+  capsys.readouterr()
+  results = train.train_and_evaluate(_config(), workdir)
+  out = capsys.readouterr().out
+  assert results["start_step"] == 16
+  for step in (20, 21):
+    lines = [l for l in out.splitlines()
+             if f"checkpoint {ckpt_dir}/{step} is unreadable (" in l]
+    assert len(lines) == 1, out
+    assert f"moved to {ckpt_dir}_unreadable/{step}-" in lines[0]
+  assert sorted(n.split("-")[0] for n in os.listdir(
+      ckpt_dir + "_unreadable")) == ["20", "21"]
+  whole, resumed = _final_state(uninterrupted), _final_state(workdir)
+  assert int(resumed.step) == 21
+  _assert_identical(whole.params, resumed.params)
+  _assert_identical(whole.opt_state, resumed.opt_state)
+  _assert_identical(whole.batch_stats, resumed.batch_stats)
+
+
+def test_no_readable_checkpoint_names_the_directory(uninterrupted, tmp_path):
+  """Every checkpoint unreadable: an error naming the directory and each
+  step's failure; nothing is moved."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(uninterrupted, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  for step in (16, 20, 21):
+    _corrupt(os.path.join(ckpt_dir, str(step)), "delete")
+  with pytest.raises(ValueError, match=(
+      f"no readable checkpoint in {ckpt_dir}: step 21: .*step 20: .*"
+      "step 16: ")):
+    _final_state(workdir)
+  assert sorted(d for d in os.listdir(ckpt_dir) if d.isdigit()) == [
+      "16", "20", "21"]
+  assert not os.path.exists(ckpt_dir + "_unreadable")
+
+
+def test_restart_with_a_changed_config_is_refused(uninterrupted, tmp_path):
+  """The first start pinned its config beside the checkpoints; a restart
+  that changes a key that changes results is refused before anything is
+  restored, naming every such key."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(uninterrupted, workdir)
+  assert os.path.exists(os.path.join(workdir, "checkpoints",
+                                     run_config.PINNED_FILE))
+  config = _config()
+  config.optimizer.base_lr = 0.5
+  config.model.width = 0.125
+  config.log_every = 3  # allowed
+  with pytest.raises(run_config.ConfigChanged) as e:
+    train.train_and_evaluate(config, workdir)
+  message = str(e.value)
+  assert "model.width: 0.0625 → 0.125" in message
+  assert "optimizer.base_lr: 1.0 → 0.5" in message
+  assert "log_every" not in message and "--allow_config_change" in message
 
 
 def test_nan_stops_the_run_and_no_nan_state_is_saved(tmp_path, monkeypatch):
@@ -159,7 +270,8 @@ def test_restore_onto_4_devices_and_continue(uninterrupted):
 
 def test_sigterm_saves_and_exits_0(tmp_path):
   """`kill -TERM` during training: the step finishes, a checkpoint is
-  saved, the process exits 0; a second run resumes from it."""
+  saved, the process exits 0; a restart with a changed config is refused.
+  (`:runlocal,epochs=400` really is 400 epochs: 1601 steps.)"""
   env = subprocess_env.cpu_env(8)
   cmd = [sys.executable, "-m", "jaxssl.main",
          "--config=configs/simclr_cifar10.py:runlocal,epochs=400",
@@ -181,6 +293,18 @@ def test_sigterm_saves_and_exits_0(tmp_path):
   assert "preempted: stopped at step" in text
   steps = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
   assert len(steps) == 1 and 6 <= steps[0] < 1601
+  # The same run restarted with a changed learning rate: refused in one
+  # line, status 2, nothing trained.
+  changed = subprocess.run(cmd + ["--config.optimizer.base_lr=0.5"],
+                           cwd=config_files.REPO, env=env, text=True,
+                           capture_output=True, timeout=300, check=False)
+  assert changed.returncode == 2, changed.stderr[-2000:]
+  errors = [l for l in changed.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in changed.stderr
+  assert "optimizer.base_lr: 1.0 → 0.5" in errors[0]
+  assert "--allow_config_change" in errors[0]
+  assert [int(d) for d in os.listdir(tmp_path / "checkpoints")
+          if d.isdigit()] == steps
 
 
 def test_kill_9_at_random_points_then_resume_is_bit_identical(uninterrupted,

@@ -1,4 +1,5 @@
-"""Tests for the host input pipeline (`jaxssl.data.files`, `input_pipeline`).
+"""Tests for the host input pipeline (`jaxssl.data.files`, `host_sources`,
+`input_pipeline`); resuming is tested in `test_input_resume.py`.
 
 Every image is generated here with numpy + PIL into pytest's `tmp_path`, tiny
 (at most 64 px) so the whole module runs in a few seconds on 2 cores. Images
@@ -18,6 +19,7 @@ import pytest
 
 from jaxssl import augment
 from jaxssl.data import files as files_lib
+from jaxssl.data import host_sources as hs
 from jaxssl.data import input_pipeline as ip
 
 _CIFAR_ZIP = "/work/shared/datasets/cifar10-jpeg.zip"
@@ -28,7 +30,7 @@ _H, _W = 20, 24
 
 @pytest.fixture(scope="module")
 def tf():
-  return ip.tf_module()
+  return hs.tf_module()
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -99,7 +101,7 @@ def test_process_indices_partition():
     for count in (1, 2, 3, 8):
       if count > num_examples:
         continue
-      parts = [ip.process_indices(num_examples, process_index=p,
+      parts = [hs.process_indices(num_examples, process_index=p,
                                   process_count=count, seed=3)
                for p in range(count)]
       sizes = [len(p) for p in parts]
@@ -108,9 +110,9 @@ def test_process_indices_partition():
         np.testing.assert_array_equal(p, np.sort(p))
       np.testing.assert_array_equal(np.sort(np.concatenate(parts)),
                                     np.arange(num_examples))
-  a = ip.process_indices(100, process_index=0, process_count=2, seed=0)
-  b = ip.process_indices(100, process_index=0, process_count=2, seed=0)
-  c = ip.process_indices(100, process_index=0, process_count=2, seed=1)
+  a = hs.process_indices(100, process_index=0, process_count=2, seed=0)
+  b = hs.process_indices(100, process_index=0, process_count=2, seed=0)
+  c = hs.process_indices(100, process_index=0, process_count=2, seed=1)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
 
@@ -119,20 +121,20 @@ def test_process_indices_partition():
 def test_process_indices_invalid_index(process_index):
   """A process index outside [0, process_count) raises ValueError."""
   with pytest.raises(ValueError, match="process_index"):
-    ip.process_indices(10, process_index=process_index, process_count=2)
+    hs.process_indices(10, process_index=process_index, process_count=2)
 
 
 def test_process_indices_more_processes_than_examples():
   """A process left with no examples raises ValueError."""
   with pytest.raises(ValueError, match="no examples"):
-    ip.process_indices(1, process_index=1, process_count=2)
+    hs.process_indices(1, process_index=1, process_count=2)
 
 
 def test_files_source_two_processes_cover_all(solid_folder):
   """Two processes' `global_index` sets are disjoint and cover all 37 files."""
   root, _ = solid_folder
   listing = files_lib.list_images(root)
-  sources = [ip.files_source(root, None, process_index=p, process_count=2,
+  sources = [hs.files_source(root, None, process_index=p, process_count=2,
                              seed=3) for p in range(2)]
   sets = [set(s.global_index.tolist()) for s in sources]
   assert not sets[0] & sets[1]
@@ -155,7 +157,7 @@ def test_pretrain_epochs_each_example_once(tf, solid_folder, process_index):
   del tf
   root, colours = solid_folder
   listing = files_lib.list_images(root)
-  source = ip.files_source(root, None, process_index=process_index,
+  source = hs.files_source(root, None, process_index=process_index,
                            process_count=2, seed=3)
   n = source.num_examples
   spec = augment.ViewSpec(size=8)
@@ -190,7 +192,7 @@ def test_labels_are_sorted_class_folder_index(tf, solid_folder):
   listing = files_lib.list_images(root)
   assert listing.class_names == ("ant", "bee", "cat")
   assert list(listing.names) == sorted(listing.names)
-  source = ip.files_source(root, None, process_index=0, process_count=1)
+  source = hs.files_source(root, None, process_index=0, process_count=1)
   ds = ip.pretrain_dataset(source, (augment.ViewSpec(size=6),),
                            batch_size=37, seed=0)
   (batch,) = _elements(ds, 1)
@@ -207,7 +209,7 @@ def test_unlabelled_folder(tf, tmp_path):
     _write(str(tmp_path / f"img{k}.jpg"), _noise_jpeg(rng))
   listing = files_lib.list_images(str(tmp_path))
   assert listing.labels is None and listing.class_names == ()
-  source = ip.files_source(str(tmp_path), None, process_index=0,
+  source = hs.files_source(str(tmp_path), None, process_index=0,
                            process_count=1)
   assert source.num_classes == 0
   np.testing.assert_array_equal(source.labels, [-1] * 5)
@@ -232,7 +234,7 @@ def test_arrays_source_num_classes_is_global(tf):
   del tf
   images = [_encode(Image.new("RGB", (4, 4)), "PNG")] * 9
   labels = np.array([0] * 8 + [3])
-  counts = [ip.arrays_source(images, labels, process_index=p, process_count=2)
+  counts = [hs.arrays_source(images, labels, process_index=p, process_count=2)
             .num_classes for p in range(2)]
   assert counts == [4, 4]
 
@@ -266,7 +268,7 @@ def test_zip_equals_folder(tf, noise_folder, tmp_path):
 
   out = {}
   for path in (noise_folder, archive):
-    source = ip.files_source(path, "train", process_index=0, process_count=1)
+    source = hs.files_source(path, "train", process_index=0, process_count=1)
     assert source.num_examples == 10
     (batch,) = _elements(ip.eval_dataset(source, image_size=16,
                                          batch_size=16), 1)
@@ -307,7 +309,7 @@ def test_same_seed_same_views(tf, noise_folder):
   specs = (augment.ViewSpec(size=12), augment.ViewSpec(size=12))
   runs = []
   for _ in range(2):
-    source = ip.files_source(noise_folder, "train", process_index=0,
+    source = hs.files_source(noise_folder, "train", process_index=0,
                              process_count=1)
     runs.append(_elements(
         ip.pretrain_dataset(source, specs, batch_size=2, seed=7), 10))
@@ -324,7 +326,7 @@ def test_seed_epoch_and_view_change_crops(tf, noise_folder):
   specs = (augment.ViewSpec(size=12), augment.ViewSpec(size=12))
   views = {}
   for seed in (7, 8):
-    source = ip.files_source(noise_folder, "train", process_index=0,
+    source = hs.files_source(noise_folder, "train", process_index=0,
                              process_count=1)
     views[seed] = _views_by_index(_elements(
         ip.pretrain_dataset(source, specs, batch_size=2, seed=seed), 10))
@@ -344,7 +346,7 @@ def test_views_independent_of_process_count(tf, noise_folder):
                                                        crop_mode="byol"))
 
   def run(p, count):
-    source = ip.files_source(noise_folder, "train", process_index=p,
+    source = hs.files_source(noise_folder, "train", process_index=p,
                              process_count=count)
     n = source.num_examples
     return _views_by_index(_elements(
@@ -366,7 +368,7 @@ def test_views_independent_of_process_count(tf, noise_folder):
 def test_view_shapes_per_spec(tf, noise_folder):
   """Each view is uint8 [b, size, size, 3] at its own spec's size."""
   del tf
-  source = ip.files_source(noise_folder, "train", process_index=0,
+  source = hs.files_source(noise_folder, "train", process_index=0,
                            process_count=1)
   specs = (augment.ViewSpec(size=32, crop_area=(0.14, 1.0)),
            augment.ViewSpec(size=32, crop_area=(0.14, 1.0)),
@@ -392,7 +394,7 @@ def test_view_shapes_per_spec(tf, noise_folder):
 def test_unknown_crop_mode_raises(tf, noise_folder):
   """A ViewSpec crop_mode other than 'simclr'/'byol' raises ValueError."""
   del tf
-  source = ip.files_source(noise_folder, "train", process_index=0,
+  source = hs.files_source(noise_folder, "train", process_index=0,
                            process_count=1)
   with pytest.raises(ValueError, match="crop_mode"):
     ip.pretrain_dataset(
@@ -510,7 +512,7 @@ def test_bad_images_skipped(tf, bad_folder):
   assert len(listing) == 8  # .txt ignored, .JPG accepted
   valid = {i for i, n in enumerate(listing.names)
            if not n.endswith(("corrupt.jpg", "truncated.JPG"))}
-  source = ip.files_source(bad_folder, None, process_index=0, process_count=1)
+  source = hs.files_source(bad_folder, None, process_index=0, process_count=1)
   batches = _elements(ip.pretrain_dataset(source, (augment.ViewSpec(size=8),),
                                           batch_size=1, seed=0), 18)
   index = [int(b["index"][0]) for b in batches]
@@ -525,7 +527,7 @@ def test_bad_images_skipped(tf, bad_folder):
 def test_host_iterator_counts_skipped(tf, bad_folder):
   """HostIterator counts 2 skipped images in each completed epoch."""
   del tf
-  source = ip.files_source(bad_folder, None, process_index=0, process_count=1)
+  source = hs.files_source(bad_folder, None, process_index=0, process_count=1)
   ds = ip.pretrain_dataset(source, (augment.ViewSpec(size=8),), batch_size=2,
                            seed=0)
   it = ip.HostIterator(ds, examples_per_epoch=source.num_examples,
@@ -549,7 +551,7 @@ def test_unreadable_file_keeps_epoch_accounting(tf, tmp_path):
     for k in range(3):
       _write(str(tmp_path / name / f"{k}.jpg"), _noise_jpeg(rng))
   os.symlink(str(tmp_path / "gone.jpg"), str(tmp_path / "a" / "dangling.jpg"))
-  source = ip.files_source(str(tmp_path), None, process_index=0,
+  source = hs.files_source(str(tmp_path), None, process_index=0,
                            process_count=1)
   assert source.num_examples == 7
   ds = ip.pretrain_dataset(source, (augment.ViewSpec(size=8),), batch_size=1,
@@ -588,7 +590,7 @@ def test_colour_formats_decode_to_rgb(tf, tmp_path):
                                np.broadcast_to(colour, (120, 3)), atol=atol,
                                err_msg=name)
     _write(str(tmp_path / name), data)
-  source = ip.files_source(str(tmp_path), None, process_index=0,
+  source = hs.files_source(str(tmp_path), None, process_index=0,
                            process_count=1)
   (batch,) = _elements(ip.eval_dataset(source, image_size=8, batch_size=16), 1)
   assert batch["image"].shape == (len(cases), 8, 8, 3)  # none skipped
@@ -618,7 +620,7 @@ def test_no_images_raises_naming_path(tf, tmp_path, case):
     path = _zip_without_train(str(tmp_path / "d.zip"))
     split = "train"
   with pytest.raises(ValueError) as e:
-    ip.files_source(path, split, process_index=0, process_count=1)
+    hs.files_source(path, split, process_index=0, process_count=1)
   assert path in str(e.value)
 
 
@@ -654,7 +656,7 @@ def test_cifar10_zip(tf):
   `tf.io.decode_image` uses libjpeg's fast integer IDCT, so pixels match
   `tf.io.decode_jpeg` exactly but PIL (accurate IDCT) only to a few levels.
   """
-  source = ip.files_source(_CIFAR_ZIP, "test", process_index=1,
+  source = hs.files_source(_CIFAR_ZIP, "test", process_index=1,
                            process_count=2)
   assert source.total_examples == 10000 and source.num_examples == 5000
   assert source.num_classes == 10
@@ -683,7 +685,7 @@ def test_cifar10_zip(tf):
 def tfds_dir(tmp_path_factory):
   """A prepared TFDS dataset 'tiny_colours': 11 solid PNGs, 3 classes."""
   tfds = pytest.importorskip("tensorflow_datasets")
-  tf = ip.tf_module()
+  tf = hs.tf_module()
   tfds.disable_progress_bar()
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   images = np.stack([np.full((_H, _W, 3), _solid_colour(k % 3, k), np.uint8)
@@ -703,11 +705,12 @@ def tfds_dir(tmp_path_factory):
 def test_tfds_source_two_processes(tf, tfds_dir):
   """TFDS: 2 processes cover the 11 examples once; each epoch sees each once."""
   del tf
-  seen = []
+  seen, offset = [], 0
   for p in range(2):
-    source = ip.tfds_source("tiny_colours", "train", data_dir=tfds_dir,
+    source = hs.tfds_source("tiny_colours", "train", data_dir=tfds_dir,
                             process_index=p, process_count=2)
     n = source.num_examples
+    assert source.records is not None  # TFRecord: a stream
     assert source.total_examples == 11 and source.num_classes == 3
     batches = _elements(ip.pretrain_dataset(
         source, (augment.ViewSpec(size=6),), batch_size=1, seed=2), 2 * n)
@@ -718,7 +721,9 @@ def test_tfds_source_two_processes(tf, tfds_dir):
     assert sorted(ks[:n]) == sorted(ks[n:]) and len(set(ks[:n])) == n
     assert [int(b["label"][0]) for b in batches] == [k % 3 for k in ks]
     (ev,) = _elements(ip.eval_dataset(source, image_size=8, batch_size=16), 1)
-    np.testing.assert_array_equal(ev["index"], np.arange(n))
+    # Indices count from this process's first example in the whole split.
+    np.testing.assert_array_equal(ev["index"], offset + np.arange(n))
+    offset += n
     assert sorted((ev["image"][:, 0, 0, 1].astype(int) - 10) // 6) == sorted(
         ks[:n])
     seen.append(set(ks[:n]))
@@ -729,7 +734,7 @@ def test_tfds_missing_split_raises(tf, tfds_dir):
   """An unknown TFDS split raises ValueError naming the dataset and split."""
   del tf
   with pytest.raises(ValueError, match="tiny_colours.*validation"):
-    ip.tfds_source("tiny_colours", "validation", data_dir=tfds_dir,
+    hs.tfds_source("tiny_colours", "validation", data_dir=tfds_dir,
                    process_index=0, process_count=1)
 
 

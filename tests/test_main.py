@@ -152,7 +152,9 @@ def test_online_probe_and_evaluations_reach_tensorboard(tmp_path):
   train.train_and_evaluate(config, str(tmp_path))
   events = metric_writers.read_scalars(str(tmp_path))
   steps_with = lambda tag: [s for s, v in events if tag in v]
-  assert steps_with("epoch/probe_acc") == [4, 8, 12, 16, 20, 21]
+  # 256 examples, batch 64, 5 epochs, 21 steps: epochs end at steps 4, 8,
+  # 12, 16 and (the 5th, with SimCLR's extra step) 21.
+  assert steps_with("epoch/probe_acc") == [4, 8, 12, 16, 21]
   assert steps_with("train/probe_loss")[-1] == 21
   assert steps_with("epoch/probe_top1") == [8, 16]
   assert steps_with("eval/probe_top1") == [21]
@@ -170,11 +172,34 @@ def _cli(*args, devices=8):
       capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_cli_rejects_unknown_config_key(tmp_path):
-  out = _cli("--config=configs/quickstart.py", f"--workdir={tmp_path}",
-             "--config.optimizer.nme=sgd")
-  assert out.returncode != 0
-  assert "nme" in out.stderr and 'Did you mean "name"' in out.stderr
+@pytest.mark.parametrize("config, override, expected", [
+    ("quickstart.py", "--config.optimizer.nme=sgd",
+     ["config.optimizer has no key 'nme' (did you mean 'name'?)",
+      "valid keys of config.optimizer: base_lr, "]),
+    ("quickstart.py", "--config.optimiser.base_lr=1",
+     ["config has no key 'optimiser' (did you mean 'optimizer'?)"]),
+    ("quickstart.py", "--config.batch_size=abc",
+     ["--config.batch_size=abc: config.batch_size takes an int"]),
+    ("simclr_cifar10.py:runlocal,epoch=3", "--config.epochs=3",
+     ["simclr_cifar10.py:runlocal,epoch=3: unknown config variant 'epoch'",
+      "did you mean 'epochs'"]),
+    ("broken.py", "--config.epochs=3",
+     ["broken.py' does not compile: line 1: SyntaxError"]),
+])
+def test_cli_config_mistake_is_one_line_and_exit_2(tmp_path, config, override,
+                                                   expected):
+  """Unknown keys, wrong types and config files that do not load: status 2,
+  one line on stderr, no traceback, nothing trained (`config_errors`)."""
+  (tmp_path / "broken.py").write_text("def get_config(:\n")
+  path = tmp_path / config if config.startswith("broken") else (
+      f"configs/{config}")
+  out = _cli(f"--config={path}", f"--workdir={tmp_path}/wd", override)
+  assert out.returncode == 2, out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+  assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+  for text in expected:
+    assert text in out.stderr
+  assert out.stdout == "" and not os.path.exists(tmp_path / "wd")
 
 
 def test_cli_rejects_batch_not_divisible_by_devices(tmp_path):

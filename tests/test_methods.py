@@ -36,7 +36,7 @@ def _config(method):
   c.steps_rule = "floor"
   c.data.image_size = IMAGE_SIZE
   c.augment.preset = "byol"
-  c.model.depth = 18
+  c.model.depth = 10
   c.model.width = 1 / 16
   c.model.cifar_stem = True
   config_utils.set_head(c.head, num_layers=2, hidden_dim=16, out_dim=8,

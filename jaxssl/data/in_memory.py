@@ -63,9 +63,12 @@ def global_batches(
 ) -> Iterator[dict]:
   """Endless shuffled global batches `{'image'[, 'label']}` on the mesh.
 
-  Each epoch is a fresh permutation (dropping the last partial batch); step
-  `s` always gets the same examples, so a run can restart at `start_step`.
-  Each process materialises only its contiguous slice of every global batch.
+  The examples stream continuously (`jaxssl.epochs`): epoch e is
+  `epoch_permutation(N, seed, e)`, and step s takes positions
+  `[s·B, (s + 1)·B)` of the stream, so a batch may end one epoch and begin
+  the next and nothing is dropped. Step s always gets the same examples, so
+  a run can restart at `start_step` at no cost. Each process materialises
+  only its contiguous slice of every global batch.
 
   Args:
     dataset: the examples.
@@ -82,17 +85,22 @@ def global_batches(
   sharding.check_batch_size(batch_size, mesh)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  steps_per_epoch = len(dataset) // batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"{dataset.name}: {len(dataset)} examples are fewer than "
-                     f"one global batch of {batch_size}")
+  n = len(dataset)
+  if n < batch_size:
+    raise ValueError(f"{dataset.name}: {n} examples are fewer than one "
+                     f"global batch of {batch_size}")
   per_process = batch_size // process_count
+  orders = {}  # the permutations of the (at most two) epochs in use
   step = start_step
   while True:
-    epoch, offset = divmod(step, steps_per_epoch)
-    order = epoch_permutation(len(dataset), seed, epoch)
-    start = offset * batch_size + process_index * per_process
-    idx = order[start:start + per_process]
+    first = step * batch_size + process_index * per_process
+    epoch, offset = np.divmod(np.arange(first, first + per_process), n)
+    for e in set(epoch.tolist()) - set(orders):
+      orders[e] = epoch_permutation(n, seed, e)
+    for e in [e for e in orders if e < epoch[0]]:
+      del orders[e]
+    idx = np.concatenate([orders[e][offset[epoch == e]]
+                          for e in sorted(orders) if e <= epoch[-1]])
     local = {"image": dataset.images[idx]}
     if dataset.labels is not None:
       local["label"] = dataset.labels[idx].astype(np.int32)

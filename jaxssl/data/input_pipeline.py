@@ -7,6 +7,13 @@ device (`jaxssl.augment`). Crops are drawn with stateless RNG seeded by
 (seed, epoch, example, view), so a run sees the same views whatever the
 number of parallel calls, and can reproduce them after a restart.
 
+A restart resumes at a position of this process's endless stream (step ×
+per-process batch). Indexable sources (`host_sources`: files, arrays, TFDS
+in ArrayRecord format) compute the example at each position from (seed,
+epoch) alone and start there directly, whatever the epoch; stream sources
+(TFDS in TFRecord format) rebuild the epoch of that position and read
+through its start, at most one epoch.
+
 Unreadable images (corrupt or truncated files, unsupported formats) are
 skipped, never a crash mid-run: the decode error drops the element, and the
 consumer (`HostIterator`) counts, per epoch, the examples that never arrived
@@ -16,57 +23,27 @@ TensorFlow only ever runs on the host CPU: `hide_accelerators()` is called
 before the first pipeline is built.
 """
 
-import dataclasses
 import queue
 import threading
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import logging
 import numpy as np
 
 from jaxssl import augment
-from jaxssl import paths
-from jaxssl.data import files as files_lib
+from jaxssl.data import host_sources
 
+# Sources live in `host_sources`; these names stay importable from here.
+HostSource = host_sources.HostSource
+files_source = host_sources.files_source
+arrays_source = host_sources.arrays_source
+tfds_source = host_sources.tfds_source
+tf_module = host_sources.tf_module
+hide_accelerators = host_sources.hide_accelerators
+process_indices = host_sources.process_indices
 
-def tf_module():
-  """TensorFlow, imported lazily with accelerators hidden from it."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  hide_accelerators(tf)
-  return tf
-
-
-def hide_accelerators(tf=None) -> None:
-  """Keeps TensorFlow off GPUs/TPUs so JAX owns all accelerator memory."""
-  if tf is None:
-    try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      return
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:
-    pass  # already initialised with GPUs hidden
-
-
-def process_indices(num_examples: int, *, process_index: int,
-                    process_count: int, seed: int = 0) -> np.ndarray:
-  """This process's examples: a fixed permutation cut in near-equal parts.
-
-  The permutation (the same on every process) mixes classes before the cut,
-  so a sorted `root/<class>/` listing does not give each host a few classes.
-  Parts differ in size by at most one; together they cover every example
-  exactly once.
-  """
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in "
-                     f"[0, {process_count})")
-  order = np.random.default_rng([seed, 7919]).permutation(num_examples)
-  part = np.array_split(order, process_count)[process_index]
-  if len(part) == 0:
-    raise ValueError(f"process {process_index} of {process_count} has no "
-                     f"examples ({num_examples} in all)")
-  return np.sort(part)
+# Stream positions end here: past any run (2**62 examples).
+_END_POSITION = 2**62
 
 
 # --------------------------------------------------------------------------
@@ -166,172 +143,72 @@ def center_crop_resize(tf, image, size: int, proportion: float = 0.875):
 
 
 # --------------------------------------------------------------------------
-# Sources: how to get (bytes, label) for this process's i-th example.
+# Epochs: which example comes at each position of this process's stream.
 # --------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class HostSource:
-  """This process's examples and how to read them.
+def _epoch_seed(tf, seed, epoch):
+  """The `[2]` int64 stateless seed that fixes one epoch's order."""
+  return tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
 
-  Attributes:
-    num_examples: examples held by this process (one epoch).
-    labels: `[num_examples]` int32 labels (-1 where unlabelled), or None when
-      only the stream knows them (TFDS).
-    global_index: `[num_examples]` index of each example in the whole set, or
-      None (TFDS: the index is the position within this process's epoch).
-    read: TF function of a local index (int64 tensor) → encoded image bytes,
-      for indexable sources (files, arrays); None for streams.
-    description: for messages.
-    num_classes: number of classes (0 if unlabelled).
-    total_examples: examples over all processes.
-    records: for stream sources (TFDS), a function `(shuffle_seed or None)
-      -> tf.data.Dataset` of `{'image': bytes, 'label': int}` over this
-      process's slice, one epoch.
+
+def _indexed_stream(source: HostSource, seed: int, start: int):
+  """Positions `start, start + 1, ...` → examples, by index: O(1) to start.
+
+  Position p is example k = p mod n of epoch e = p // n, and epoch e visits
+  this process's examples in a permutation that depends on (seed, e) only
+  (`index_shuffle`, computed per element), so no earlier example is read.
   """
-  num_examples: int
-  labels: Optional[np.ndarray]
-  global_index: Optional[np.ndarray]
-  read: Optional[Callable[[Any], Any]]
-  description: str
-  num_classes: int
-  total_examples: int
-  records: Optional[Callable[[Optional[int]], Any]] = None
-
-
-def files_source(path: str, split: Optional[str], *, process_index: int,
-                 process_count: int, seed: int = 0) -> HostSource:
-  """A folder or zip of images, `root/[split/]<class>/<file>`."""
-  tf = tf_module()
-  listing = files_lib.list_images(path, split)
-  idx = process_indices(len(listing), process_index=process_index,
-                        process_count=process_count, seed=seed)
-  names = [listing.names[i] for i in idx]
-  labels = (listing.labels[idx] if listing.labels is not None
-            else np.full(len(idx), -1, np.int32))
-  if listing.archive is None and not paths.is_url(path):
-    names_t = tf.constant(names)
-
-    def read(i):
-      return tf.io.read_file(tf.gather(names_t, i))
-  else:
-    # Zip members, and files on GCS: TensorFlow's own GCS filesystem is not
-    # the file layer's (`jaxssl.paths`), so Python reads them.
-    reader = files_lib.reader(listing)
-
-    def read_member(i):
-      return reader(names[int(i)])
-
-    def read(i):
-      data = tf.numpy_function(read_member, [i], tf.string, stateful=False)
-      data.set_shape([])
-      return data
-  return HostSource(len(idx), labels.astype(np.int32), idx.astype(np.int64),
-                    read, listing.description, len(listing.class_names),
-                    len(listing))
-
-
-def arrays_source(images: Sequence[bytes], labels: Optional[np.ndarray], *,
-                  process_index: int, process_count: int,
-                  seed: int = 0) -> HostSource:
-  """Encoded images held in memory (tests, small sets)."""
-  tf = tf_module()
-  idx = process_indices(len(images), process_index=process_index,
-                        process_count=process_count, seed=seed)
-  data = tf.constant([images[i] for i in idx])
-  num_classes = int(np.max(labels)) + 1 if labels is not None else 0
-  labels = (np.asarray(labels)[idx] if labels is not None
-            else np.full(len(idx), -1))
-  return HostSource(len(idx), labels.astype(np.int32), idx.astype(np.int64),
-                    lambda i: tf.gather(data, i), "in-memory encoded images",
-                    num_classes, len(images))
-
-
-def tfds_source(name: str, split: str, *, data_dir: Optional[str],
-                process_index: int, process_count: int) -> HostSource:
-  """A TFDS dataset with an 'image' feature (and optionally 'label').
-
-  Each process reads `tfds.split_for_jax_process(split)` (an even slice);
-  images stay encoded until the crop, so a JPEG is decoded once per view set.
-  `data_dir` points at a prepared copy (TPU VMs: a GCS bucket).
-  """
-  tf = tf_module()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(name, data_dir=data_dir or None)
-  process_split = tfds.split_for_jax_process(
-      split, process_index=process_index, process_count=process_count)
-  try:
-    num_examples = builder.info.splits[process_split].num_examples
-    total = builder.info.splits[split].num_examples
-  except (KeyError, ValueError) as e:
-    raise ValueError(f"TFDS {name!r} has no split {split!r} (data_dir="
-                     f"{data_dir!r}): {e}") from e
-  if num_examples == 0:
-    raise ValueError(f"TFDS {name}[{split}]: no examples for process "
-                     f"{process_index} of {process_count}")
-  features = builder.info.features
-  if "image" not in features:
-    raise ValueError(f"TFDS {name!r} has no 'image' feature "
-                     f"({list(features)})")
-  has_label = "label" in features
-  num_classes = features["label"].num_classes if has_label else 0
-
-  def records(shuffle_seed):
-    read_config = tfds.ReadConfig(
-        shuffle_seed=shuffle_seed, interleave_cycle_length=16,
-        try_autocache=False)
-    ds = builder.as_dataset(
-        split=process_split, shuffle_files=shuffle_seed is not None,
-        read_config=read_config,
-        decoders={"image": tfds.decode.SkipDecoding()})
-
-    def pick(ex):
-      label = (tf.cast(ex["label"], tf.int32) if has_label
-               else tf.constant(-1, tf.int32))
-      return {"image": ex["image"], "label": label}
-    return ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
-
-  return HostSource(num_examples, None, None, None,
-                    f"TFDS {name}[{process_split}]", num_classes, total,
-                    records=records)
-
-
-def _epoch_stream(source: HostSource, seed: int, shuffle_buffer: int,
-                  start: int = 0):
-  """Endless `(position, {'image', 'label', 'index'})`, reshuffled per epoch,
-  from stream position `start` on (indices are skipped before any read)."""
   tf = tf_module()
   n = source.num_examples
-  if source.records is not None:
-    ds = source.records(seed).enumerate()
-    ds = ds.map(lambda pos, ex: dict(ex, index=pos))
-    ds = ds.shuffle(min(shuffle_buffer, n), seed=seed,
-                    reshuffle_each_iteration=True)
-    return ds.repeat().enumerate().skip(start)
-  global_index = tf.constant(source.global_index)
-  labels = tf.constant(source.labels)
-  ds = tf.data.Dataset.range(n)
-  ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
-  ds = ds.enumerate().skip(start)
+  last = tf.constant(n - 1, tf.int64)
 
-  def read(position, i):
-    return position, {"image": source.read(i), "label": tf.gather(labels, i),
-                      "index": tf.gather(global_index, i)}
-  return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  def read(position):
+    epoch = position // n
+    i = tf.random.experimental.index_shuffle(
+        position % n, _epoch_seed(tf, seed, epoch), last)
+    return position, source.read(i)
+  return tf.data.Dataset.range(start, _END_POSITION).map(
+      read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _record_stream(source: HostSource, seed: int, shuffle_buffer: int,
+                   start: int):
+  """Positions `start, ...` → examples of a stream source (no random access).
+
+  Epoch e is the source's records in the shard order of (seed, e), through
+  a shuffle buffer seeded by (seed, e): a function of (seed, e) only, so a
+  resume rebuilds its epoch and skips the records before `start` in it,
+  reading at most one epoch.
+  """
+  tf = tf_module()
+  n = source.num_examples
+  epoch, skip = divmod(start, n)
+  if start:
+    logging.warning(
+        "%s is stored as TFRecord, which has no random access: resuming at "
+        "example %d of epoch %d reads and discards the %d records of that "
+        "epoch before it (a resume reads up to one epoch of this process's "
+        "data before its first batch). Prepare the dataset as ArrayRecord "
+        "(`tfds build --file_format=array_record`, or `tfds convert_format "
+        "--out_file_format=array_record`) to resume in O(1).",
+        source.description, skip, epoch, skip)
+
+  def one_epoch(e):
+    shuffle_seed = (tf.cast(seed, tf.int64) * 1_000_003 + e) % 2_147_483_647
+    return source.records(_epoch_seed(tf, seed, e)).shuffle(
+        min(shuffle_buffer, n), seed=shuffle_seed)
+  ds = tf.data.Dataset.range(epoch, _END_POSITION).flat_map(one_epoch)
+  return ds.skip(skip).enumerate(start)
 
 
 def _in_order(source: HostSource):
   """One pass, in order: `{'image', 'label', 'index'}`."""
   tf = tf_module()
   if source.records is not None:
-    return source.records(None).enumerate().map(
-        lambda pos, ex: dict(ex, index=pos))
-  global_index = tf.constant(source.global_index)
-  labels = tf.constant(source.labels)
+    return source.records(None)
   return tf.data.Dataset.range(source.num_examples).map(
-      lambda i: {"image": source.read(i), "label": tf.gather(labels, i),
-                 "index": tf.gather(global_index, i)},
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      source.read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 # --------------------------------------------------------------------------
@@ -370,9 +247,11 @@ def pretrain_dataset(source: HostSource, specs: Sequence[augment.ViewSpec], *,
     seed: shuffling and crop seed.
     shuffle_buffer: shuffle buffer of encoded records for stream sources
       (indexable sources are shuffled exactly, as indices).
-    start_position: examples of this process's stream to skip (a resumed
-      run: step × batch_size; exact unless unreadable images were skipped
-      before it).
+    start_position: position in this process's stream of the first example
+      (a resumed run: step × batch_size): the batches are those an
+      uninterrupted run yields from there on, unless unreadable images were
+      skipped before it. Indexable sources read nothing before it; streams
+      read the records of its epoch before it.
 
   Returns:
     A `tf.data.Dataset`.
@@ -390,7 +269,10 @@ def pretrain_dataset(source: HostSource, specs: Sequence[augment.ViewSpec], *,
     return {"views": views, "label": ex["label"], "epoch": epoch,
             "index": ex["index"]}
 
-  ds = _epoch_stream(source, seed, shuffle_buffer, start_position)
+  if source.read is not None:
+    ds = _indexed_stream(source, seed, start_position)
+  else:
+    ds = _record_stream(source, seed, shuffle_buffer, start_position)
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.ignore_errors()
   ds = ds.batch(batch_size, drop_remainder=True)

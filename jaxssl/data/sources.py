@@ -6,8 +6,9 @@ Two kinds of source:
   cut on the device, so no TensorFlow is needed (GPU images without TF,
   benchmarks);
 * host pipelines (`files`: a folder or zip of `<class>/<image>`; `tfds`): a
-  tf.data pipeline per process decodes and crops on the host
-  (`input_pipeline`), and the device does the photometric augmentation.
+  tf.data pipeline per process reads (`host_sources`), decodes and crops on
+  the host (`input_pipeline`), and the device does the photometric
+  augmentation.
 """
 
 from __future__ import annotations
@@ -61,16 +62,16 @@ def load_in_memory(data: ml_collections.ConfigDict,
 def host_source(data: ml_collections.ConfigDict, split: str, *, seed: int,
                 process_index: Optional[int] = None,
                 process_count: Optional[int] = None):
-  """This process's `input_pipeline.HostSource` for `split`."""
-  from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  """This process's `host_sources.HostSource` for `split`."""
+  from jaxssl.data import host_sources  # pylint: disable=g-import-not-at-top
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if data.source == "files":
-    return input_pipeline.files_source(
+    return host_sources.files_source(
         data.path, split or None, process_index=process_index,
         process_count=process_count, seed=seed)
   if data.source == "tfds":
-    return input_pipeline.tfds_source(
+    return host_sources.tfds_source(
         data.name, split, data_dir=data.data_dir or None,
         process_index=process_index, process_count=process_count)
   raise ValueError(f"config.data.source={data.source!r} has no host pipeline")

@@ -29,6 +29,10 @@ from jaxssl.models import convolution
 from jaxssl.models.normalization import batch_norm_factory
 
 STAGE_SIZES = {
+    # ResNet-10: one basic block per stage (timm's resnet10t without its deep
+    # stem). Small-scale work, and the tests, where it halves XLA compile
+    # times against a ResNet-18.
+    10: (1, 1, 1, 1),
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
     50: (3, 4, 6, 3),
@@ -104,7 +108,7 @@ class ResNet(nn.Module):
   """ResNet v1.5 encoder returning pooled features `[batch, channels]`.
 
   Attributes:
-    depth: 18, 34, 50, 101, 152 or 200.
+    depth: 10, 18, 34, 50, 101, 152 or 200.
     width_multiplier: multiplies every convolution's channels.
     cifar_stem: 3×3 stride-1 stem without max-pool (small images).
     bn_momentum: BatchNorm running-average decay (reference: 0.9).
