@@ -81,9 +81,9 @@ class RunLength:
     if num_examples <= 0 or batch_size <= 0 or epochs <= 0:
       raise ValueError(f"a run needs examples ({num_examples}), a batch size "
                        f"({batch_size}) and epochs ({epochs}) above 0")
-    steps = int(num_examples * epochs // batch_size)
-    if steps_rule == "simclr":
-      steps = simclr_total_steps(num_examples, epochs, batch_size)
+    steps = (simclr_total_steps(num_examples, epochs, batch_size)
+             if steps_rule == "simclr"
+             else int(num_examples * epochs // batch_size))
     if steps <= 0:
       raise ValueError(f"{num_examples} examples × config.epochs={epochs} // "
                        f"config.batch_size={batch_size} is 0 steps")
