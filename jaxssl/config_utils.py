@@ -125,7 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_fraction = 0.0
 
   c.augment = ml_collections.ConfigDict()
-  # Views: jaxssl.augment.VIEW_PRESETS. For the SimCLR presets the colour
+  # Views: jaxssl.view_presets.VIEW_PRESETS. For the SimCLR presets the colour
   # strength and blur below override the preset's own (simclr_cifar's 0.5 and
   # no blur are what configs/simclr_cifar10.py sets explicitly).
   c.augment.preset = "simclr_v2"
@@ -180,6 +180,10 @@ def base_config() -> ml_collections.ConfigDict:
   # EMA target network (BYOL): τ from base_momentum to 1 on a cosine.
   c.target = ml_collections.ConfigDict()
   c.target.base_momentum = 0.99
+  # How the target starts: 'copy' of the online network it tracks, or
+  # 'independent' (its own random key); '' = the method's reference choice
+  # (BYOL: independent).
+  c.target.init = ""
 
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.1  # SimCLR.
@@ -200,6 +204,20 @@ def base_config() -> ml_collections.ConfigDict:
   # LARS: rate multiplier of the excluded leaves (biases, BN): Barlow Twins
   # uses 0.0048/0.2 = 0.024.
   c.optimizer.excluded_lr_scale = 1.0
+  # Weight decay: 'constant', or 'cosine' from weight_decay to
+  # weight_decay_end over the run (DINO: 0.04 → 0.4).
+  c.optimizer.weight_decay_schedule = "constant"
+  c.optimizer.weight_decay_end = 0.0
+  # Gradient clipping before the optimizer; 0 = off. DINO clips each
+  # parameter's gradient norm at 3.0 (clip_per_parameter).
+  c.optimizer.clip_global_norm = 0.0
+  c.optimizer.clip_per_parameter = 0.0
+  # Parameters whose path ('projector/last/kernel') matches this regular
+  # expression get no update for the first freeze_epochs (DINO's last
+  # layer, SwAV's prototypes; -1 = the whole run, MoCo v3's frozen patch
+  # projection); '' = none.
+  c.optimizer.freeze_pattern = ""
+  c.optimizer.freeze_epochs = 0.0
 
   # Checkpoints in workdir/checkpoints (orbax); a run resumes from the latest.
   c.checkpoint = ml_collections.ConfigDict()

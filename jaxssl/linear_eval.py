@@ -31,6 +31,7 @@ import ml_collections
 import optax
 
 from jaxssl import augment
+from jaxssl import view_presets
 from jaxssl import epochs as epochs_lib
 from jaxssl import export
 from jaxssl import loop
@@ -41,6 +42,7 @@ from jaxssl import progress
 from jaxssl import schedules
 from jaxssl import sharding
 from jaxssl import train
+from jaxssl import views as views_lib
 from jaxssl.data import sources
 from jaxssl.evaluators import knn
 from jaxssl.evaluators import linear_probe
@@ -83,14 +85,15 @@ class Task:
   model: Classifier
   tx: optax.GradientTransformation
   schedule: Any
-  spec: augment.ViewSpec
+  spec: view_presets.ViewSpec
   finetune: bool
 
 
 def classifier_step(state: ClassifierState, batch: dict, rng: jax.Array, *,
                     task: Task, axis_name: str = DATA_AXIS) -> tuple:
   """One step on this device's rows: crop + flip, cross-entropy, update."""
-  x = train.make_views(batch, rng, specs=(task.spec,), axis_name=axis_name)[0]
+  x = views_lib.make_views(batch, rng, groups={"global": (task.spec,)},
+                          axis_name=axis_name)["global"]
 
   def loss_fn(params):
     if task.finetune:
@@ -201,7 +204,7 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
       "data": _data_config(config, pretrain_config).to_dict(),
       "batch_size": config.batch_size, "seed": config.seed})
   sources.check(run_config.data)
-  spec = augment.ViewSpec(
+  spec = view_presets.ViewSpec(
       size=run_config.data.image_size, crop_area=(0.08, 1.0), flip_prob=0.5,
       jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
       normalize=train.config_view_specs(pretrain_config)[0].normalize)

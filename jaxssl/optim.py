@@ -7,6 +7,7 @@ rank >= 2. Note that `optax.lars` applies both to *every* parameter unless
 given masks, which is why we pass them explicitly everywhere.
 """
 
+import re
 from typing import Any, Callable, NamedTuple, Union
 
 import jax
@@ -42,7 +43,7 @@ class LarsState(NamedTuple):
 def lars(
     learning_rate: ScalarOrSchedule,
     *,
-    weight_decay: float,
+    weight_decay: ScalarOrSchedule,
     momentum: float = 0.9,
     trust_coefficient: float = 1e-3,
     nesterov: bool = False,
@@ -76,7 +77,8 @@ def lars(
   Args:
     learning_rate: a float or a schedule of the update count (0 at the first
       update).
-    weight_decay: L2 coefficient added to the gradient of masked-in leaves.
+    weight_decay: L2 coefficient added to the gradient of masked-in leaves
+      (a float, or a schedule of the update count).
     momentum: momentum coefficient.
     trust_coefficient: η of the layer-wise trust ratio.
     nesterov: use Nesterov momentum.
@@ -99,6 +101,7 @@ def lars(
       raise ValueError("lars needs the params: call tx.update(grads, state, "
                        "params)")
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
     flags = _resolve_mask(mask, params)
 
     def one(g, p, v, adapt):
@@ -106,7 +109,7 @@ def lars(
       g = precision.to_full(g)
       p32 = precision.to_full(p)
       if adapt:
-        g = g + weight_decay * p32
+        g = g + wd * p32
         p_norm = jnp.linalg.norm(p32)
         g_norm = jnp.linalg.norm(g)
         trust = jnp.where(
@@ -134,9 +137,36 @@ def lars(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+class DecayState(NamedTuple):
+  """State of `add_decayed_weights`: the update count."""
+  count: jax.Array
+
+
+def add_decayed_weights(weight_decay: ScalarOrSchedule,
+                        mask: MaskOrFn = None) -> optax.GradientTransformation:
+  """`g + wd_t·p` on masked-in leaves (kernels by default), with `wd_t` a
+  float or a schedule of the update count (DINO: a cosine from 0.04 to 0.4;
+  `optax.add_decayed_weights` takes a constant only)."""
+  def init_fn(params):
+    del params
+    return DecayState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("weight decay needs the params")
+    wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
+    flags = _resolve_mask(mask, params)
+    updates = jax.tree.map(
+        lambda g, p, m: g + wd * p.astype(g.dtype) if m else g, updates,
+        params, flags)
+    return updates, DecayState(count=state.count + 1)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _sgd(learning_rate, *, weight_decay, momentum, nesterov=False, mask=None):
   return optax.chain(
-      optax.add_decayed_weights(weight_decay, mask=mask or default_lars_mask),
+      add_decayed_weights(weight_decay, mask),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 
@@ -151,14 +181,21 @@ def _lars(learning_rate, *, weight_decay, momentum, nesterov=False,
 
 def _adamw(learning_rate, *, weight_decay, momentum, b2=0.999, eps=1e-8,
            mask=None):
-  return optax.adamw(learning_rate, b1=momentum, b2=b2, eps=eps,
-                     weight_decay=weight_decay, mask=mask or default_lars_mask)
+  # optax.adamw's chain, with a weight decay that may be a schedule.
+  return optax.chain(
+      optax.scale_by_adam(b1=momentum, b2=b2, eps=eps),
+      add_decayed_weights(weight_decay, mask),
+      optax.scale_by_learning_rate(learning_rate))
 
 
 def _lamb(learning_rate, *, weight_decay, momentum, b2=0.999, eps=1e-6,
           mask=None):
-  return optax.lamb(learning_rate, b1=momentum, b2=b2, eps=eps,
-                    weight_decay=weight_decay, mask=mask or default_lars_mask)
+  # optax.lamb's chain, with a weight decay that may be a schedule.
+  return optax.chain(
+      optax.scale_by_adam(b1=momentum, b2=b2, eps=eps),
+      add_decayed_weights(weight_decay, mask),
+      optax.scale_by_trust_ratio(),
+      optax.scale_by_learning_rate(learning_rate))
 
 
 OPTIMIZERS = {
@@ -198,9 +235,95 @@ def create_optimizer(
                           momentum=momentum, **kwargs)
 
 
-def from_config(opt, learning_rate: ScalarOrSchedule
-                ) -> optax.GradientTransformation:
-  """The optimizer of a config section `optimizer` at this rate/schedule."""
+class FreezeState(NamedTuple):
+  """State of `freeze`: the update count and the inner state."""
+  count: jax.Array
+  inner: optax.OptState
+
+
+def freeze(inner: optax.GradientTransformation, mask: MaskOrFn,
+           until_step: int) -> optax.GradientTransformation:
+  """`inner`, with the masked-in parameters frozen for the first
+  `until_step` updates: their updates are zero and their slots of the
+  inner state (momenta, Adam moments) do not move, as PyTorch's optimizers
+  skip a parameter whose `.grad` is None (DINO's last layer in epoch 1,
+  SwAV's prototypes). Update counts (Adam's bias correction) still advance.
+  """
+  def init_fn(params):
+    return FreezeState(count=jnp.zeros([], jnp.int32), inner=inner.init(params))
+
+  def update_fn(updates, state, params=None):
+    frozen = state.count < until_step
+    flags = _resolve_mask(mask, params if params is not None else updates)
+    new_updates, new_inner = inner.update(updates, state.inner, params)
+    new_updates = jax.tree.map(
+        lambda u, m: jnp.where(frozen, jnp.zeros_like(u), u) if m else u,
+        new_updates, flags)
+    slot_flags = optax.tree_map_params(
+        inner, lambda _, m: m, new_inner, flags,
+        transform_non_params=lambda v: jax.tree.map(lambda _: False, v))
+    new_inner = jax.tree.map(
+        lambda new, old, m: jnp.where(frozen, old, new) if m else new,
+        new_inner, state.inner, slot_flags)
+    return new_updates, FreezeState(count=state.count + 1, inner=new_inner)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def path_mask(pattern: str) -> Callable[[PyTree], PyTree]:
+  """True for the parameters whose '/'-joined path (e.g.
+  'projector/last/kernel') matches the regular expression `pattern`
+  (`re.search`)."""
+  regex = re.compile(pattern)
+
+  def mask(params):
+    def one(path, _):
+      return bool(regex.search("/".join(_key_name(k) for k in path)))
+    return jax.tree_util.tree_map_with_path(one, params)
+  return mask
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def clip_per_parameter(max_norm: float) -> optax.GradientTransformation:
+  """Scales each parameter's gradient to norm at most `max_norm`
+  (`g·min(1, max_norm / (‖g‖ + 1e-6))`, DINO's `clip_gradients`)."""
+  def update_fn(updates, state, params=None):
+    del params
+    def one(g):
+      coef = max_norm / (jnp.linalg.norm(g) + 1e-6)
+      return g * jnp.minimum(coef, 1.0).astype(g.dtype)
+    return jax.tree.map(one, updates), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def cosine_between(start: float, end: float,
+                   total_steps: int) -> Callable[[jax.Array], jax.Array]:
+  """`end + (start − end)·(1 + cos(π·t/T))/2` (DINO's weight decay,
+  `cosine_scheduler` without warm-up), constant `end` after T steps."""
+  def schedule(count):
+    t = precision.to_full(jnp.minimum(count, total_steps)) / max(total_steps,
+                                                                  1)
+    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+  return schedule
+
+
+def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
+                freeze_steps: int = 0) -> optax.GradientTransformation:
+  """The optimizer of a config section `optimizer` at this rate/schedule.
+
+  Around it, in order: gradient clipping (`clip_global_norm`,
+  `clip_per_parameter`; 0 = off), the optimizer with its weight decay
+  (`weight_decay_schedule`: 'constant', or 'cosine' from `weight_decay` to
+  `weight_decay_end` over `total_steps`), and the freezing of the
+  parameters matching `freeze_pattern` for the first `freeze_steps` updates
+  (the caller converts `freeze_epochs`).
+  """
   extra = {}
   if opt.name in ("lars", "sgd"):
     extra["nesterov"] = opt.nesterov
@@ -208,6 +331,26 @@ def from_config(opt, learning_rate: ScalarOrSchedule
     extra.update(trust_coefficient=opt.trust_coefficient,
                  lr_in_momentum=opt.lr_in_momentum,
                  excluded_lr_scale=opt.excluded_lr_scale)
-  return create_optimizer(opt.name, learning_rate,
-                          weight_decay=opt.weight_decay,
-                          momentum=opt.momentum, **extra)
+  weight_decay = opt.weight_decay
+  kind = opt.get("weight_decay_schedule", "constant")
+  if kind == "cosine":
+    if total_steps <= 0:
+      raise ValueError("a cosine weight decay needs the run's total steps")
+    weight_decay = cosine_between(opt.weight_decay, opt.weight_decay_end,
+                                  total_steps)
+  elif kind != "constant":
+    raise ValueError(f"config.optimizer.weight_decay_schedule={kind!r} is "
+                     "not one of ['constant', 'cosine']")
+  tx = create_optimizer(opt.name, learning_rate, weight_decay=weight_decay,
+                        momentum=opt.momentum, **extra)
+  clips = []
+  if opt.get("clip_global_norm", 0.0) > 0:
+    clips.append(optax.clip_by_global_norm(opt.clip_global_norm))
+  if opt.get("clip_per_parameter", 0.0) > 0:
+    clips.append(clip_per_parameter(opt.clip_per_parameter))
+  if clips:
+    tx = optax.chain(*clips, tx)
+  pattern = opt.get("freeze_pattern", "")
+  if pattern and freeze_steps > 0:
+    tx = freeze(tx, path_mask(pattern), freeze_steps)
+  return tx

@@ -9,8 +9,8 @@ per-device step, evaluates on held-out data, exports the encoder and writes
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any, Optional, Tuple
@@ -19,7 +19,7 @@ import jax
 from jax.sharding import Mesh
 import optax
 
-from jaxssl import augment
+from jaxssl import view_presets
 from jaxssl import checkpointing
 from jaxssl import epochs as epochs_lib
 from jaxssl import export
@@ -32,13 +32,15 @@ from jaxssl import progress
 from jaxssl import run_config
 from jaxssl import schedules
 from jaxssl import sharding
+from jaxssl import views as views_lib
 from jaxssl.data import eval_input
 from jaxssl.data import sources
 from jaxssl.evaluators import representation
 # The step's and the loop's public names, for callers of `jaxssl.train`.
 from jaxssl.epochs import total_steps  # pylint: disable=unused-import
-from jaxssl.gradients import compute_gradients, microbatched_gradients  # pylint: disable=unused-import
-from jaxssl.step import DATA_AXIS, Learner, OnlineProbe, compile_train_step, create_train_state, make_views, train_step  # pylint: disable=unused-import
+from jaxssl.gradcache import microbatched_gradients  # pylint: disable=unused-import
+from jaxssl.gradients import compute_gradients  # pylint: disable=unused-import
+from jaxssl.step import DATA_AXIS, Learner, OnlineProbe, compile_train_step, create_train_state, forward_backward, make_views, train_step  # pylint: disable=unused-import
 from jaxssl.loop import Preempted, train_loop  # pylint: disable=unused-import
 from jaxssl.train_state import TrainState
 
@@ -60,7 +62,10 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
       opt.base_lr, batch_size=config.batch_size, num_examples=num_examples,
       epochs=config.epochs, warmup_epochs=opt.warmup_epochs,
       scaling=opt.lr_scaling, total_steps=steps)
-  tx = optim.from_config(opt, schedule)
+  freeze_steps = (steps if opt.freeze_epochs < 0 else math.ceil(
+      opt.freeze_epochs * num_examples / config.batch_size))
+  tx = optim.from_config(opt, schedule, total_steps=steps,
+                         freeze_steps=freeze_steps)
   method = methods.METHODS[config.method](config, axis_name=DATA_AXIS,
                                           total_steps=steps)
   probe = None
@@ -71,32 +76,19 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
                        "--config.probe.enabled=False)")
     probe = OnlineProbe(num_classes, optax.adam(config.probe.learning_rate))
   return Learner(method=method, tx=tx, schedule=schedule,
-                 view_specs=config_view_specs(config), probe=probe,
-                 microbatches=config.train.microbatches,
-                 microbatch_loop=config.train.microbatch_loop)
+                 views=views_lib.config_view_groups(config, method.views),
+                 probe=probe, microbatches=config.train.microbatches,
+                 microbatch_loop=config.train.microbatch_loop,
+                 epochs_per_step=config.batch_size / num_examples)
 
 
 def config_view_specs(
-    config: ml_collections.ConfigDict) -> Tuple[augment.ViewSpec, ...]:
-  """The views of config section `augment` at `data.image_size`."""
-  if config.augment.preset not in augment.VIEW_PRESETS:
-    raise ValueError(f"config.augment.preset={config.augment.preset!r} is not "
-                     f"one of {sorted(augment.VIEW_PRESETS)}")
-  specs = augment.view_specs(
-      config.augment.preset, image_size=config.data.image_size,
-      color_strength=config.augment.color_strength, blur=config.augment.blur)
-  min_area = config.augment.min_crop_area
-  if min_area:
-    if not 0.0 < min_area <= 1.0:
-      raise ValueError(f"config.augment.min_crop_area={min_area} must be in "
-                       "(0, 1]")
-    specs = tuple(dataclasses.replace(s, crop_area=(min_area, 1.0))
-                  for s in specs)
-  if len(specs) != 2 or specs[0].size != specs[1].size:
-    raise ValueError(f"config.augment.preset={config.augment.preset!r}: "
-                     f"config.method={config.method!r} needs two views of "
-                     "one size")
-  return specs
+    config: ml_collections.ConfigDict) -> Tuple[view_presets.ViewSpec, ...]:
+  """Every view of config section `augment` for `config.method`, in group
+  order (as host pipelines crop them)."""
+  method = methods.METHODS[config.method](config, axis_name=DATA_AXIS,
+                                          total_steps=1)
+  return view_presets.flatten(views_lib.config_view_groups(config, method.views))
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:

@@ -17,6 +17,19 @@ def random_batches(num, batch_size, image_size, seed=0):
                        dtype=np.uint8) for _ in range(num)]
 
 
+def stem_conv_float64(views, kernel):
+  """The CIFAR stem's 3×3 'SAME' convolution of `[..., B, S, S, C]` views in
+  numpy float64 (no bias)."""
+  views = np.asarray(views, np.float64)
+  lead = views.ndim - 3
+  x = np.pad(views, [(0, 0)] * lead + [(1, 1)] * 2 + [(0, 0)])
+  size = views.shape[-2]
+  patches = np.stack([x[..., i:i + size, j:j + size, :]
+                      for i in range(3) for j in range(3)], axis=-2)
+  return np.einsum("...hwkc,kcf->...hwf", patches,
+                   np.asarray(kernel, np.float64).reshape(9, *kernel.shape[2:]))
+
+
 def run(learner, num_devices, batches):
   """Trains on `batches` on the first `num_devices` devices.
 

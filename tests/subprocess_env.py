@@ -4,6 +4,10 @@ import os
 import re
 
 _DEVICE_COUNT = re.compile(r"--xla_force_host_platform_device_count=\S+")
+# The checkout these tests belong to: first on the children's PYTHONPATH, so
+# a child started in another folder (a gs:// workdir run in an empty
+# directory) imports this jaxssl, not another checkout's editable install.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_env(num_devices: int, **extra: str) -> dict:
@@ -13,5 +17,7 @@ def cpu_env(num_devices: int, **extra: str) -> dict:
   flags = _DEVICE_COUNT.sub("", os.environ.get("XLA_FLAGS", "")).split()
   flags.append(f"--xla_force_host_platform_device_count={num_devices}")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+  env["PYTHONPATH"] = os.pathsep.join(
+      [_REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
   env.update(extra)
   return env

@@ -20,6 +20,7 @@ import pytest
 
 import mesh_runs
 from jaxssl import augment
+from jaxssl import view_presets
 
 _ATOL = 1e-5
 _ATOL_HS = 1e-4  # hue / saturation paths
@@ -537,11 +538,16 @@ def _view_image(seed=80):
   return (rng.integers(0, 256, _VIEW_SHAPE).astype(np.float32) / 255.0)
 
 
+def _specs(preset):
+  """Every view spec of `preset`, in group order."""
+  return view_presets.flatten(view_presets.VIEW_PRESETS[preset])
+
+
 def _unique_specs():
   """`(preset, view index)` of every distinct ViewSpec, in preset order."""
   seen, out = [], []
   for preset in _PRESETS:
-    for i, spec in enumerate(augment.VIEW_PRESETS[preset]):
+    for i, spec in enumerate(_specs(preset)):
       if spec not in seen:
         seen.append(spec)
         out.append((preset, i))
@@ -559,30 +565,34 @@ _BATCH_CASES = [("simclr_v2", 0), ("byol", 1)]
 
 @functools.lru_cache(maxsize=None)
 def _jit_view(preset, index):
-  spec = augment.VIEW_PRESETS[preset][index]
+  spec = _specs(preset)[index]
   return jax.jit(lambda k, im: augment.augment_view(k, im, spec))
 
 
 @functools.lru_cache(maxsize=None)
 def _jit_batch(preset, index):
-  spec = augment.VIEW_PRESETS[preset][index]
+  spec = _specs(preset)[index]
   return jax.jit(lambda k, im: augment.augment_batch(k, im, spec))
 
 
 def test_view_presets_present():
-  """VIEW_PRESETS has the required presets, each a tuple of ViewSpec."""
+  """VIEW_PRESETS has the required presets, each view groups of ViewSpecs
+  of one size per group, 'global' first."""
   for preset in _PRESETS:
-    views = augment.VIEW_PRESETS[preset]
-    assert isinstance(views, tuple) and views, preset
-    for spec in views:
-      assert isinstance(spec, augment.ViewSpec), (preset, spec)
+    groups = view_presets.VIEW_PRESETS[preset]
+    assert next(iter(groups)) == view_presets.GLOBAL, preset
+    for specs in groups.values():
+      assert isinstance(specs, tuple) and specs, preset
+      assert len({s.size for s in specs}) == 1, preset
+    for spec in _specs(preset):
+      assert isinstance(spec, view_presets.ViewSpec), (preset, spec)
       assert isinstance(spec.normalize, bool), (preset, spec)
 
 
 @pytest.mark.parametrize("preset,index", _VIEW_CASES)
 def test_augment_view_invariants(preset, index):
   """Views: deterministic per key, key-dependent, finite, float32, in range."""
-  spec = augment.VIEW_PRESETS[preset][index]
+  spec = _specs(preset)[index]
   img = _view_image()
   fn = _jit_view(preset, index)
   k1, k2 = jax.random.split(jax.random.PRNGKey(index + 1))

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from jaxssl import augment
+from jaxssl import view_presets
 from jaxssl.data import files as files_lib
 from jaxssl.data import host_sources as hs
 from jaxssl.data import input_pipeline as ip
@@ -160,7 +160,7 @@ def test_pretrain_epochs_each_example_once(tf, solid_folder, process_index):
   source = hs.files_source(root, None, process_index=process_index,
                            process_count=2, seed=3)
   n = source.num_examples
-  spec = augment.ViewSpec(size=8)
+  spec = view_presets.ViewSpec(size=8)
   ds = ip.pretrain_dataset(source, (spec,), batch_size=1, seed=5)
   batches = _elements(ds, 2 * n)
   epochs = np.array([b["epoch"][0] for b in batches])
@@ -193,7 +193,7 @@ def test_labels_are_sorted_class_folder_index(tf, solid_folder):
   assert listing.class_names == ("ant", "bee", "cat")
   assert list(listing.names) == sorted(listing.names)
   source = hs.files_source(root, None, process_index=0, process_count=1)
-  ds = ip.pretrain_dataset(source, (augment.ViewSpec(size=6),),
+  ds = ip.pretrain_dataset(source, (view_presets.ViewSpec(size=6),),
                            batch_size=37, seed=0)
   (batch,) = _elements(ds, 1)
   red = batch["views"][0].reshape(37, -1, 3).mean(axis=1)[:, 0]
@@ -213,7 +213,7 @@ def test_unlabelled_folder(tf, tmp_path):
                            process_count=1)
   assert source.num_classes == 0
   np.testing.assert_array_equal(source.labels, [-1] * 5)
-  ds = ip.pretrain_dataset(source, (augment.ViewSpec(size=8),), batch_size=5,
+  ds = ip.pretrain_dataset(source, (view_presets.ViewSpec(size=8),), batch_size=5,
                            seed=0)
   (batch,) = _elements(ds, 1)
   np.testing.assert_array_equal(batch["label"], [-1] * 5)
@@ -306,7 +306,7 @@ def _views_by_index(batches) -> dict:
 def test_same_seed_same_views(tf, noise_folder):
   """Two fresh pipelines with one seed give bitwise-identical batches."""
   del tf
-  specs = (augment.ViewSpec(size=12), augment.ViewSpec(size=12))
+  specs = (view_presets.ViewSpec(size=12), view_presets.ViewSpec(size=12))
   runs = []
   for _ in range(2):
     source = hs.files_source(noise_folder, "train", process_index=0,
@@ -323,7 +323,7 @@ def test_same_seed_same_views(tf, noise_folder):
 def test_seed_epoch_and_view_change_crops(tf, noise_folder):
   """Another seed, another epoch or another view of an example: new crops."""
   del tf
-  specs = (augment.ViewSpec(size=12), augment.ViewSpec(size=12))
+  specs = (view_presets.ViewSpec(size=12), view_presets.ViewSpec(size=12))
   views = {}
   for seed in (7, 8):
     source = hs.files_source(noise_folder, "train", process_index=0,
@@ -342,7 +342,7 @@ def test_seed_epoch_and_view_change_crops(tf, noise_folder):
 def test_views_independent_of_process_count(tf, noise_folder):
   """An example's views depend on (seed, epoch, global index) only."""
   del tf
-  specs = (augment.ViewSpec(size=12), augment.ViewSpec(size=10,
+  specs = (view_presets.ViewSpec(size=12), view_presets.ViewSpec(size=10,
                                                        crop_mode="byol"))
 
   def run(p, count):
@@ -370,10 +370,10 @@ def test_view_shapes_per_spec(tf, noise_folder):
   del tf
   source = hs.files_source(noise_folder, "train", process_index=0,
                            process_count=1)
-  specs = (augment.ViewSpec(size=32, crop_area=(0.14, 1.0)),
-           augment.ViewSpec(size=32, crop_area=(0.14, 1.0)),
-           augment.ViewSpec(size=16, crop_area=(0.05, 0.14)),
-           augment.ViewSpec(size=16, crop_area=(0.05, 0.14),
+  specs = (view_presets.ViewSpec(size=32, crop_area=(0.14, 1.0)),
+           view_presets.ViewSpec(size=32, crop_area=(0.14, 1.0)),
+           view_presets.ViewSpec(size=16, crop_area=(0.05, 0.14)),
+           view_presets.ViewSpec(size=16, crop_area=(0.05, 0.14),
                             crop_mode="byol"))
   (batch,) = _elements(ip.pretrain_dataset(source, specs, batch_size=4,
                                            seed=0), 1)
@@ -383,7 +383,7 @@ def test_view_shapes_per_spec(tf, noise_folder):
   for key in ("label", "epoch", "index"):
     assert batch[key].shape == (4,)
 
-  preset = augment.view_specs("multicrop", image_size=32, color_strength=1.0,
+  preset = view_presets.view_specs("multicrop", image_size=32, color_strength=1.0,
                               blur=False)
   (batch,) = _elements(ip.pretrain_dataset(source, preset, batch_size=2,
                                            seed=0), 1)
@@ -398,7 +398,7 @@ def test_unknown_crop_mode_raises(tf, noise_folder):
                            process_count=1)
   with pytest.raises(ValueError, match="crop_mode"):
     ip.pretrain_dataset(
-        source, (augment.ViewSpec(size=8, crop_mode="inception"),),
+        source, (view_presets.ViewSpec(size=8, crop_mode="inception"),),
         batch_size=1, seed=0)
 
 
@@ -513,7 +513,7 @@ def test_bad_images_skipped(tf, bad_folder):
   valid = {i for i, n in enumerate(listing.names)
            if not n.endswith(("corrupt.jpg", "truncated.JPG"))}
   source = hs.files_source(bad_folder, None, process_index=0, process_count=1)
-  batches = _elements(ip.pretrain_dataset(source, (augment.ViewSpec(size=8),),
+  batches = _elements(ip.pretrain_dataset(source, (view_presets.ViewSpec(size=8),),
                                           batch_size=1, seed=0), 18)
   index = [int(b["index"][0]) for b in batches]
   epochs = [int(b["epoch"][0]) for b in batches]
@@ -528,7 +528,7 @@ def test_host_iterator_counts_skipped(tf, bad_folder):
   """HostIterator counts 2 skipped images in each completed epoch."""
   del tf
   source = hs.files_source(bad_folder, None, process_index=0, process_count=1)
-  ds = ip.pretrain_dataset(source, (augment.ViewSpec(size=8),), batch_size=2,
+  ds = ip.pretrain_dataset(source, (view_presets.ViewSpec(size=8),), batch_size=2,
                            seed=0)
   it = ip.HostIterator(ds, examples_per_epoch=source.num_examples,
                        description=source.description)
@@ -554,7 +554,7 @@ def test_unreadable_file_keeps_epoch_accounting(tf, tmp_path):
   source = hs.files_source(str(tmp_path), None, process_index=0,
                            process_count=1)
   assert source.num_examples == 7
-  ds = ip.pretrain_dataset(source, (augment.ViewSpec(size=8),), batch_size=1,
+  ds = ip.pretrain_dataset(source, (view_presets.ViewSpec(size=8),), batch_size=1,
                            seed=0)
   it = ip.HostIterator(ds, examples_per_epoch=7, description="dangling")
   batches = [next(it) for _ in range(13)]  # 6 + 6 + 1
@@ -713,7 +713,7 @@ def test_tfds_source_two_processes(tf, tfds_dir):
     assert source.records is not None  # TFRecord: a stream
     assert source.total_examples == 11 and source.num_classes == 3
     batches = _elements(ip.pretrain_dataset(
-        source, (augment.ViewSpec(size=6),), batch_size=1, seed=2), 2 * n)
+        source, (view_presets.ViewSpec(size=6),), batch_size=1, seed=2), 2 * n)
     np.testing.assert_array_equal([b["epoch"][0] for b in batches],
                                   [0] * n + [1] * n)
     green = [int(b["views"][0][0, 0, 0, 1]) for b in batches]

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from jaxssl import augment
+from jaxssl import view_presets
 from jaxssl.data import host_sources
 from jaxssl.data import input_pipeline as ip
 
@@ -28,7 +28,7 @@ _N = 40            # examples of this process, one epoch
 _BATCH = 4
 _RESUME_STEP = 35  # position 140: example 20 of epoch 3 (0-based)
 _AFTER = 4         # batches compared after the resume
-_SPECS = (augment.ViewSpec(size=6), augment.ViewSpec(size=4,
+_SPECS = (view_presets.ViewSpec(size=6), view_presets.ViewSpec(size=4,
                                                      crop_mode="byol"))
 
 

@@ -10,6 +10,7 @@ import pytest
 import config_files
 from jaxssl import export
 from jaxssl import linear_eval
+from jaxssl import view_presets
 from jaxssl import train
 from jaxssl.data import in_memory
 
@@ -55,7 +56,7 @@ def test_linear_eval_state_keeps_pretrained_weights(pretrained):
   """After steps, `frozen` and the BN statistics equal the exported ones."""
   _, variables, _ = export.load_encoder(pretrained)
   network, _, _ = export.load_encoder(pretrained, axis_name="data")
-  spec = linear_eval.augment.ViewSpec(size=32, jitter_prob=0.0,
+  spec = view_presets.ViewSpec(size=32, jitter_prob=0.0,
                                       grayscale_prob=0.0, blur_prob=0.0,
                                       solarize_prob=0.0)
   task = linear_eval.Task(

@@ -155,7 +155,9 @@ def test_quickstart_runlocal_end_to_end(tmp_path):
   for key in ("knn_pretrained", "knn_random_init"):
     assert 0.1 < results[key] <= 1.0  # 10 classes: above chance
   assert results["knn_pretrained"] == results["knn_top1_k20"]
-  assert 0.1 < results["probe_top1"] <= results["probe_top5"] <= 1.0
+  # 23 steps of a probe still in warm-up: near chance (seen 0.097 to 0.11
+  # across processors), so only its consistency is checked here.
+  assert 0.0 < results["probe_top1"] <= results["probe_top5"] <= 1.0
   for key in ("erank_h", "erank_z", "random_init_erank_h"):
     assert results[key] >= 1.0
   assert os.path.exists(tmp_path / "wd" / "encoder.msgpack")

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import mesh_runs
-from jaxssl import augment
+from jaxssl import view_presets
 from jaxssl import config_utils
 from jaxssl import models
 from jaxssl import precision
@@ -40,6 +40,13 @@ def _learner(microbatches=1, **model):
   for key, value in model.items():
     c.model[key] = value
   return train.create_learner(c, 64)
+
+
+# Views that reach the network unchanged (no flip, jitter, gray, blur): the
+# tests below feed float64 "crops" in [0, 1] and compare gradients.
+IDENTITY = {"global": (view_presets.ViewSpec(
+    size=16, flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
+    blur_prob=0.0),) * 2}
 
 
 def _first_step(learner):
@@ -161,33 +168,37 @@ def _per_example_learner(method, microbatches, loop="auto"):
   head = functools.partial(ProjectionHead, num_layers=2, hidden_dim=32,
                            out_dim=16, axis_name=axis)
   if method == "simclr":
-    m = base.Method(name="simclr",
+    m = base.Method(name="simclr", views={"global": 2},
                     network=base.Network(PerExampleEncoder(), head()),
-                    loss=functools.partial(simclr.loss, temperature=0.2))
+                    loss=functools.partial(simclr.objective, temperature=0.2))
   else:
     m = base.Method(
-        name="byol",
+        name="byol", views={"global": 2},
         network=base.Network(PerExampleEncoder(), head(), head()),
-        loss=byol.loss,
-        target_network=base.Network(PerExampleEncoder(), head()),
-        target_momentum=schedules.ema_momentum(0.99, 100))
-  specs = augment.view_specs("simclr_cifar", image_size=16,
-                             color_strength=0.5, blur=False)
+        loss=byol.objective, forward=base.Forward(per_view=True),
+        target=base.Target(
+            network=base.Network(PerExampleEncoder(), head()),
+            momentum=schedules.ema_momentum(0.99, 100),
+            tracks=base.subtrees("encoder", "projector"),
+            forward=base.Forward(per_view=True)))
   return train.Learner(method=m, tx=optax.sgd(0.1), schedule=lambda s: 0.1,
-                       view_specs=specs, microbatches=microbatches,
+                       views=IDENTITY, microbatches=microbatches,
                        microbatch_loop=loop)
 
 
 def _gradients(learner, num_devices, views, state=None):
-  """`compute_gradients` of the global views `[V, B, S, S, 3]` (each device
-  gets its rows of every view), and the initial state."""
+  """The step's loss, gradients and BN statistics for the global views
+  `[V, B, S, S, 3]` given as host crops (each device gets its rows of every
+  view), and the initial state."""
   mesh = sharding.data_mesh(jax.devices()[:num_devices])
   if state is None:
     state = train.create_train_state(jax.random.key(0), learner, mesh)
 
   def per_device(state, views):
-    result = train.compute_gradients(
-        state, views.reshape(-1, *views.shape[2:]), learner=learner)
+    ctx = base.StepContext(step=state.step, epoch=0.0, rng=jax.random.key(1),
+                           axis_name=train.DATA_AXIS)
+    result = train.forward_backward(state, {"views": list(views)},
+                                    jax.random.key(2), ctx, learner=learner)
     return result.loss, result.grads, result.batch_stats, result.target_stats
 
   fn = jax.jit(jax.shard_map(per_device, mesh=mesh,
@@ -200,8 +211,9 @@ def _gradients(learner, num_devices, views, state=None):
 
 
 def _random_views(batch_size, seed=0):
-  """float64 views `[2, B, 16, 16, 3]` (the tests below run in float64)."""
-  return np.random.default_rng(seed).normal(size=(2, batch_size, 16, 16, 3))
+  """float64 views `[2, B, 16, 16, 3]` in [0, 1] (the tests below run in
+  float64)."""
+  return np.random.default_rng(seed).uniform(size=(2, batch_size, 16, 16, 3))
 
 
 @functools.lru_cache(maxsize=None)
@@ -239,34 +251,24 @@ def test_microbatched_gradients_equal_the_full_step(method, num_devices,
     assert np.abs(leaf).max() > 1e-6
 
 
-def _stem_conv_float64(views, kernel):
-  """The CIFAR stem's 3×3 'SAME' convolution in numpy float64."""
-  x = np.pad(views.astype(np.float64), [(0, 0)] * 2 + [(1, 1)] * 2 + [(0, 0)])
-  size = views.shape[2]
-  patches = np.stack([x[:, :, i:i + size, j:j + size]
-                      for i in range(3) for j in range(3)], axis=-2)
-  return np.einsum("vbhwkc,kcf->vbhwf", patches,
-                   kernel.astype(np.float64).reshape(9, *kernel.shape[2:]))
-
-
 def test_microbatched_encoder_batchnorm_is_per_microbatch():
   """With BatchNorm in the encoder, micro-batching changes the step through
   BN alone: against float64 statistics of the stem convolution's output,
   the first BN's running statistics move by the full batch's mean and by
   the MEAN WITHIN-MICRO-BATCH variance (not the full batch's), and the
   gradients differ from the full step's (float64)."""
-  views = _random_views(32, seed=1)
+  views = 0.2 * _random_views(32, seed=1)
   # Brightness that depends on the micro-batch (image 4·d + i is in
   # micro-batch i), so that micro-batch statistics clearly differ.
-  views += 1.0 * (np.arange(32) % 4)[None, :, None, None, None]
+  views += 0.25 * (np.arange(32) % 4)[None, :, None, None, None]
   with mesh_runs.float64():
-    learner = _learner()
+    learner = dataclasses.replace(_learner(), views=IDENTITY)
     state = train.create_train_state(jax.random.key(0), learner,
                                      sharding.data_mesh())
     _, grads, stats, _ = _gradients(learner, 8, views, state)
-    _, m_grads, m_stats, _ = _gradients(_learner(microbatches=4), 8, views,
-                                        state)
-  y = _stem_conv_float64(
+    _, m_grads, m_stats, _ = _gradients(
+        dataclasses.replace(learner, microbatches=4), 8, views, state)
+  y = mesh_runs.stem_conv_float64(
       views, np.asarray(state.params["encoder"]["stem_conv"]["kernel"]))
   # 8 devices × 4 images: micro-batch i holds image 4·d + i of every device
   # and both of its views.

@@ -8,6 +8,7 @@ runs are in float64 (`mesh_runs.float64`), where the two meshes agree to
 ~1e-14 on any processor and a fault is off by > 1e-3.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -17,10 +18,11 @@ import optax
 import pytest
 
 import mesh_runs
-from jaxssl import augment
+from jaxssl import losses
 from jaxssl import optim
 from jaxssl import sharding
 from jaxssl import train
+from jaxssl import view_presets
 from jaxssl.methods import base
 from jaxssl.methods import simclr
 from jaxssl.models.heads import ProjectionHead
@@ -28,8 +30,8 @@ from jaxssl.models.resnet import ResNet
 
 GLOBAL_BATCH = 16
 IMAGE_SIZE = 8
-SPECS = augment.view_specs("simclr_cifar", image_size=IMAGE_SIZE,
-                           color_strength=0.5, blur=True)
+GROUPS = view_presets.view_groups("simclr_cifar", image_size=IMAGE_SIZE,
+                             color_strength=0.5, blur=True)
 
 
 def _learner(tx, bn_axis=sharding.DATA_AXIS):
@@ -37,11 +39,11 @@ def _learner(tx, bn_axis=sharding.DATA_AXIS):
       ResNet(depth=18, width_multiplier=1 / 16, cifar_stem=True,
              axis_name=bn_axis),
       ProjectionHead(num_layers=2, out_dim=16, axis_name=bn_axis))
-  method = base.Method(name="simclr", network=network,
-                       loss=functools.partial(simclr.loss, temperature=0.2))
+  method = base.Method(name="simclr", views={"global": 2}, network=network,
+                       loss=functools.partial(simclr.objective,
+                                              temperature=0.2))
   return train.Learner(method=method, tx=tx,
-                       schedule=lambda step: 0.1 + 0.05 * step,
-                       view_specs=SPECS)
+                       schedule=lambda step: 0.1 + 0.05 * step, views=GROUPS)
 
 
 def _batches():
@@ -126,12 +128,11 @@ def test_views_depend_on_example_not_on_device_count():
   the same per-image arithmetic, vectorised over 2 or 16 images)."""
   images = jnp.asarray(_batches()[0])
   rng = jax.random.key(3)
-  whole = jnp.concatenate(train.make_views({"image": images}, rng,
-                                           specs=SPECS, axis_name=None))
+  whole = train.make_views({"image": images}, rng, groups=GROUPS,
+                           axis_name=None)["global"]
   mesh = sharding.data_mesh()
   views = jax.jit(jax.shard_map(
-      lambda x: jnp.concatenate(train.make_views({"image": x}, rng,
-                                                 specs=SPECS)),
+      lambda x: train.make_views({"image": x}, rng, groups=GROUPS)["global"],
       mesh=mesh, in_specs=jax.sharding.PartitionSpec("data"),
       out_specs=jax.sharding.PartitionSpec("data")))(images)
   # Per device the local output is [view1; view2] of its 2 images.
@@ -142,8 +143,8 @@ def test_views_depend_on_example_not_on_device_count():
                              rtol=0, atol=1e-13)
   v1, v2 = np.split(np.asarray(whole).reshape(32, -1), 2)
   assert np.abs(v1 - v2).max() > 0.1  # the two views differ
-  other = jnp.concatenate(train.make_views(
-      {"image": images}, jax.random.key(4), specs=SPECS, axis_name=None))
+  other = train.make_views({"image": images}, jax.random.key(4),
+                           groups=GROUPS, axis_name=None)["global"]
   assert np.abs(np.asarray(other) - np.asarray(whole).reshape(other.shape)).max() > 0.1
 
 
@@ -160,8 +161,7 @@ def test_identical_images_get_different_views_per_position_and_step():
   images = jnp.asarray(np.repeat(image, 16, axis=0))
   mesh = sharding.data_mesh()
   fn = jax.jit(jax.shard_map(
-      lambda x, k: jnp.concatenate(train.make_views({"image": x}, k,
-                                                    specs=SPECS)),
+      lambda x, k: train.make_views({"image": x}, k, groups=GROUPS)["global"],
       mesh=mesh, in_specs=(jax.sharding.PartitionSpec("data"),
                            jax.sharding.PartitionSpec()),
       out_specs=jax.sharding.PartitionSpec("data")))
@@ -172,3 +172,51 @@ def test_identical_images_get_different_views_per_position_and_step():
   distinct = {flat[i].tobytes() for i in range(16)}
   assert len(distinct) == 16
   assert np.abs(step0 - step1).max() > 0.1
+
+
+def _multicrop_objective(online, target, method_state, ctx):
+  """A toy multi-crop loss: NT-Xent of the two global views plus each local
+  view's negative cosine to global view 1 (stop-gradient)."""
+  del target, method_state
+  z1, z2 = base.split_views(online["global"]["z"], 2)
+  value = losses.nt_xent(z1, z2, 0.2, axis_name=ctx.axis_name)
+  for zl in base.split_views(online["local"]["z"], 6):
+    value += jnp.mean(losses.negative_cosine(zl, jax.lax.stop_gradient(z1)))
+  return value, {}
+
+
+def test_multicrop_views_of_two_sizes_on_1_and_8_devices():
+  """The 'multicrop' preset (2 global crops at 16 px, 6 local at 7 px) through
+  the one step: each group encoded at its own size, the heads over all
+  views; loss, parameters and BN statistics agree on 1 and 8 devices
+  (float64), and the local views reach the gradient."""
+  groups = view_presets.view_groups("multicrop", image_size=16,
+                                    color_strength=0.5, blur=False)
+  assert {g: (len(s), s[0].size) for g, s in groups.items()} == {
+      "global": (2, 16), "local": (6, 7)}
+  network = base.Network(
+      ResNet(depth=10, width_multiplier=1 / 16, cifar_stem=True,
+             axis_name=sharding.DATA_AXIS),
+      ProjectionHead(num_layers=2, out_dim=16, axis_name=sharding.DATA_AXIS))
+  method = base.Method(name="toy_multicrop", views={"global": 2, "local": 6},
+                       network=network, loss=_multicrop_objective)
+  learner = train.Learner(method=method, tx=optax.sgd(0.1),
+                          schedule=lambda step: 0.1, views=groups)
+  batches = mesh_runs.random_batches(1, GLOBAL_BATCH, 16, seed=4)
+  with mesh_runs.float64():
+    init1, state1, m1 = mesh_runs.run(learner, 1, batches)
+    _, state8, m8 = mesh_runs.run(learner, 8, batches)
+    without_locals = dataclasses.replace(learner, method=dataclasses.replace(
+        method, loss=lambda o, t, s, ctx: _multicrop_objective(
+            {"global": o["global"], "local": jax.tree.map(
+                jax.lax.stop_gradient, o["local"])}, t, s, ctx)))
+    _, state_g, _ = mesh_runs.run(without_locals, 8, batches)
+  mesh_runs.assert_metrics_close(m1, m8, ("loss", "grad_norm", "embed_std"))
+  assert np.isfinite(m1[0]["loss"])
+  _assert_trees_close(state1.params, state8.params, rtol=mesh_runs.RTOL)
+  _assert_trees_close(state1.batch_stats, state8.batch_stats,
+                      rtol=mesh_runs.RTOL)
+  kernel = lambda s: np.asarray(s.params["encoder"]["stem_conv"]["kernel"])
+  assert np.abs(kernel(state8) - kernel(state_g)).max() > 1e-6
+  assert np.abs(kernel(state1) - np.asarray(
+      init1.params["encoder"]["stem_conv"]["kernel"])).max() > 1e-6

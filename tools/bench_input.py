@@ -73,7 +73,7 @@ if _REPO_ROOT not in sys.path:  # run as a script: tools/ is sys.path[0]
   sys.path.insert(0, _REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl import augment
+from jaxssl import view_presets
 from jaxssl.data import input_pipeline
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -162,7 +162,7 @@ def _maybe(tf, seed, prob: float, fn: Callable[[Any], Any], image):
   return tf.cond(draw < prob, lambda: fn(image), lambda: image)
 
 
-def _color_jitter(tf, image, seed, spec: augment.ViewSpec):
+def _color_jitter(tf, image, seed, spec: view_presets.ViewSpec):
   """Brightness, contrast, saturation, hue in random order, clipped after each.
 
   As SimCLR's `color_jitter_rand`: each strength drawn uniformly, the order a
@@ -213,7 +213,7 @@ def _gaussian_blur(tf, image, sigma, kernel_size: int):
   return x[0]
 
 
-def reference_view(tf, crop, seed, spec: augment.ViewSpec, host_blur: bool):
+def reference_view(tf, crop, seed, spec: view_presets.ViewSpec, host_blur: bool):
   """One uint8 crop → the reference's augmented float32 view in [0, 1]."""
   seeds = tf.random.experimental.stateless_split(seed, num=6)
   image = tf.image.convert_image_dtype(crop, tf.float32)
@@ -248,7 +248,7 @@ def _thread_options(tf, threads: int):
 
 
 def ours_dataset(source: input_pipeline.HostSource,
-                 specs: Sequence[augment.ViewSpec], *, batch_size: int,
+                 specs: Sequence[view_presets.ViewSpec], *, batch_size: int,
                  seed: int, threads: int):
   """Our training pipeline as is, on `threads` threads."""
   tf = input_pipeline.tf_module()
@@ -258,7 +258,7 @@ def ours_dataset(source: input_pipeline.HostSource,
 
 
 def reference_dataset(source: input_pipeline.HostSource,
-                      specs: Sequence[augment.ViewSpec], *, batch_size: int,
+                      specs: Sequence[view_presets.ViewSpec], *, batch_size: int,
                       seed: int, threads: int, host_blur: bool):
   """Our pipeline's crops, then the reference's colour ops per view, float32.
 
@@ -307,7 +307,7 @@ class Dataset:
   label: str
   path: str
   split: Optional[str]
-  specs: Tuple[augment.ViewSpec, ...]
+  specs: Tuple[view_presets.ViewSpec, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +329,7 @@ class Result:
     return self.rate / self.threads
 
 
-def _check_batch(batch: Dict[str, Any], specs: Sequence[augment.ViewSpec],
+def _check_batch(batch: Dict[str, Any], specs: Sequence[view_presets.ViewSpec],
                  batch_size: int, dtype: str) -> None:
   """Fails loudly if a pipeline does not produce what it should."""
   views = batch["views"]
@@ -397,13 +397,13 @@ def _datasets(which: str) -> List[Dataset]:
     chosen.append(Dataset(
         "imagenet", "ImageNet sample (250 JPEGs, repeated), 2×224 px",
         FLAGS.imagenet_zip, None,
-        augment.view_specs("simclr_v2", image_size=224, color_strength=1.0,
+        view_presets.view_specs("simclr_v2", image_size=224, color_strength=1.0,
                            blur=True)))
   if which in ("cifar", "both"):
     chosen.append(Dataset(
         "cifar", "CIFAR-10 train (50,000 JPEGs), 2×32 px", FLAGS.cifar_zip,
         "train",
-        augment.view_specs("simclr_cifar", image_size=32, color_strength=0.5,
+        view_presets.view_specs("simclr_cifar", image_size=32, color_strength=0.5,
                            blur=False)))
   missing = [d for d in chosen if not os.path.isfile(d.path)]
   if missing:

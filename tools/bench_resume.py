@@ -42,13 +42,13 @@ if _REPO_ROOT not in sys.path:  # run as a script: tools/ is sys.path[0]
   sys.path.insert(0, _REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl import augment
+from jaxssl import view_presets
 from jaxssl.data import host_sources
 from jaxssl.data import input_pipeline
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 NAME = "bench_resume"
-SPECS = (augment.ViewSpec(size=32), augment.ViewSpec(size=32))
+SPECS = (view_presets.ViewSpec(size=32), view_presets.ViewSpec(size=32))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "/tmp/bench_resume",

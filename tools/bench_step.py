@@ -87,7 +87,7 @@ def make_learner(method: str, *, depth: int, cifar: bool, image_size: int,
                  total_steps: int = 1000):
   """A Learner built from modules directly (no config files)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxssl import augment as augment_lib  # pylint: disable=g-import-not-at-top
+  from jaxssl import view_presets  # pylint: disable=g-import-not-at-top
   from jaxssl import optim, schedules, sharding, train  # pylint: disable=g-import-not-at-top
   from jaxssl.methods import base, byol, simclr  # pylint: disable=g-import-not-at-top
   from jaxssl.models.heads import ProjectionHead  # pylint: disable=g-import-not-at-top
@@ -101,27 +101,35 @@ def make_learner(method: str, *, depth: int, cifar: bool, image_size: int,
   schedule = lambda step: 0.1 * jnp.ones([])
   if method == "simclr":
     head = lambda: ProjectionHead(num_layers=2, out_dim=128, axis_name=axis)
-    m = base.Method(name="simclr", network=base.Network(encoder(), head()),
-                    loss=functools.partial(simclr.loss, temperature=0.1))
+    m = base.Method(name="simclr", views={"global": 2},
+                    network=base.Network(encoder(), head()),
+                    loss=functools.partial(simclr.objective, temperature=0.1))
     tx = optim.lars(schedule, weight_decay=1e-6)
     preset = "simclr_v2"
   else:
     head = lambda: ProjectionHead(num_layers=2, hidden_dim=4096, out_dim=256,
                                   last_bn="none", kernel_init="fan_in",
                                   axis_name=axis)
+    per_view = base.Forward(per_view=True)
     m = base.Method(
-        name="byol", network=base.Network(encoder(), head(), head()),
-        loss=byol.loss, target_network=base.Network(encoder(), head()),
-        target_momentum=schedules.ema_momentum(0.99, total_steps))
+        name="byol", views={"global": 2},
+        network=base.Network(encoder(), head(), head()),
+        loss=byol.objective, forward=per_view,
+        target=base.Target(
+            network=base.Network(encoder(), head()),
+            momentum=schedules.ema_momentum(0.99, total_steps),
+            tracks=base.subtrees("encoder", "projector"),
+            init="independent", forward=per_view))
     tx = optim.lars(schedule, weight_decay=1e-6, lr_in_momentum=False)
     preset = "byol"
-  specs = augment_lib.view_specs(preset, image_size=image_size,
-                                 color_strength=1.0, blur=not cifar)
+  groups = view_presets.view_groups(preset, image_size=image_size,
+                                   color_strength=1.0, blur=not cifar)
   if not augment:
-    specs = tuple(dataclasses.replace(
+    groups = {g: tuple(dataclasses.replace(
         spec, flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
         blur_prob=0.0, solarize_prob=0.0, normalize=True) for spec in specs)
-  return train.Learner(method=m, tx=tx, schedule=schedule, view_specs=specs,
+              for g, specs in groups.items()}
+  return train.Learner(method=m, tx=tx, schedule=schedule, views=groups,
                        microbatches=microbatches)
 
 

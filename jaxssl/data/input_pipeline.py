@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 from absl import logging
 import numpy as np
 
-from jaxssl import augment
+from jaxssl import view_presets
 from jaxssl.data import host_sources
 
 # Sources live in `host_sources`; these names stay importable from here.
@@ -111,7 +111,7 @@ def resize_uint8(tf, image, size: int):
   return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
 
 
-def random_crop_resize(tf, image, spec: augment.ViewSpec, seed):
+def random_crop_resize(tf, image, spec: view_presets.ViewSpec, seed):
   """One view's random-resized crop of a decoded image, `[size, size, 3]`."""
   if spec.crop_mode not in CROP_SAMPLERS:
     raise ValueError(f"crop_mode {spec.crop_mode!r} is not one of "
@@ -234,7 +234,7 @@ def check_readable(source: HostSource, *, max_examples: int = 64) -> int:
   return readable
 
 
-def pretrain_dataset(source: HostSource, specs: Sequence[augment.ViewSpec], *,
+def pretrain_dataset(source: HostSource, specs: Sequence[view_presets.ViewSpec], *,
                      batch_size: int, seed: int, shuffle_buffer: int = 50_000,
                      start_position: int = 0):
   """Endless batches `{'views': (uint8 [b, S_v, S_v, 3], ...), 'label',

@@ -19,7 +19,7 @@ import jax
 from jax.sharding import Mesh
 import numpy as np
 
-from jaxssl import augment
+from jaxssl import view_presets
 from jaxssl import sharding
 from jaxssl.data import in_memory
 
@@ -107,7 +107,7 @@ class TrainInput:
 
 
 def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
-                specs: Sequence[augment.ViewSpec]) -> TrainInput:
+                specs: Sequence[view_presets.ViewSpec]) -> TrainInput:
   """The training input of `config` on `mesh`."""
   data = config.data
   if data.source in IN_MEMORY_SOURCES:

@@ -4,7 +4,8 @@ The cross-correlation matrix of the two views' embeddings, each standardised
 over the GLOBAL batch, is pushed towards the identity: invariance on the
 diagonal, redundancy reduction (weight λ) off it. The statistics and the
 matrix are sums over the device axis, so the loss on N devices is the loss
-of the concatenated batch.
+of the concatenated batch. As in the reference, each view goes through the
+network alone (`Forward(per_view=True)`: its own BatchNorm statistics).
 """
 
 from __future__ import annotations
@@ -30,10 +31,18 @@ def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
   return value, {"bt_diag": jnp.mean(jnp.diagonal(c))}, method_state
 
 
+def objective(online, target, method_state, ctx, *, lambd: float):
+  value, metrics, _ = loss(online["global"], target, method_state,
+                           lambd=lambd, axis_name=ctx.axis_name)
+  return value, metrics
+
+
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
            total_steps: int) -> base.Method:
   """Barlow Twins of config sections `model`, `head`, `loss.barlow_lambda`."""
   del total_steps
   return base.Method(
-      name="barlow_twins", network=base.create_network(config, axis_name),
-      loss=functools.partial(loss, lambd=config.loss.barlow_lambda))
+      name="barlow_twins", views={"global": 2},
+      network=base.create_network(config, axis_name),
+      forward=base.Forward(per_view=True),
+      loss=functools.partial(objective, lambd=config.loss.barlow_lambda))

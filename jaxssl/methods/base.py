@@ -1,47 +1,226 @@
 """The method interface shared by all self-supervised methods.
 
-Every method follows one skeleton: the views of a batch go through an online
-network (encoder → projector → optional predictor); an optional target network
-(an exponential moving average of part of the online network, BYOL/MoCo/DINO)
-embeds the same views without gradient; a loss compares the two; optional
-method state (queues, centres) is read and written by the loss. A method file
-provides a `create(config, *, axis_name, total_steps) -> Method`, and
-`jaxssl.train.train_step` does the rest for every method.
+A method is one file whose `create(config, *, axis_name, total_steps)`
+returns a `Method`: which view groups it needs, its online network, how views
+go through it (`Forward`), its loss, and optionally a target network
+(`Target`), method state (`State`) and a post-update hook. The train step
+(`jaxssl.step.train_step`) runs every method the same way:
+
+    views   = {group: [V_g·n, S_g, S_g, 3]}        (`Method.views`, augmented)
+    target  = Target.forward(target vars, views)    (no gradient)
+    online  = Method.forward(online vars, views)    (differentiated)
+    loss    = Method.loss(online, target, state, ctx)
+    params  = optimizer update, then Method.post_update(params, ctx)
+    state   = State.update(state, online, target, ctx)   (outside the grad)
+    target  = EMA towards Target.tracks(params)
+
+Outputs are per group: `{group: {'h', 'z'[, 'p']}}`, each `[V_g·n, d]` with
+the views of the group stacked view-major (`split_views` undoes it). See
+`jaxssl/methods/README.md` for how to write a new method.
 """
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from jaxssl import models
 
 PyTree = Any
 Outputs = dict  # {'h': encoder features, 'z': projection, 'p': prediction}
+GroupOutputs = dict  # {group name: Outputs}
 Schedule = Callable[[jax.Array], jax.Array]
 
 
-class LossFn(Protocol):
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """What a step knows besides the views, for losses, state and hooks.
 
-  def __call__(self, online: Outputs, target: Optional[Outputs],
-               method_state: Optional[PyTree], *,
-               axis_name: Optional[str]) -> tuple[jax.Array, dict, Any]:
-    """Loss of one device's share of the batch.
+  Attributes:
+    step: optimizer steps taken before this one (int32 scalar).
+    epoch: `step · batch_size / num_examples` (float scalar): DINO's teacher
+      temperature, SwAV's queue start.
+    rng: this step's key, the same on every device (fold in
+      `lax.axis_index` for per-device randomness).
+    axis_name: the mapped data axis (None on one device, unmapped).
+    index: `[n]` index of each local example in its dataset, or None when
+      the input has none (InstDisc's memory bank).
+    label: `[n]` class labels of the local examples, or None (SupCon).
+  """
+  step: jax.Array
+  epoch: jax.Array
+  rng: jax.Array
+  axis_name: Optional[str] = None
+  index: Optional[jax.Array] = None
+  label: Optional[jax.Array] = None
 
-    Args:
-      online: outputs of `Method.network` on the concatenated views
-        `[view_1; view_2; ...]` of the local batch (`n` rows per view).
-      target: outputs of `Method.target_network` on the same views, already
-        stop-gradient; None for methods without a target.
-      method_state: the current method state (None if the method has none).
-      axis_name: the mapped data axis (None on one device, unmapped).
 
-    Returns:
-      `(local_loss, metrics, new_method_state)`. The global-batch loss is the
-      mean of `local_loss` over devices; `metrics` are scalars, averaged
-      over devices by the caller.
-    """
+def split_views(x: jax.Array, num_views: int) -> list:
+  """`[view_1; ...; view_V]` (rows) → list of V arrays of n rows each."""
+  return jnp.split(x, num_views, axis=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+  """How the views of some groups go through a `Network`.
+
+  Attributes:
+    per_view: False: the views of a group are concatenated along the batch
+      and encoded together (one set of BatchNorm statistics per group; the
+      SimCLR reference), and the heads run once over every group's
+      features. True: each view goes through encoder and heads alone, with
+      its own batch statistics and its own running-statistics update, in
+      order (the BYOL, SimSiam and Barlow Twins references).
+    groups: the view groups this forward sees, in order; None: all.
+
+  Running BatchNorm statistics are threaded from call to call, so a
+  per-view forward of two views moves them twice (two EMA updates).
+  """
+  per_view: bool = False
+  groups: Optional[tuple] = None
+
+  def group_names(self, views: Mapping[str, jax.Array]) -> tuple:
+    if self.groups is None:
+      return tuple(views)
+    missing = [g for g in self.groups if g not in views]
+    if missing:
+      raise ValueError(f"forward needs view groups {missing}; the batch has "
+                       f"{list(views)}")
+    return tuple(self.groups)
+
+  def __call__(self, network: nn.Module, variables: PyTree,
+               views: Mapping[str, jax.Array], counts: Mapping[str, int], *,
+               train: bool = True) -> tuple[GroupOutputs, PyTree]:
+    """`({group: Outputs}, new batch_stats)` of `network` on `views`."""
+    h, stats = self.encode(network, variables, views, counts, train=train)
+    return self.heads(network, {**variables, "batch_stats": stats}, h, counts,
+                      train=train)
+
+  def encode(self, network: nn.Module, variables: PyTree,
+             views: Mapping[str, jax.Array], counts: Mapping[str, int], *,
+             train: bool = True) -> tuple[dict, PyTree]:
+    """The encoder stage alone: `({group: h}, new batch_stats)`."""
+    stats = variables.get("batch_stats", {})
+    out = {}
+    for g in self.group_names(views):
+      chunks = split_views(views[g], counts[g]) if self.per_view else [views[g]]
+      hs = []
+      for x in chunks:
+        h, stats = _apply(network, {**variables, "batch_stats": stats}, x,
+                          train, "encode")
+        hs.append(h)
+      out[g] = jnp.concatenate(hs) if len(hs) > 1 else hs[0]
+    return out, stats
+
+  def heads(self, network: nn.Module, variables: PyTree, h: Mapping[str, Any],
+            counts: Mapping[str, int], *,
+            train: bool = True) -> tuple[GroupOutputs, PyTree]:
+    """The head stage on encoder features `{group: h}` of `encode`."""
+    stats = variables.get("batch_stats", {})
+    names = tuple(h)
+    if self.per_view:
+      out = {}
+      for g in names:
+        parts = []
+        for hv in split_views(h[g], counts[g]):
+          o, stats = _apply(network, {**variables, "batch_stats": stats}, hv,
+                            train, "heads")
+          parts.append(o)
+        out[g] = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+      return out, stats
+    rows = [h[g].shape[0] for g in names]
+    both, stats = _apply(network, {**variables, "batch_stats": stats},
+                         jnp.concatenate([h[g] for g in names]), train,
+                         "heads")
+    cuts = [sum(rows[:i + 1]) for i in range(len(rows) - 1)]
+    parts = {k: jnp.split(v, cuts) for k, v in both.items()}
+    return ({g: {k: parts[k][i] for k in parts} for i, g in enumerate(names)},
+            stats)
+
+
+def _apply(network, variables, x, train, method):
+  if not train:
+    return network.apply(variables, x, train=False, method=method), \
+        variables.get("batch_stats", {})
+  out, new = network.apply(variables, x, train=True, mutable=["batch_stats"],
+                           method=method)
+  return out, new.get("batch_stats", {})
+
+
+def subtrees(*names: str) -> Callable[[PyTree], PyTree]:
+  """The online → target mapping of a target that tracks the online
+  submodules `names` (e.g. 'encoder', 'projector'; BYOL's target has no
+  predictor)."""
+  def tracked(online: PyTree) -> PyTree:
+    missing = [n for n in names if n not in online]
+    if missing:
+      raise ValueError(f"the target tracks online submodules {missing}, "
+                       f"which the online network lacks ({sorted(online)})")
+    return {n: online[n] for n in names}
+  return tracked
+
+
+TARGET_INITS = ("copy", "independent")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """A target network that moves as an EMA of the online one (BYOL, MoCo,
+  DINO's teacher).
+
+  Attributes:
+    network: the target's module.
+    momentum: τ as a function of the step (before the update); after each
+      step `target ← τ·target + (1 − τ)·tracks(online)`, towards the
+      UPDATED online parameters.
+    tracks: online params (or batch_stats) → the target's structure.
+    init: 'copy' (the target starts as `tracks(online)`, MoCo, DINO) or
+      'independent' (initialised from its own key, the BYOL reference).
+    forward: how the views reach the target (training-mode BatchNorm, its
+      own running statistics; e.g. global crops only for DINO).
+  """
+  network: nn.Module
+  momentum: Schedule
+  tracks: Callable[[PyTree], PyTree]
+  init: str = "copy"
+  forward: Forward = Forward()
+
+  def __post_init__(self):
+    if self.init not in TARGET_INITS:
+      raise ValueError(f"config.target.init={self.init!r} is not one of "
+                       f"{list(TARGET_INITS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+  """Method state beside the parameters: queues, centres, memory banks.
+
+  Attributes:
+    init: `() -> state`, the initial state as global arrays.
+    update: `(state, online, target, ctx) -> state`, run after the gradient
+      (outside `value_and_grad`) with the step's stop-gradient outputs.
+    specs: `PartitionSpec` pytree (a prefix of the state) over the data
+      axis: `P()` replicated (a queue, a centre), `P('data')` sharded by
+      rows (a per-example memory bank; each device sees its rows).
+  """
+  init: Callable[[], PyTree]
+  update: Callable[..., PyTree]
+  specs: PyTree = PartitionSpec()
+
+
+class LossFn:
+  """`loss(online, target, method_state, ctx) -> (local_loss, metrics)`.
+
+  `online`/`target` are `{group: Outputs}` of the local views (target
+  already stop-gradient, None without a target). The global-batch loss is
+  the mean of `local_loss` over devices; `metrics` are scalars, averaged
+  over devices by the step.
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,29 +229,28 @@ class Method:
 
   Attributes:
     name: the method's config name.
-    network: online flax module, `network(views, train) -> Outputs`, whose
-      `'h'` output is the representation evaluated downstream.
+    views: view groups and their number of views, e.g. `{'global': 2}` or
+      `{'global': 2, 'local': 6}`; `config.augment` says how each is made.
+    network: the online module; its `encode(x, train)` gives the
+      representation `h` evaluated downstream (the encoder protocol), its
+      `heads(h, train)` the other outputs.
     loss: see `LossFn`.
-    num_views: views per image the loss expects.
-    target_network: module applied with the target's variables, or None. Its
-      top-level submodules must carry the names of the online submodules
-      they track (e.g. 'encoder', 'projector'); the target starts as a copy
-      of those and moves as `τ·target + (1 − τ)·online` after each step.
-    target_momentum: τ as a function of the step (before the update).
-    init_method_state: returns the initial method state, or None.
+    forward: how the views go through the online network.
+    target: the EMA target network, or None.
+    state: method state and its update, or None.
+    post_update: `(params, ctx) -> params` after the optimizer update
+      (SwAV's prototype normalisation), or None.
+    embedding: the output monitored for collapse (`embed_std`).
   """
   name: str
+  views: Mapping[str, int]
   network: nn.Module
-  loss: LossFn
-  num_views: int = 2
-  target_network: Optional[nn.Module] = None
-  target_momentum: Optional[Schedule] = None
-  init_method_state: Optional[Callable[[], PyTree]] = None
-
-  def __post_init__(self):
-    if (self.target_network is None) != (self.target_momentum is None):
-      raise ValueError(f"method {self.name!r}: target_network and "
-                       "target_momentum go together")
+  loss: Callable[..., tuple]
+  forward: Forward = Forward()
+  target: Optional[Target] = None
+  state: Optional[State] = None
+  post_update: Optional[Callable[[PyTree, StepContext], PyTree]] = None
+  embedding: str = "z"
 
 
 class Network(nn.Module):
@@ -114,8 +292,3 @@ def create_network(config, axis_name: Optional[str], *,
   return Network(models.create_encoder(config.model, axis_name),
                  models.create_head(config.head, config.model, axis_name),
                  pred)
-
-
-def split_views(x: jax.Array, num_views: int) -> list:
-  """`[view_1; ...; view_V]` (rows) → list of V arrays of n rows each."""
-  return jax.numpy.split(x, num_views, axis=0)

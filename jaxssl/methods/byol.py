@@ -6,8 +6,11 @@ an exponential moving average of the online weights, updated after each
 optimizer step towards the UPDATED online weights with τ rising from
 `base_momentum` to 1 on a cosine (`jaxssl.schedules.ema_momentum`). It runs
 in training mode (batch statistics) and keeps its own BatchNorm statistics.
-As in the DeepMind JAX reference, the target starts as a copy of the online
-encoder and projector, and the loss is the SUM of the two directions of
+As in the DeepMind JAX reference (`byol_experiment.py`): each view goes
+through each network alone (own batch statistics, two running-statistics
+updates per step); the target is initialised from its own key
+(`config.target.init='independent'`; 'copy' starts it as the online
+encoder and projector); the loss is the SUM of the two directions of
 `regression_loss` (averaging halves the gradient), averaged over the batch.
 """
 
@@ -40,9 +43,20 @@ def loss(online: base.Outputs, target: base.Outputs, method_state, *,
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
            total_steps: int) -> base.Method:
   """BYOL of config sections `model`, `head`, `predictor`, `target`."""
+  per_view = base.Forward(per_view=True)
   return base.Method(
-      name="byol",
+      name="byol", views={"global": 2},
       network=base.create_network(config, axis_name, predictor=True),
-      loss=loss, target_network=base.create_network(config, axis_name),
-      target_momentum=schedules.ema_momentum(config.target.base_momentum,
-                                             total_steps))
+      forward=per_view, loss=objective,
+      target=base.Target(
+          network=base.create_network(config, axis_name),
+          momentum=schedules.ema_momentum(config.target.base_momentum,
+                                          total_steps),
+          tracks=base.subtrees("encoder", "projector"),
+          init=config.target.get("init") or "independent", forward=per_view))
+
+
+def objective(online, target, method_state, ctx):
+  value, metrics, _ = loss(online["global"], target["global"], method_state,
+                           axis_name=ctx.axis_name)
+  return value, metrics

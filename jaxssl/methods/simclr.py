@@ -3,7 +3,8 @@
 Two views of every image go through one encoder and a projection head; the
 NT-Xent loss contrasts each view against all views of the global batch.
 Both views are encoded in one batch, so BatchNorm statistics cover both (as in
-the reference, which concatenates the views along the batch).
+the reference, which concatenates the views along the batch:
+`Forward(per_view=False)`).
 """
 
 from __future__ import annotations
@@ -29,11 +30,20 @@ def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
   return value, {"contrast_acc": accuracy}, method_state
 
 
+def objective(online, target, method_state, ctx, *, temperature: float):
+  value, metrics, _ = loss(online["global"], target, method_state,
+                           temperature=temperature, axis_name=ctx.axis_name)
+  return value, metrics
+
+
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
            total_steps: int) -> base.Method:
   """SimCLR of config sections `model`, `head`, `loss.temperature`."""
   del total_steps
   return base.Method(
-      name="simclr", network=base.create_network(config, axis_name),
-      loss=functools.partial(loss, temperature=config.loss.temperature))
+      name="simclr", views={"global": 2},
+      network=base.create_network(config, axis_name),
+      forward=base.Forward(per_view=False),
+      loss=functools.partial(objective,
+                             temperature=config.loss.temperature))
 

@@ -3,7 +3,8 @@
 One encoder and projector embed both views; a predictor bottleneck maps each
 projection to a prediction of the other view's projection, whose gradient is
 stopped (the stop-gradient is what prevents collapse, §4.1). No target
-network, no negatives; trained with SGD.
+network, no negatives; trained with SGD. As in the reference, each view goes
+through the network alone (`Forward(per_view=True)`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
   """SimSiam of config sections `model`, `head`, `predictor`."""
   del total_steps
   return base.Method(
-      name="simsiam",
+      name="simsiam", views={"global": 2},
       network=base.create_network(config, axis_name, predictor=True),
-      loss=loss)
+      forward=base.Forward(per_view=True), loss=objective)
+
+
+def objective(online, target, method_state, ctx):
+  value, metrics, _ = loss(online["global"], target, method_state,
+                           axis_name=ctx.axis_name)
+  return value, metrics
