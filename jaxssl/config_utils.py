@@ -148,6 +148,16 @@ def base_config() -> ml_collections.ConfigDict:
   # statistics, the (small) heads, logits and losses are float32 always.
   c.model.dtype = "auto"
   c.model.remat = "none"  # 'none' | 'block' | 'dots' (jax.checkpoint per block)
+  # ViT (model.name='vit', jaxssl.models.vit): size 'tiny' | 'small' |
+  # 'base', patch side, position embedding 'sincos' (MoCo v3) | 'learned'
+  # (DINO; made for vit_image_size px, resampled for other sizes), MoCo v3's
+  # frozen random patch projection, stochastic depth of the last block.
+  c.model.variant = "small"
+  c.model.patch_size = 16
+  c.model.pos_embed = "sincos"
+  c.model.vit_image_size = 224
+  c.model.frozen_patch_embed = False
+  c.model.drop_path = 0.0
 
   c.train = ml_collections.ConfigDict()
   # Micro-batches per device and step (GradCache, Gao et al. 2021): > 1

@@ -144,3 +144,53 @@ def torchvision_state_dict(variables: dict, depth: int,
   out["fc.weight"] = np.zeros((num_classes, features.shape[0]), np.float32)
   out["fc.bias"] = np.zeros((num_classes,), np.float32)
   return out
+
+
+def timm_vit_state_dict(params: dict, *, image_size: int = 224) -> dict:
+  """A `models.vit.VisionTransformer`'s parameters under timm ViT key names
+  (numpy; `timm.create_model('vit_small_patch16_224', num_classes=0)` and
+  the like load it with `strict=True`).
+
+  `patch_embed` → `patch_embed.proj` (HWIO → OIHW); `blocks_{i}` →
+  `blocks.{i}` with `norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`,
+  `mlp.fc2` (Dense kernels transposed to `[out, in]`; LayerNorm scale →
+  weight); `norm`; `cls_token`; `pos_embed` — the learned table, or the
+  fixed sin-cos one (MoCo v3) written out at `image_size`.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxssl.models import vit  # pylint: disable=g-import-not-at-top
+  params = jax.device_get(params)
+  out = {}
+
+  def dense(prefix, p):
+    out[f"{prefix}.weight"] = np.asarray(p["kernel"]).T
+    out[f"{prefix}.bias"] = np.asarray(p["bias"])
+
+  def norm(prefix, p):
+    out[f"{prefix}.weight"] = np.asarray(p["scale"])
+    out[f"{prefix}.bias"] = np.asarray(p["bias"])
+
+  kernel = np.asarray(params["patch_embed"]["kernel"])
+  out["patch_embed.proj.weight"] = np.transpose(kernel, (3, 2, 0, 1))
+  out["patch_embed.proj.bias"] = np.asarray(params["patch_embed"]["bias"])
+  out["cls_token"] = np.asarray(params["cls_token"])
+  width = kernel.shape[-1]
+  if "pos_embed" in params:
+    out["pos_embed"] = np.asarray(params["pos_embed"])
+  else:
+    grid = image_size // kernel.shape[0]
+    table = np.concatenate([np.zeros((1, width)), vit.sincos_2d(grid, width)])
+    out["pos_embed"] = table[None].astype(kernel.dtype)
+  blocks = sorted((k for k in params if k.startswith("blocks_")),
+                  key=lambda k: int(k.split("_")[1]))
+  for name in blocks:
+    p = params[name]
+    prefix = f"blocks.{int(name.split('_')[1])}"
+    norm(f"{prefix}.norm1", p["norm1"])
+    dense(f"{prefix}.attn.qkv", p["attn"]["qkv"])
+    dense(f"{prefix}.attn.proj", p["attn"]["proj"])
+    norm(f"{prefix}.norm2", p["norm2"])
+    dense(f"{prefix}.mlp.fc1", p["mlp"]["fc1"])
+    dense(f"{prefix}.mlp.fc2", p["mlp"]["fc2"])
+  norm("norm", params["norm"])
+  return out

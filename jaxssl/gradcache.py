@@ -150,23 +150,27 @@ def microbatched_gradients(state: TrainState, batch: dict,
                                 axis_name=ctx.axis_name, first_row=i * (n // m),
                                 rows_per_device=n)
 
-  def encode_all(network, forward, variables):
+  online_rng, target_rng = gradients.network_rngs(ctx)
+
+  def encode_all(network, forward, variables, rng):
     def one(args):
       i, rows = args
-      return forward.encode(network, variables, views_of(i, rows), counts)
+      return forward.encode(network, variables, views_of(i, rows), counts,
+                            rng=jax.random.fold_in(rng, i))
     hs, stats = lax.map(one, (jnp.arange(m), micro))
     h = {g: _from_micro(x, counts[g]) for g, x in hs.items()}
     return h, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
 
   online_vars = {"params": state.params, "batch_stats": state.batch_stats}
-  h, encoder_stats = encode_all(method.network, method.forward, online_vars)
+  h, encoder_stats = encode_all(method.network, method.forward, online_vars,
+                                online_rng)
   target_out = target_stats = None
   if method.target is not None:
     target = method.target
-    target_h, target_encoder_stats = encode_all(target.network,
-                                                target.forward, state.target)
+    target_h, target_encoder_stats = encode_all(
+        target.network, target.forward, state.target, target_rng)
     target_out, target_head_stats = target.forward.heads(
-        target.network, state.target, target_h, counts)
+        target.network, state.target, target_h, counts, rng=target_rng)
     target_out = lax.stop_gradient(target_out)
     target_stats = _with_encoder_stats(target_head_stats,
                                        target_encoder_stats)
@@ -174,7 +178,7 @@ def microbatched_gradients(state: TrainState, batch: dict,
   def loss_fn(params, h):
     out, head_stats = method.forward.heads(
         method.network, {"params": params, "batch_stats": state.batch_stats},
-        h, counts)
+        h, counts, rng=online_rng)
     local_loss, aux = method.loss(out, target_out, state.method_state, ctx)
     return lax.pmean(local_loss, ctx.axis_name), (head_stats, out, aux)
 
@@ -194,8 +198,8 @@ def microbatched_gradients(state: TrainState, batch: dict,
     def encode(encoder_params):
       variables = {"params": {**state.params, "encoder": encoder_params},
                    "batch_stats": state.batch_stats}
-      return method.forward.encode(method.network, variables, views,
-                                   counts)[0]
+      return method.forward.encode(method.network, variables, views, counts,
+                                   rng=jax.random.fold_in(online_rng, i))[0]
 
     _, vjp = jax.vjp(encode, local_params)
     return jax.tree.map(jnp.add, total, vjp(grad_h)[0])

@@ -49,14 +49,24 @@ class Gradients:
   target_stats: Optional[PyTree]
 
 
-def target_forward(learner: Learner, target_vars: PyTree, views: dict):
+def network_rngs(ctx: base.StepContext) -> tuple:
+  """Keys of the online and the target networks' random layers (drop-path),
+  different on every device: `(online, target)`."""
+  rng = jax.random.fold_in(ctx.rng, 0x6e6574)
+  if ctx.axis_name is not None:
+    rng = jax.random.fold_in(rng, lax.axis_index(ctx.axis_name))
+  return jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
+
+
+def target_forward(learner: Learner, target_vars: PyTree, views: dict,
+                   rng: Optional[jax.Array] = None):
   """The target's stop-gradient outputs and new statistics (training-mode
   BatchNorm, as the BYOL reference), or `(None, None)` without a target."""
   target = learner.method.target
   if target is None:
     return None, None
   out, stats = target.forward(target.network, target_vars, views,
-                              learner.method.views)
+                              learner.method.views, rng=rng)
   return lax.stop_gradient(out), stats
 
 
@@ -75,12 +85,14 @@ def compute_gradients(state: TrainState, batch: dict, view_rng: jax.Array,
   method = learner.method
   views = views_lib.make_views(batch, view_rng, groups=learner.views,
                           axis_name=ctx.axis_name)
-  target_out, target_stats = target_forward(learner, state.target, views)
+  online_rng, target_rng = network_rngs(ctx)
+  target_out, target_stats = target_forward(learner, state.target, views,
+                                            target_rng)
 
   def loss_fn(params):
     out, batch_stats = method.forward(
         method.network, {"params": params, "batch_stats": state.batch_stats},
-        views, method.views)
+        views, method.views, rng=online_rng)
     local_loss, aux = method.loss(out, target_out, state.method_state, ctx)
     # The mean over devices of per-device means over local anchors is the
     # loss of the global batch; its gradient needs no further reduction.

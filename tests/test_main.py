@@ -17,7 +17,7 @@ from jaxssl.config_utils import parse_arg
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_CONFIGS = ["byol_resnet50", "byol_cifar10", "simsiam_resnet50",
                   "simsiam_cifar10", "barlow_twins_resnet50",
-                  "barlow_twins_cifar10"]
+                  "barlow_twins_cifar10", "simclr_vit_cifar10"]
 CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
 
 

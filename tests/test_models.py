@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import mesh_runs
+from jaxssl import config_utils
 from jaxssl import models
 from jaxssl.models.heads import ProjectionHead
 from jaxssl.models.normalization import BatchNorm
@@ -748,8 +749,19 @@ def test_builders_pass_config_through():
                                               "fan_in")
   assert (head.bn_momentum, head.bn_epsilon) == (0.99, 1e-3)
   assert head.axis_name == "data" and head.bn_group_size == 2
-  with pytest.raises(ValueError, match="vit"):
-    models.create_encoder(_model_cfg(name="vit"), None)
+  with pytest.raises(ValueError, match="config.model.name='vgg'"):
+    models.create_encoder(_model_cfg(name="vgg"), None)
+  vit_cfg = config_utils.base_config().model
+  vit_cfg.update(dict(name="vit", variant="tiny", patch_size=8,
+                      pos_embed="learned", vit_image_size=32,
+                      frozen_patch_embed=True, drop_path=0.1, remat="block"))
+  enc = models.create_encoder(vit_cfg, "data")
+  assert (enc.width, enc.depth, enc.heads, enc.patch_size, enc.pos_embed,
+          enc.image_size, enc.frozen_patch_embed, enc.drop_path,
+          enc.remat) == (192, 12, 3, 8, "learned", 32, True, 0.1, "block")
+  vit_cfg.variant = "huge"
+  with pytest.raises(ValueError, match="config.model.variant='huge'"):
+    models.create_encoder(vit_cfg, None)
   head_cfg.out_dim = 0
   assert models.create_head(head_cfg, _model_cfg(), None,
                             default_out_dim=32).out_dim == 32

@@ -1,4 +1,5 @@
-r"""Exports a pretrained encoder: flax msgpack, and torchvision ResNet weights.
+r"""Exports a pretrained encoder: flax msgpack, and PyTorch weights
+(torchvision ResNet or timm ViT key names).
 
   python tools/export_encoder.py --checkpoint=/tmp/byol_r50 --out=/tmp/byol_r50
 
@@ -14,6 +15,13 @@ when torch is installed) or else `/tmp/byol_r50.npz` with the same keys:
 torchvision's architecture matches configs with the standard stem and width
 1 (ImageNet configs); CIFAR-stem or width-multiplied encoders export the same
 keys with their own shapes, for a correspondingly modified torchvision model.
+A ViT encoder (`model.name='vit'`) is written under timm's keys:
+
+  model = timm.create_model("vit_small_patch16_224", num_classes=0)
+  model.load_state_dict(torch.load("/tmp/mocov3_vits.pt"))
+
+(a fixed sin-cos position table is written out as timm's `pos_embed`; the
+`--num_classes` flag applies to ResNets only.)
 """
 
 import io
@@ -50,11 +58,18 @@ def main(argv):
   print(f"wrote {path}")
   if FLAGS.torch_format == "none":
     return
-  if config.model.name != "resnet":
-    raise app.UsageError(f"torchvision export needs a ResNet encoder; got "
+  if config.model.name == "vit":
+    state = export.timm_vit_state_dict(encoder["params"],
+                                       image_size=config.data.image_size)
+    kind = (f"timm vit_{config.model.variant}_patch"
+            f"{config.model.patch_size}_{config.data.image_size}")
+  elif config.model.name == "resnet":
+    state = export.torchvision_state_dict(encoder, config.model.depth,
+                                          FLAGS.num_classes)
+    kind = f"torchvision ResNet-{config.model.depth}"
+  else:
+    raise app.UsageError(f"no PyTorch export for config.model.name="
                          f"{config.model.name!r}")
-  state = export.torchvision_state_dict(encoder, config.model.depth,
-                                        FLAGS.num_classes)
   fmt = FLAGS.torch_format
   torch = None
   if fmt in ("auto", "pt"):
@@ -71,8 +86,7 @@ def main(argv):
   else:
     np.savez(buffer, **state)
   paths.write_bytes(f"{FLAGS.out}.{fmt}", buffer.getvalue())
-  print(f"wrote {FLAGS.out}.{fmt} ({len(state)} torchvision keys, "
-        f"ResNet-{config.model.depth})")
+  print(f"wrote {FLAGS.out}.{fmt} ({len(state)} keys of {kind})")
 
 
 if __name__ == "__main__":

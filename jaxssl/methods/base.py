@@ -95,60 +95,76 @@ class Forward:
 
   def __call__(self, network: nn.Module, variables: PyTree,
                views: Mapping[str, jax.Array], counts: Mapping[str, int], *,
-               train: bool = True) -> tuple[GroupOutputs, PyTree]:
-    """`({group: Outputs}, new batch_stats)` of `network` on `views`."""
-    h, stats = self.encode(network, variables, views, counts, train=train)
+               train: bool = True,
+               rng: Optional[jax.Array] = None) -> tuple[GroupOutputs, PyTree]:
+    """`({group: Outputs}, new batch_stats)` of `network` on `views`.
+
+    `rng` feeds the modules' 'dropout' streams (a ViT's drop-path), one key
+    per network call (`fold_in(rng, call)`); None: no such stream."""
+    h, stats = self.encode(network, variables, views, counts, train=train,
+                           rng=rng)
     return self.heads(network, {**variables, "batch_stats": stats}, h, counts,
-                      train=train)
+                      train=train, rng=rng)
 
   def encode(self, network: nn.Module, variables: PyTree,
              views: Mapping[str, jax.Array], counts: Mapping[str, int], *,
-             train: bool = True) -> tuple[dict, PyTree]:
+             train: bool = True,
+             rng: Optional[jax.Array] = None) -> tuple[dict, PyTree]:
     """The encoder stage alone: `({group: h}, new batch_stats)`."""
     stats = variables.get("batch_stats", {})
     out = {}
+    call = 0
     for g in self.group_names(views):
       chunks = split_views(views[g], counts[g]) if self.per_view else [views[g]]
       hs = []
       for x in chunks:
         h, stats = _apply(network, {**variables, "batch_stats": stats}, x,
-                          train, "encode")
+                          train, "encode", _call_rng(rng, call))
+        call += 1
         hs.append(h)
       out[g] = jnp.concatenate(hs) if len(hs) > 1 else hs[0]
     return out, stats
 
   def heads(self, network: nn.Module, variables: PyTree, h: Mapping[str, Any],
-            counts: Mapping[str, int], *,
-            train: bool = True) -> tuple[GroupOutputs, PyTree]:
+            counts: Mapping[str, int], *, train: bool = True,
+            rng: Optional[jax.Array] = None) -> tuple[GroupOutputs, PyTree]:
     """The head stage on encoder features `{group: h}` of `encode`."""
     stats = variables.get("batch_stats", {})
     names = tuple(h)
+    rng = None if rng is None else jax.random.fold_in(rng, 1 << 16)
     if self.per_view:
       out = {}
+      call = 0
       for g in names:
         parts = []
         for hv in split_views(h[g], counts[g]):
           o, stats = _apply(network, {**variables, "batch_stats": stats}, hv,
-                            train, "heads")
+                            train, "heads", _call_rng(rng, call))
+          call += 1
           parts.append(o)
         out[g] = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
       return out, stats
     rows = [h[g].shape[0] for g in names]
     both, stats = _apply(network, {**variables, "batch_stats": stats},
                          jnp.concatenate([h[g] for g in names]), train,
-                         "heads")
+                         "heads", rng)
     cuts = [sum(rows[:i + 1]) for i in range(len(rows) - 1)]
     parts = {k: jnp.split(v, cuts) for k, v in both.items()}
     return ({g: {k: parts[k][i] for k in parts} for i, g in enumerate(names)},
             stats)
 
 
-def _apply(network, variables, x, train, method):
+def _call_rng(rng: Optional[jax.Array], call: int) -> Optional[jax.Array]:
+  return None if rng is None else jax.random.fold_in(rng, call)
+
+
+def _apply(network, variables, x, train, method, rng=None):
+  rngs = {} if rng is None else {"dropout": rng}
   if not train:
-    return network.apply(variables, x, train=False, method=method), \
-        variables.get("batch_stats", {})
+    return (network.apply(variables, x, train=False, method=method, rngs=rngs),
+            variables.get("batch_stats", {}))
   out, new = network.apply(variables, x, train=True, mutable=["batch_stats"],
-                           method=method)
+                           method=method, rngs=rngs)
   return out, new.get("batch_stats", {})
 
 

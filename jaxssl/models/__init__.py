@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from jaxssl import precision
 from jaxssl.models.heads import ProjectionHead
+from jaxssl.models import vit
 from jaxssl.models.resnet import ResNet
 
 if TYPE_CHECKING:  # configs are only read here: no runtime dependency
@@ -39,7 +40,17 @@ def _resnet(cfg: ml_collections.ConfigDict, axis_name: Optional[str]) -> ResNet:
                 dtype=compute_dtype(cfg.dtype), remat=cfg.remat)
 
 
-ENCODERS = {"resnet": _resnet}
+def _vit(cfg: ml_collections.ConfigDict,
+         axis_name: Optional[str]) -> vit.VisionTransformer:
+  del axis_name  # LayerNorm: nothing is reduced across devices
+  return vit.create(cfg.variant, patch_size=cfg.patch_size,
+                    pos_embed=cfg.pos_embed, image_size=cfg.vit_image_size,
+                    frozen_patch_embed=cfg.frozen_patch_embed,
+                    drop_path=cfg.drop_path, dtype=compute_dtype(cfg.dtype),
+                    remat=cfg.remat)
+
+
+ENCODERS = {"resnet": _resnet, "vit": _vit}
 
 
 def create_encoder(cfg: ml_collections.ConfigDict, axis_name: Optional[str]):

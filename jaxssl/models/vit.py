@@ -1,0 +1,219 @@
+"""Vision Transformer encoders (Dosovitskiy et al. 2021,
+https://arxiv.org/abs/2010.11929), as MoCo v3 and DINO pretrain them.
+
+Pre-norm blocks (`x + attn(LN(x))`, `x + mlp(LN(x))`, LayerNorm ε = 1e-6,
+exact GELU), a class token, and the class token's features after the final
+LayerNorm as the representation `h` (timm's `forward` with `num_classes=0`).
+Position embeddings are either fixed 2-D sin-cos (MoCo v3,
+`build_2d_sincos_position_embedding`) or learned (DINO, timm), the learned
+ones resampled (bicubic) when the patch grid differs from the one they were
+made for (DINO's local crops). Parameter names map one to one onto timm's
+state_dict keys (`jaxssl.export.timm_state_dict`).
+
+MoCo v3's stability trick, a frozen random patch projection, is
+`frozen_patch_embed=True`: the projection's output carries no gradient. Its
+parameters then get no gradient, but a decoupled weight decay still shrinks
+them: freeze them in the optimizer as well (`optimizer.freeze_pattern =
+'encoder/patch_embed/'`, `freeze_epochs` = the run), which together are
+PyTorch's `requires_grad = False`.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxssl import precision
+
+# name: (width, depth, heads); the MLP is 4× wide.
+VARIANTS = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+}
+POS_EMBEDS = ("sincos", "learned")
+_LN_EPS = 1e-6
+
+
+def sincos_2d(grid: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+  """MoCo v3's fixed 2-D sin-cos position embedding, `[grid², dim]` (no
+  class token; float64 numpy). Token `k = r·grid + c` (row r, column c)
+  gets `[sin(r·ω), cos(r·ω), sin(c·ω), cos(c·ω)]`, ω_i = T^(−i/(dim/4))."""
+  if dim % 4:
+    raise ValueError(f"sin-cos position embedding needs a width divisible "
+                     f"by 4, got {dim}")
+  quarter = dim // 4
+  omega = 1.0 / temperature ** (np.arange(quarter, dtype=np.float64) / quarter)
+  rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+  out_r = rows.reshape(-1, 1) * omega[None]
+  out_c = cols.reshape(-1, 1) * omega[None]
+  return np.concatenate([np.sin(out_r), np.cos(out_r), np.sin(out_c),
+                         np.cos(out_c)], axis=1)
+
+
+def _drop_path(module: nn.Module, x: jax.Array, rate: float,
+               train: bool) -> jax.Array:
+  """Stochastic depth: drops the residual branch per example with
+  probability `rate`, scaling kept ones by 1/(1 − rate) (timm's DropPath)."""
+  if not train or rate <= 0.0:
+    return x
+  keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate,
+                              (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention; `qkv` holds q, k, v and heads in timm's
+  order (output feature `s·D + h·D/H + d`)."""
+  heads: int
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    dense = functools.partial(nn.Dense, dtype=self.dtype,
+                              param_dtype=precision.full_dtype(),
+                              kernel_init=nn.initializers.xavier_uniform())
+    qkv = dense(3 * d, name="qkv")(x).reshape(b, n, 3, self.heads,
+                                              d // self.heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d // self.heads) ** -0.5
+    weights = jax.nn.softmax(precision.to_full(logits), axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    return dense(d, name="proj")(out.reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+  """`fc2(GELU(fc1(x)))`, hidden width `hidden`, output width `out`."""
+  hidden: int
+  out: int
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dense = functools.partial(nn.Dense, dtype=self.dtype,
+                              param_dtype=precision.full_dtype(),
+                              kernel_init=nn.initializers.xavier_uniform())
+    x = nn.gelu(dense(self.hidden, name="fc1")(x), approximate=False)
+    return dense(self.out, name="fc2")(x)
+
+
+def _layer_norm(name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=_LN_EPS, dtype=precision.full_dtype(),
+                      param_dtype=precision.full_dtype(), name=name)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: `x + attn(LN(x))`, `x + mlp(LN(x))`."""
+  heads: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.0
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    d = x.shape[-1]
+    y = Attention(self.heads, dtype=self.dtype, name="attn")(
+        _layer_norm("norm1")(x).astype(x.dtype))
+    x = x + _drop_path(self, y, self.drop_path, train)
+    y = Mlp(int(d * self.mlp_ratio), d, dtype=self.dtype, name="mlp")(
+        _layer_norm("norm2")(x).astype(x.dtype))
+    return x + _drop_path(self, y, self.drop_path, train)
+
+
+class VisionTransformer(nn.Module):
+  """ViT encoder: images `[B, S, S, 3]` → class-token features `[B, D]`.
+
+  Attributes:
+    width, depth, heads: D, blocks, attention heads (`VARIANTS`).
+    patch_size: side of the square patches (16 or 8); S must be a multiple.
+    pos_embed: 'sincos' (fixed, MoCo v3) or 'learned' (DINO, timm).
+    image_size: the image side the learned position embedding is made for
+      (other sides resample it).
+    frozen_patch_embed: stop the gradient at the patch projection (MoCo v3).
+    drop_path: stochastic-depth rate of the last block (linear from 0 over
+      the blocks, as timm and DINO); needs a 'dropout' rng when > 0.
+    mlp_ratio: MLP width over D.
+    dtype: computation dtype of the projections and attention (None: full
+      precision); LayerNorm, softmax and parameters stay full precision.
+    remat: 'none', or 'block'/'dots': rematerialise each block
+      (`jax.checkpoint`), like the ResNet's option.
+  """
+  width: int = 384
+  depth: int = 12
+  heads: int = 6
+  patch_size: int = 16
+  pos_embed: str = "sincos"
+  image_size: int = 224
+  frozen_patch_embed: bool = False
+  drop_path: float = 0.0
+  mlp_ratio: float = 4.0
+  dtype: Any = None
+  remat: str = "none"
+
+  @property
+  def num_features(self) -> int:
+    return self.width
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    if self.pos_embed not in POS_EMBEDS:
+      raise ValueError(f"config.model.pos_embed={self.pos_embed!r} is not one "
+                       f"of {list(POS_EMBEDS)}")
+    p = self.patch_size
+    if x.shape[1] % p or x.shape[2] % p:
+      raise ValueError(f"images of {x.shape[1]}×{x.shape[2]} px do not split "
+                       f"into {p}×{p} patches (config.model.patch_size)")
+    full = precision.full_dtype()
+    dtype = self.dtype or full
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID",
+                dtype=dtype, param_dtype=full,
+                kernel_init=nn.initializers.xavier_uniform(),
+                name="patch_embed")(x.astype(dtype))
+    if self.frozen_patch_embed:
+      x = jax.lax.stop_gradient(x)
+    b, gh, gw, d = x.shape
+    x = x.reshape(b, gh * gw, d)
+    cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d),
+                     full)
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(dtype), x],
+                        axis=1)
+    x = x + self._position_embedding(gh, gw, d).astype(dtype)
+    block = Block
+    if self.remat != "none":
+      block = nn.remat(Block, static_argnums=(2,))
+    for i in range(self.depth):
+      rate = self.drop_path * i / max(self.depth - 1, 1)
+      x = block(self.heads, self.mlp_ratio, rate, dtype,
+                name=f"blocks_{i}")(x, train)
+    x = _layer_norm("norm")(x)
+    return precision.to_full(x[:, 0])
+
+  def _position_embedding(self, gh: int, gw: int, d: int) -> jax.Array:
+    """`[1, 1 + gh·gw, D]`; the class token's row is 0 for sin-cos."""
+    if self.pos_embed == "sincos":
+      if gh != gw:
+        raise ValueError("sin-cos position embedding needs square images")
+      table = np.concatenate([np.zeros((1, d)), sincos_2d(gh, d)])
+      return jnp.asarray(table[None], precision.full_dtype())
+    grid = self.image_size // self.patch_size
+    table = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
+                       (1, 1 + grid * grid, d), precision.full_dtype())
+    if (gh, gw) == (grid, grid):
+      return table
+    patches = jax.image.resize(table[0, 1:].reshape(grid, grid, d),
+                               (gh, gw, d), method="cubic")
+    return jnp.concatenate([table[:, :1], patches.reshape(1, gh * gw, d)],
+                           axis=1)
+
+
+def create(variant: str, **kwargs) -> VisionTransformer:
+  """ViT-`variant` ('tiny', 'small', 'base') with other attributes given."""
+  if variant not in VARIANTS:
+    raise ValueError(f"config.model.variant={variant!r} is not one of "
+                     f"{sorted(VARIANTS)}")
+  width, depth, heads = VARIANTS[variant]
+  return VisionTransformer(width=width, depth=depth, heads=heads, **kwargs)

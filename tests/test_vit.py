@@ -1,0 +1,163 @@
+"""The Vision Transformer: timm's parameter counts and features, position
+embeddings, the frozen patch projection, drop-path, the timm export."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mesh_runs
+from jaxssl import export
+from jaxssl.models import vit
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _shapes(model, size):
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+
+
+def _formula_count(width, depth, patch, size):
+  """Parameters of a timm ViT without its classifier, counted by hand:
+  patch projection, class token, learned position table, per block two
+  LayerNorms, qkv, proj, fc1 (4×), fc2, and the final LayerNorm."""
+  tokens = (size // patch) ** 2 + 1
+  block = (4 * width + 3 * width * width + 3 * width + width * width + width
+           + 4 * width * width + 4 * width + 4 * width * width + width)
+  return (width * 3 * patch * patch + width + width + tokens * width
+          + depth * block + 2 * width)
+
+
+@pytest.mark.parametrize("variant,published", [
+    # timm `vit_small_patch16_224` / `vit_base_patch16_224` with
+    # num_classes=0 (22,050,664 and 86,567,656 with the 1000-class head).
+    ("small", 21_665_664), ("base", 85_798_656)])
+def test_parameter_counts_equal_timms(variant, published):
+  model = vit.create(variant, patch_size=16, pos_embed="learned")
+  count = _count(_shapes(model, 224)["params"])
+  width, depth, _ = vit.VARIANTS[variant]
+  assert count == published == _formula_count(width, depth, 16, 224)
+  # The fixed sin-cos table is no parameter (timm stores it as a frozen one).
+  sincos = vit.create(variant, patch_size=16, pos_embed="sincos")
+  assert _count(_shapes(sincos, 224)["params"]) == published - 197 * width
+
+
+def test_sincos_table_is_moco_v3s():
+  """Row r·g + c is [sin(r·ω), cos(r·ω), sin(c·ω), cos(c·ω)], ω_i = 10⁴^(−i/q)
+  (MoCo v3 `build_2d_sincos_position_embedding`), checked entry by entry."""
+  g, d = 3, 8
+  table = vit.sincos_2d(g, d)
+  assert table.shape == (9, 8)
+  q = d // 4
+  for r in range(g):
+    for c in range(g):
+      for i in range(q):
+        w = 10000.0 ** (-i / q)
+        np.testing.assert_allclose(
+            table[r * g + c, [i, q + i, 2 * q + i, 3 * q + i]],
+            [np.sin(r * w), np.cos(r * w), np.sin(c * w), np.cos(c * w)],
+            rtol=1e-15, atol=1e-15)
+
+
+def _tiny(**kwargs):
+  kwargs.setdefault("patch_size", 8)
+  return vit.VisionTransformer(width=16, depth=2, heads=2, image_size=32,
+                               **kwargs)
+
+
+@mesh_runs.float64()
+def test_frozen_patch_projection_gets_no_gradient():
+  x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+  grads = {}
+  for frozen in (False, True):
+    model = _tiny(frozen_patch_embed=frozen)
+    params = model.init(jax.random.key(0), x, train=False)["params"]
+    grads[frozen] = jax.grad(lambda p, m=model: jnp.sum(
+        m.apply({"params": p}, x, train=False) ** 2))(params)
+  assert np.abs(grads[False]["patch_embed"]["kernel"]).max() > 1e-6
+  np.testing.assert_array_equal(grads[True]["patch_embed"]["kernel"], 0.0)
+  assert np.abs(grads[True]["blocks_0"]["mlp"]["fc1"]["kernel"]).max() > 1e-6
+
+
+@mesh_runs.float64()
+def test_drop_path_and_resampled_positions():
+  """Drop-path changes training outputs only, per example; a learned table
+  made for 32 px (16 patches) is resampled for 48 px images (36)."""
+  x = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3))
+  model = _tiny(drop_path=0.5, pos_embed="learned")
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert variables["params"]["pos_embed"].shape == (1, 17, 16)
+  plain = model.apply(variables, x, train=False)
+  a, b = (model.apply(variables, x, train=True,
+                      rngs={"dropout": jax.random.key(k)}) for k in (2, 3))
+  assert not np.any(np.all(np.isclose(a, plain, rtol=1e-12), axis=1))
+  # Masks are drawn per example: two keys agree on some examples only.
+  same = np.all(np.isclose(a, b, rtol=1e-12), axis=1)
+  assert 0 < same.sum() < 8, same
+  no_drop = _tiny(pos_embed="learned")
+  np.testing.assert_array_equal(no_drop.apply(variables, x, train=True),
+                                plain)
+  bigger = model.apply(variables, jnp.ones((2, 48, 48, 3)), train=False)
+  assert bigger.shape == (2, 16) and np.all(np.isfinite(bigger))
+  with pytest.raises(ValueError, match="patch_size"):
+    model.apply(variables, jnp.ones((1, 30, 30, 3)), train=False)
+
+
+def test_features_equal_timms_on_the_same_weights():
+  """Our ViT-Tiny/8 (32 px) with random weights, exported to timm keys and
+  loaded `strict=True` into `vit_tiny_patch16_224(patch_size=8,
+  img_size=32, num_classes=0)`: the features of the same images agree in
+  float64. Skips where torch and timm are not installed."""
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  with mesh_runs.float64():
+    model = vit.create("tiny", patch_size=8, pos_embed="learned",
+                       image_size=32)
+    x = np.random.default_rng(0).uniform(size=(3, 32, 32, 3))
+    params = model.init(jax.random.key(0), jnp.asarray(x),
+                        train=False)["params"]
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(x),
+                                  train=False))
+  state = export.timm_vit_state_dict(params, image_size=32)
+  net = timm.create_model("vit_tiny_patch16_224", pretrained=False,
+                          num_classes=0, patch_size=8, img_size=32).double()
+  assert set(state) == set(net.state_dict())
+  net.load_state_dict({k: torch.from_numpy(np.array(v))
+                       for k, v in state.items()}, strict=True)
+  net.eval()
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-10)
+
+
+def test_export_keys_and_shapes_are_timms():
+  """Without timm: the exported keys and shapes of ViT-S/16 (sin-cos table
+  written out) are timm's `vit_small_patch16_224` state_dict's (listed from
+  its definition: 4 + 12 blocks × 12 + 2 keys)."""
+  model = vit.create("small", patch_size=16, pos_embed="sincos")
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                        _shapes(model, 224)["params"])
+  state = export.timm_vit_state_dict(params, image_size=224)
+  d = 384
+  want = {"cls_token": (1, 1, d), "pos_embed": (1, 197, d),
+          "patch_embed.proj.weight": (d, 3, 16, 16),
+          "patch_embed.proj.bias": (d,), "norm.weight": (d,),
+          "norm.bias": (d,)}
+  for i in range(12):
+    b = f"blocks.{i}"
+    want.update({f"{b}.norm1.weight": (d,), f"{b}.norm1.bias": (d,),
+                 f"{b}.attn.qkv.weight": (3 * d, d),
+                 f"{b}.attn.qkv.bias": (3 * d,),
+                 f"{b}.attn.proj.weight": (d, d), f"{b}.attn.proj.bias": (d,),
+                 f"{b}.norm2.weight": (d,), f"{b}.norm2.bias": (d,),
+                 f"{b}.mlp.fc1.weight": (4 * d, d),
+                 f"{b}.mlp.fc1.bias": (4 * d,),
+                 f"{b}.mlp.fc2.weight": (d, 4 * d),
+                 f"{b}.mlp.fc2.bias": (d,)})
+  assert {k: v.shape for k, v in state.items()} == want
+  np.testing.assert_allclose(state["pos_embed"][0, 1:], vit.sincos_2d(14, d),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(state["pos_embed"][0, 0], 0.0)
