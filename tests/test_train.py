@@ -11,8 +11,10 @@ runs are in float64 (`mesh_runs.float64`), where the two meshes agree to
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import pytest
@@ -180,16 +182,16 @@ def _multicrop_objective(online, target, method_state, ctx):
   del target, method_state
   z1, z2 = base.split_views(online["global"]["z"], 2)
   value = losses.nt_xent(z1, z2, 0.2, axis_name=ctx.axis_name)
-  for zl in base.split_views(online["local"]["z"], 6):
-    value += jnp.mean(losses.negative_cosine(zl, jax.lax.stop_gradient(z1)))
-  return value, {}
+  local = sum(jnp.mean(losses.negative_cosine(zl, jax.lax.stop_gradient(z1)))
+              for zl in base.split_views(online["local"]["z"], 6))
+  return value + local, {"local": local}
 
 
 def test_multicrop_views_of_two_sizes_on_1_and_8_devices():
   """The 'multicrop' preset (2 global crops at 16 px, 6 local at 7 px) through
   the one step: each group encoded at its own size, the heads over all
   views; loss, parameters and BN statistics agree on 1 and 8 devices
-  (float64), and the local views reach the gradient."""
+  (float64), and the local views' term is in the loss."""
   groups = view_presets.view_groups("multicrop", image_size=16,
                                     color_strength=0.5, blur=False)
   assert {g: (len(s), s[0].size) for g, s in groups.items()} == {
@@ -206,17 +208,83 @@ def test_multicrop_views_of_two_sizes_on_1_and_8_devices():
   with mesh_runs.float64():
     init1, state1, m1 = mesh_runs.run(learner, 1, batches)
     _, state8, m8 = mesh_runs.run(learner, 8, batches)
-    without_locals = dataclasses.replace(learner, method=dataclasses.replace(
-        method, loss=lambda o, t, s, ctx: _multicrop_objective(
-            {"global": o["global"], "local": jax.tree.map(
-                jax.lax.stop_gradient, o["local"])}, t, s, ctx)))
-    _, state_g, _ = mesh_runs.run(without_locals, 8, batches)
   mesh_runs.assert_metrics_close(m1, m8, ("loss", "grad_norm", "embed_std"))
   assert np.isfinite(m1[0]["loss"])
   _assert_trees_close(state1.params, state8.params, rtol=mesh_runs.RTOL)
   _assert_trees_close(state1.batch_stats, state8.batch_stats,
                       rtol=mesh_runs.RTOL)
   kernel = lambda s: np.asarray(s.params["encoder"]["stem_conv"]["kernel"])
-  assert np.abs(kernel(state8) - kernel(state_g)).max() > 1e-6
-  assert np.abs(kernel(state1) - np.asarray(
-      init1.params["encoder"]["stem_conv"]["kernel"])).max() > 1e-6
+  assert np.abs(kernel(state1) - kernel(init1)).max() > 1e-6
+  # The local views' term is part of the loss (6 cosines in [-1, 1]).
+  assert 0 < abs(m1[0]["local"]) <= 6 and m1[0]["loss"] != m1[0]["local"]
+
+
+class _Rows(nn.Module):
+  """A per-example encoder without normalisation (cheap to compile)."""
+
+  @nn.compact
+  def __call__(self, x, train=True):
+    del train
+    return nn.Dense(8, param_dtype=jnp.result_type(float))(
+        jnp.mean(x, axis=(1, 2)))
+
+
+def _bank_update(bank, online, target, ctx):
+  """Writes each local example's first-view embedding into this device's
+  rows of the row-sharded bank (local row i ↔ example i), and counts the
+  steps in the replicated part."""
+  del target
+  z1 = base.split_views(online["global"]["z"], 2)[0]
+  return {"rows": bank["rows"] + z1, "steps": bank["steps"] + 1}
+
+
+def test_method_state_sharded_over_devices_is_updated_after_the_gradient():
+  """A method state laid out `P('data')` (a per-example bank) holds N/D
+  rows per device and is updated outside the gradient with the step's
+  outputs: after two steps the global bank on 8 devices equals the one on 1
+  device and the sum of the two steps' first-view embeddings (float64); the
+  loss never reads it, so the parameters are those of the same method
+  without state."""
+  d = 4
+  network = base.Network(_Rows(), ProjectionHead(
+      num_layers=1, out_dim=d, use_bn=False, axis_name=sharding.DATA_AXIS))
+  loss = functools.partial(simclr.objective, temperature=0.2)
+  state = base.State(
+      init=lambda: {"rows": jnp.zeros((GLOBAL_BATCH, d)),
+                    "steps": jnp.zeros([], jnp.int32)},
+      update=_bank_update,
+      specs={"rows": P(sharding.DATA_AXIS), "steps": P()})
+  method = base.Method(name="toy_bank", views={"global": 2}, network=network,
+                       loss=loss, state=state)
+  learner = train.Learner(method=method, tx=optax.sgd(0.1),
+                          schedule=lambda step: 0.1, views=GROUPS)
+  batches = _batches()
+  with mesh_runs.float64():
+    _, state1, _ = mesh_runs.run(learner, 1, batches)
+    mesh = sharding.data_mesh()
+    state8 = train.create_train_state(jax.random.key(0), learner, mesh)
+    assert state8.method_state["rows"].sharding.spec == P(sharding.DATA_AXIS)
+    assert state8.method_state["rows"].addressable_shards[0].data.shape == (
+        GLOBAL_BATCH // 8, d)
+    step_fn = train.compile_train_step(learner, mesh)
+    zs = []
+    for images in batches:
+      # The step's first-view embeddings, from the parameters before it.
+      view_rng = jax.random.split(jax.random.fold_in(state8.rng,
+                                                     state8.step))[0]
+      views = train.make_views({"image": images}, view_rng, groups=GROUPS,
+                               axis_name=None)["global"][:GLOBAL_BATCH]
+      zs.append(network.apply({"params": jax.device_get(state8.params)},
+                              views, train=False)["z"])
+      state8, _ = step_fn(state8, sharding.global_batch({"image": images},
+                                                        mesh))
+    plain = dataclasses.replace(learner, method=dataclasses.replace(
+        method, state=None))
+    _, state_plain, _ = mesh_runs.run(plain, 8, batches)
+  bank8 = jax.device_get(state8.method_state)
+  assert int(bank8["steps"]) == int(state1.method_state["steps"]) == 2
+  _assert_trees_close(bank8["rows"], state1.method_state["rows"],
+                      rtol=mesh_runs.RTOL)
+  np.testing.assert_allclose(bank8["rows"], zs[0] + zs[1], rtol=1e-12)
+  _assert_trees_close(jax.device_get(state8.params), state_plain.params,
+                      rtol=0)
