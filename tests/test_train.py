@@ -20,6 +20,7 @@ import optax
 import pytest
 
 import mesh_runs
+from jaxssl import checkpointing
 from jaxssl import losses
 from jaxssl import optim
 from jaxssl import sharding
@@ -238,7 +239,8 @@ def _bank_update(bank, online, target, ctx):
   return {"rows": bank["rows"] + z1, "steps": bank["steps"] + 1}
 
 
-def test_method_state_sharded_over_devices_is_updated_after_the_gradient():
+def test_method_state_sharded_over_devices_is_updated_after_the_gradient(
+    tmp_path):
   """A method state laid out `P('data')` (a per-example bank) holds N/D
   rows per device and is updated outside the gradient with the step's
   outputs: after two steps the global bank on 8 devices equals the one on 1
@@ -288,3 +290,15 @@ def test_method_state_sharded_over_devices_is_updated_after_the_gradient():
   np.testing.assert_allclose(bank8["rows"], zs[0] + zs[1], rtol=1e-12)
   _assert_trees_close(jax.device_get(state8.params), state_plain.params,
                       rtol=0)
+  # A checkpoint keeps it, restored with its row sharding.
+  ckpt = checkpointing.Checkpointer(tmp_path / "ckpt", every_steps=1,
+                                    asynchronous=False)
+  assert ckpt.save(state8, force=True)
+  ckpt.wait()
+  with mesh_runs.float64():
+    template = train.create_train_state(jax.random.key(1), learner, mesh)
+    restored = ckpt.restore(template)
+  ckpt.close()
+  assert restored.method_state["rows"].sharding.spec == P(sharding.DATA_AXIS)
+  np.testing.assert_array_equal(jax.device_get(restored.method_state["rows"]),
+                                bank8["rows"])
