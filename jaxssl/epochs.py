@@ -21,6 +21,7 @@ happen at those steps, and logged epochs never exceed `config.epochs`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:  # configs are only read here: no runtime dependency
@@ -118,6 +119,15 @@ class RunLength:
     if epoch >= self.epochs:
       return self.total_steps
     return min(-(-epoch * self.num_examples // self.batch_size),
+               self.total_steps)
+
+  def steps_until(self, epochs: float) -> int:
+    """Steps that have seen less than `epochs` (float) epochs of data,
+    `ceil(epochs·N / B)`, at most the run; a negative value is the whole
+    run (`optimizer.freeze_epochs=-1`)."""
+    if epochs < 0:
+      return self.total_steps
+    return min(math.ceil(epochs * self.num_examples / self.batch_size),
                self.total_steps)
 
   def eval_due(self, step: int, every_epochs: int) -> bool:

@@ -1,4 +1,4 @@
-"""The per-device train step, its compilation over the mesh, and the state.
+"""The per-device train step and its compilation over the mesh.
 
 The train step is written for ONE device's share of the batch, with named-axis
 collectives (`lax.all_gather` of the negatives in the loss, `lax.pmean` of the
@@ -23,7 +23,6 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 import optax
 
-from jaxssl import view_presets
 from jaxssl import gradcache
 from jaxssl import gradients
 from jaxssl import losses
@@ -31,6 +30,7 @@ from jaxssl import precision
 from jaxssl import preemption
 from jaxssl import sharding
 from jaxssl import state as state_lib
+from jaxssl import view_presets
 from jaxssl import views as views_lib
 from jaxssl.evaluators import linear_probe
 from jaxssl.methods import base

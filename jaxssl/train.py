@@ -10,7 +10,6 @@ per-device step, evaluates on held-out data, exports the encoder and writes
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import TYPE_CHECKING, Any, Optional, Tuple
@@ -62,10 +61,9 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
       opt.base_lr, batch_size=config.batch_size, num_examples=num_examples,
       epochs=config.epochs, warmup_epochs=opt.warmup_epochs,
       scaling=opt.lr_scaling, total_steps=steps)
-  freeze_steps = (steps if opt.freeze_epochs < 0 else math.ceil(
-      opt.freeze_epochs * num_examples / config.batch_size))
+  length = epochs_lib.RunLength.from_config(config, num_examples)
   tx = optim.from_config(opt, schedule, total_steps=steps,
-                         freeze_steps=freeze_steps)
+                         freeze_steps=length.steps_until(opt.freeze_epochs))
   method = methods.METHODS[config.method](config, axis_name=DATA_AXIS,
                                           total_steps=steps)
   probe = None

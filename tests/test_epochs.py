@@ -92,3 +92,15 @@ def test_in_memory_stream_is_continuous_and_resumes_anywhere():
   for start in (4, 5, 9):  # step 4 spans epochs 0 and 1
     np.testing.assert_array_equal(np.concatenate(labels_of(start, 3)),
                                   whole[start * b:(start + 3) * b])
+
+
+def test_steps_until_a_float_epoch():
+  """`optimizer.freeze_epochs`: ceil(e·N/B) steps (the first step whose data
+  reaches epoch e is not frozen), capped at the run; -1 is the whole run."""
+  length = epochs.RunLength.create(1437, 64, 40, "simclr")  # 899 steps
+  assert length.total_steps == 1437 * 40 // 64 + 1
+  assert length.steps_until(1) == 23  # 22.45 steps per epoch
+  assert length.steps_until(0.5) == 12
+  assert length.steps_until(0) == 0
+  assert length.steps_until(100) == length.total_steps
+  assert length.steps_until(-1) == length.total_steps

@@ -22,7 +22,7 @@ the views of the group stacked view-major (`split_views` undoes it). See
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import flax.linen as nn
 import jax
@@ -229,14 +229,18 @@ class State:
   specs: PyTree = PartitionSpec()
 
 
-class LossFn:
-  """`loss(online, target, method_state, ctx) -> (local_loss, metrics)`.
+class LossFn(Protocol):
 
-  `online`/`target` are `{group: Outputs}` of the local views (target
-  already stop-gradient, None without a target). The global-batch loss is
-  the mean of `local_loss` over devices; `metrics` are scalars, averaged
-  over devices by the step.
-  """
+  def __call__(self, online: GroupOutputs, target: Optional[GroupOutputs],
+               method_state: Optional[PyTree],
+               ctx: StepContext) -> tuple[jax.Array, dict]:
+    """`(local_loss, metrics)` of one device's views.
+
+    `online`/`target` are `{group: Outputs}` of the local views (target
+    already stop-gradient, None without a target). The global-batch loss is
+    the mean of `local_loss` over devices; `metrics` are scalars, averaged
+    over devices by the step.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +265,7 @@ class Method:
   name: str
   views: Mapping[str, int]
   network: nn.Module
-  loss: Callable[..., tuple]
+  loss: LossFn
   forward: Forward = Forward()
   target: Optional[Target] = None
   state: Optional[State] = None
