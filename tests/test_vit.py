@@ -6,8 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import config_files
 import mesh_runs
+from jaxssl import epochs
 from jaxssl import export
+from jaxssl import methods
+from jaxssl import optim
 from jaxssl.models import vit
 
 
@@ -161,3 +165,19 @@ def test_export_keys_and_shapes_are_timms():
   np.testing.assert_allclose(state["pos_embed"][0, 1:], vit.sincos_2d(14, d),
                              rtol=1e-6)
   np.testing.assert_array_equal(state["pos_embed"][0, 0], 0.0)
+
+
+def test_vit_config_freezes_exactly_the_patch_projection_for_the_run():
+  """`simclr_vit_cifar10`: the freeze pattern matches the patch projection's
+  kernel and bias and nothing else, for every step of the run."""
+  _, c = config_files.load("simclr_vit_cifar10", "runlocal")
+  network = methods.METHODS[c.method](c, axis_name=None, total_steps=1).network
+  params = _shapes(network, c.data.image_size)["params"]
+  flags = optim.path_mask(c.optimizer.freeze_pattern)(params)
+  frozen = sorted("/".join(str(k.key) for k in path)
+                  for path, flag in jax.tree_util.tree_leaves_with_path(flags)
+                  if flag)
+  assert frozen == ["encoder/patch_embed/bias", "encoder/patch_embed/kernel"]
+  length = epochs.RunLength.from_config(c, c.data.synthetic_examples)
+  assert length.steps_until(c.optimizer.freeze_epochs) == length.total_steps
+  assert c.model.frozen_patch_embed
