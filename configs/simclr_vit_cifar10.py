@@ -47,15 +47,5 @@ def get_config(arg=None):
   c.optimizer.warmup_epochs = 20.0
   if arg.runlocal:
     config_utils.shrink_for_cpu(c, keep=arg.given)
-  _use_vit(c, patch_size=8 if arg.runlocal else 4)
-  c.optimizer.freeze_pattern = "^encoder/patch_embed/"
-  c.optimizer.freeze_epochs = -1.0  # the whole run
+  config_utils.use_vit(c, variant="tiny", patch_size=8 if arg.runlocal else 4)
   return c
-
-
-def _use_vit(c, *, patch_size: int):
-  c.model.name = "vit"
-  c.model.variant = "tiny"
-  c.model.patch_size = patch_size
-  c.model.pos_embed = "sincos"
-  c.model.frozen_patch_embed = True

@@ -11,82 +11,14 @@ the run for a CPU, but a value given explicitly in the variant wins over the
 shrink (400 epochs here).
 """
 
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable
 
 import ml_collections
 
-from jaxssl.config_errors import did_you_mean
+from jaxssl import config_variants
 
-
-def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
-  """Parses a config variant string such as `"runlocal,epochs=1000"`.
-
-  Bare words set boolean flags to True; `key=value` pairs are converted to the
-  type of the default. Unknown words, values that do not convert and bare
-  words of non-boolean variants are errors naming the allowed variants.
-
-  The keys written in `arg` are listed in the result's `given`, so that
-  `:runlocal` keeps them: `shrink_for_cpu(c, keep=arg.given)` leaves the
-  epochs of `:runlocal,epochs=400` at 400.
-
-  Args:
-    arg: the text after `:` in `--config=configs/x.py:arg`, or None.
-    **defaults: the allowed keys and their default values.
-
-  Returns:
-    A ConfigDict of the parsed values, plus `given`: the sorted tuple of the
-    keys that `arg` sets.
-
-  Raises:
-    ValueError: with a one-line message, for any word that does not parse.
-  """
-  if "given" in defaults:
-    raise ValueError("'given' cannot be a config variant (it lists the "
-                     "variants given)")
-  result = ml_collections.ConfigDict(defaults)
-  given = set()
-  for token in filter(None, (arg or "").split(",")):
-    key, sep, value = (part.strip() for part in token.partition("="))
-    if key not in defaults:
-      raise ValueError(f"unknown config variant {key!r} in {arg!r}"
-                       f"{did_you_mean(key, defaults)}; variants: "
-                       f"{_describe_variants(defaults)}")
-    if sep or not isinstance(defaults[key], bool):
-      result[key] = _parse_variant_value(key, value if sep else None,
-                                         defaults[key])
-    else:
-      result[key] = True
-    given.add(key)
-  result.given = tuple(sorted(given))
-  return result
-
-
-_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
-
-
-def _parse_variant_value(key: str, value: Optional[str], default: Any) -> Any:
-  """`value` as the type of `default`; ValueError naming the variant."""
-  kind = type(default).__name__
-  if value is None:
-    raise ValueError(f"config variant {key!r} needs a value ({key}=<{kind}>)")
-  if isinstance(default, bool):
-    if value.lower() not in _TRUE + _FALSE:
-      raise ValueError(f"config variant {key}={value!r} is not a bool "
-                       f"(true/false)")
-    return value.lower() in _TRUE
-  try:
-    return type(default)(value)
-  except ValueError:
-    raise ValueError(f"config variant {key}={value!r} is not "
-                     f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}") from None
-
-
-def _describe_variants(defaults: Dict[str, Any]) -> str:
-  """E.g. `epochs=<int, default 100>, runlocal`."""
-  return ", ".join(
-      key if isinstance(value, bool)
-      else f"{key}=<{type(value).__name__}, default {value!r}>"
-      for key, value in sorted(defaults.items()))
+# The variant parser every config calls as `config_utils.parse_arg`.
+parse_arg = config_variants.parse_arg
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -153,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (DINO; made for vit_image_size px, resampled for other sizes), MoCo v3's
   # frozen random patch projection, stochastic depth of the last block.
   c.model.variant = "small"
+  c.model.num_heads = 0  # 0: the variant's (MoCo v3's ViT-S uses 12)
   c.model.patch_size = 16
   c.model.pos_embed = "sincos"
   c.model.vit_image_size = 224
@@ -177,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.use_bn = True
   c.head.last_bn = "scale"  # 'scale' | 'affine' | 'plain' | 'none'.
   c.head.kernel_init = "simclr"  # 'simclr' N(0, 0.01²) | 'fan_in'.
+  # Dense layers without a BatchNorm after them have a bias (False: none,
+  # MoCo v3).
+  c.head.bias = True
 
   # Predictor (BYOL, SimSiam); num_layers=0: none.
   c.predictor = ml_collections.ConfigDict()
@@ -186,10 +122,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.predictor.use_bn = True
   c.predictor.last_bn = "none"
   c.predictor.kernel_init = "fan_in"
+  c.predictor.bias = True
 
-  # EMA target network (BYOL): τ from base_momentum to 1 on a cosine.
+  # EMA target network (BYOL, MoCo): τ from base_momentum to 1 on a cosine
+  # over the run, or constant (MoCo v1/v2's 0.999).
   c.target = ml_collections.ConfigDict()
   c.target.base_momentum = 0.99
+  c.target.momentum_schedule = "cosine"  # 'cosine' | 'constant'
+  # MoCo v1/v2's shuffling BN: the key encoder sees the batch permuted
+  # across devices (needs per-device BN, model.bn_group_size=1, to matter).
+  c.target.shuffle_bn = False
   # How the target starts: 'copy' of the online network it tracks, or
   # 'independent' (its own random key); '' = the method's reference choice
   # (BYOL: independent).
@@ -198,13 +140,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.1  # SimCLR.
   c.loss.barlow_lambda = 5e-3  # Barlow Twins' λ.
+  # MoCo v1/v2: keys in the queue of negatives (a multiple of batch_size).
+  c.loss.queue_size = 65536
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lars"
   c.optimizer.base_lr = 0.3  # per 256 examples ('linear') or per √B ('sqrt').
   c.optimizer.lr_scaling = "linear"
   c.optimizer.warmup_epochs = 10.0
+  # Learning rate: 'warmup_cosine' (per step, the SimCLR/BYOL/MoCo v3
+  # references) or 'epoch_cosine' (set at the start of each epoch, no
+  # warm-up: MoCo v1/v2's `adjust_learning_rate`).
+  c.optimizer.schedule = "warmup_cosine"
   c.optimizer.weight_decay = 1e-6
+  # Leaves that get weight decay (and LARS's trust ratio): 'kernels' (rank
+  # >= 2; biases and normalisation excluded) or 'all' (PyTorch's SGD/AdamW
+  # on model.parameters(): MoCo v2, MoCo v3's ViT).
+  c.optimizer.decay_mask = "kernels"
   c.optimizer.momentum = 0.9
   c.optimizer.nesterov = False
   c.optimizer.trust_coefficient = 1e-3
@@ -280,16 +232,34 @@ def use_cifar10(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def use_vit(c: ml_collections.ConfigDict, *, variant: str, patch_size: int,
+            num_heads: int = 0) -> ml_collections.ConfigDict:
+  """A ViT encoder as MoCo v3 trains it: fixed 2-D sin-cos position
+  embedding and a frozen random patch projection (no gradient, and no
+  update for the whole run, decay included)."""
+  c.model.name = "vit"
+  c.model.variant = variant
+  c.model.num_heads = num_heads
+  c.model.patch_size = patch_size
+  c.model.pos_embed = "sincos"
+  c.model.frozen_patch_embed = True
+  c.optimizer.freeze_pattern = "^encoder/patch_embed/"
+  c.optimizer.freeze_epochs = -1.0  # the whole run
+  return c
+
+
 def set_head(section: ml_collections.ConfigDict, *, num_layers: int,
              hidden_dim: int, out_dim: int, last_bn: str,
-             kernel_init: str = "fan_in") -> None:
+             kernel_init: str = "fan_in", use_bn: bool = True,
+             bias: bool = True) -> None:
   """Sets an MLP head section (`head` or `predictor`) in one statement."""
   section.num_layers = num_layers
   section.hidden_dim = hidden_dim
   section.out_dim = out_dim
-  section.use_bn = True
+  section.use_bn = use_bn
   section.last_bn = last_bn
   section.kernel_init = kernel_init
+  section.bias = bias
 
 
 def downstream_config(*, mode: str, epochs: int, batch_size: int,
@@ -342,33 +312,35 @@ def _values(c: ml_collections.ConfigDict, keys: Iterable[str]
 _RUNLOCAL_HEAD_WIDTH = 128
 
 
-def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = ()
-                   ) -> ml_collections.ConfigDict:
+def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = (),
+                   *, epochs: int = 5) -> ml_collections.ConfigDict:
   """The `:runlocal` shrink: 256 synthetic 32 px images, ResNet-18/8.
 
   Keeps the method, loss and optimizer of `c` (heads capped at 128 wide) so
   that the whole code path of the experiment runs on a CPU in about a
   minute: 5 epochs of 4 steps at batch 64 (20 steps, 21 with the SimCLR
-  `steps_rule`).
+  `steps_rule`); MoCo's queue holds 4 batches.
 
   Args:
     c: the experiment's config, changed in place.
     keep: top-level keys of `c` that keep their value: the variants given
       explicitly (`parse_arg(...).given`), so that `:runlocal,epochs=400`
       trains 400 epochs. Other names are ignored.
+    epochs: epochs of 4 steps.
 
   Returns:
     `c`.
   """
   kept = _values(c, keep)
   c.batch_size = 64
-  c.epochs = 5
+  c.epochs = epochs
   c.log_every = 2
   c.checkpoint.every_steps = 8
   for section in (c.head, c.predictor):
     if section.hidden_dim:  # 0 (the input width) stays
       section.hidden_dim = min(section.hidden_dim, _RUNLOCAL_HEAD_WIDTH)
     section.out_dim = min(section.out_dim, _RUNLOCAL_HEAD_WIDTH)
+  c.loss.queue_size = 4 * c.batch_size
   c.data.source = "synthetic"
   c.data.synthetic_examples = 256
   c.data.image_size = 32
@@ -376,7 +348,8 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = ()
   c.model.depth = 18
   c.model.width = 0.125
   c.model.cifar_stem = True
-  c.optimizer.warmup_epochs = 1.0
+  if c.optimizer.schedule == "warmup_cosine":  # 'epoch_cosine' has none
+    c.optimizer.warmup_epochs = 1.0
   c.eval.knn_ks = (20,)
   c.eval.batch_size = 256
   c.update(kept)

@@ -158,7 +158,8 @@ def microbatched_gradients(state: TrainState, batch: dict,
       return forward.encode(network, variables, views_of(i, rows), counts,
                             rng=jax.random.fold_in(rng, i))
     hs, stats = lax.map(one, (jnp.arange(m), micro))
-    h = {g: _from_micro(x, counts[g]) for g, x in hs.items()}
+    chosen = forward.counts(counts)  # views per group after `select`
+    h = {g: _from_micro(x, chosen[g]) for g, x in hs.items()}
     return h, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
 
   online_vars = {"params": state.params, "batch_stats": state.batch_stats}
@@ -204,7 +205,8 @@ def microbatched_gradients(state: TrainState, batch: dict,
     _, vjp = jax.vjp(encode, local_params)
     return jax.tree.map(jnp.add, total, vjp(grad_h)[0])
 
-  grad_h_micro = {g: _to_micro(x, counts[g], m) for g, x in grad_h.items()}
+  chosen = method.forward.counts(counts)
+  grad_h_micro = {g: _to_micro(x, chosen[g], m) for g, x in grad_h.items()}
   encoder_grads = _sum_microbatches(
       accumulate, jax.tree.map(jnp.zeros_like, local_params),
       (jnp.arange(m), micro, grad_h_micro),

@@ -87,15 +87,24 @@ def nt_xent_and_accuracy(
   logits_aa = z1 @ z1_all.T / temperature - self_mask
   logits_bb = z2 @ z2_all.T / temperature - self_mask
 
-  def cross_entropy(logits):
-    log_p = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(log_p, positives[:, None], axis=-1))
+  loss_a = _cross_entropy(jnp.concatenate([logits_ab, logits_aa], axis=1),
+                          positives)
+  loss_b = _cross_entropy(jnp.concatenate([logits_ba, logits_bb], axis=1),
+                          positives)
+  return loss_a + loss_b, _top1(logits_ab, positives)
 
-  loss_a = cross_entropy(jnp.concatenate([logits_ab, logits_aa], axis=1))
-  loss_b = cross_entropy(jnp.concatenate([logits_ba, logits_bb], axis=1))
-  accuracy = jnp.mean(
-      precision.to_full(jnp.argmax(logits_ab, axis=1) == positives))
-  return loss_a + loss_b, lax.stop_gradient(accuracy)
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean over rows of the softmax cross-entropy of column `labels[i]`."""
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=-1))
+
+
+def _top1(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of rows whose largest logit is column `labels[i]` (no
+  gradient)."""
+  hits = precision.to_full(jnp.argmax(logits, axis=1) == labels)
+  return lax.stop_gradient(jnp.mean(hits))
 
 
 def nt_xent(
@@ -139,6 +148,93 @@ def nt_xent(
   """
   loss, _ = nt_xent_and_accuracy(
       z1, z2, temperature, normalize=normalize, axis_name=axis_name)
+  return loss
+
+
+def info_nce_and_accuracy(
+    q: jax.Array,
+    k: jax.Array,
+    temperature: float,
+    *,
+    queue: Optional[jax.Array] = None,
+    axis_name: Optional[str] = None,
+    normalize: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+  """`info_nce` and the top-1 accuracy of the positive among the logits
+  (the MoCo references' `acc1`), a stop-gradient scalar. See `info_nce`."""
+  if q.ndim != 2 or q.shape != k.shape:
+    raise ValueError(f"info_nce expects queries and keys of one [n, d] shape; "
+                     f"got {q.shape} and {k.shape}")
+  if queue is not None and (queue.ndim != 2 or queue.shape[1] != q.shape[1]):
+    raise ValueError(f"info_nce: the queue must be [K, {q.shape[1]}]; got "
+                     f"{queue.shape}")
+  q = precision.to_full(q)
+  k = precision.to_full(k)
+  if normalize:
+    q, k = l2_normalize(q), l2_normalize(k)
+  n = q.shape[0]
+  if queue is None:
+    keys = _gather(k, axis_name)
+    offset = 0 if axis_name is None else lax.axis_index(axis_name) * n
+    positives = offset + jnp.arange(n)
+    logits = q @ keys.T / temperature
+  else:
+    positive = jnp.sum(q * k, axis=1, keepdims=True)
+    negatives = q @ precision.to_full(queue).T
+    logits = jnp.concatenate([positive, negatives], axis=1) / temperature
+    positives = jnp.zeros([n], jnp.int32)
+  return _cross_entropy(logits, positives), _top1(logits, positives)
+
+
+def info_nce(
+    q: jax.Array,
+    k: jax.Array,
+    temperature: float,
+    *,
+    queue: Optional[jax.Array] = None,
+    axis_name: Optional[str] = None,
+    normalize: bool = True,
+) -> jax.Array:
+  """InfoNCE of queries against keys: MoCo's contrastive loss.
+
+  The mean over the local queries of the softmax cross-entropy of their
+  positive key:
+
+  * `queue=None` (MoCo v3: Chen, Xie & He, "An Empirical Study of Training
+    Self-Supervised Vision Transformers", ICCV 2021,
+    https://arxiv.org/abs/2104.02057, `contrastive_loss`): each local query
+    is scored against the keys of the whole global batch, gathered over
+    `axis_name` in device order; the positive of local row i is global row
+    `offset + i` (`offset` = device index · n). The reference multiplies
+    this by `2τ`; the caller does (`jaxssl.methods.mocov3`).
+  * `queue` `[K, d]` (MoCo v1: He, Fan, Wu, Xie & Girshick, "Momentum
+    Contrast for Unsupervised Visual Representation Learning", CVPR 2020,
+    https://arxiv.org/abs/1911.05722; v2: Chen, Fan, Girshick & He,
+    https://arxiv.org/abs/2003.04297): logits `[q·k, q·queueᵀ] / τ` with the
+    positive at column 0; the queue rows are used as given (stored keys,
+    already normalised); nothing is gathered.
+
+  The keys are differentiated like the queries (the gathered ones through
+  the all-gather's transpose); MoCo's keys come from the momentum encoder,
+  so the caller stops their gradient.
+
+  Args:
+    q: `[n, d]` queries of the local batch.
+    k: `[n, d]` keys, row-aligned with `q` (row i is the positive of q_i).
+    temperature: softmax temperature τ (MoCo v1 0.07, v2 0.2; v3 0.2 for
+      ViT, 1.0 for ResNet).
+    queue: `[K, d]` negative keys, or None for the in-batch form.
+    axis_name: mapped device axis over which the global batch is spread
+      (in-batch form), or None.
+    normalize: L2-normalise `q` and `k` first (1e-12 bounding the squared
+      norm, as `l2_normalize`).
+
+  Returns:
+    The scalar loss of this device's queries; under `shard_map`, its
+    `lax.pmean` over `axis_name` is the loss of the global batch.
+  """
+  loss, _ = info_nce_and_accuracy(q, k, temperature, queue=queue,
+                                  axis_name=axis_name, normalize=normalize)
   return loss
 
 

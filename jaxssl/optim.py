@@ -317,7 +317,8 @@ def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
                 freeze_steps: int = 0) -> optax.GradientTransformation:
   """The optimizer of a config section `optimizer` at this rate/schedule.
 
-  Around it, in order: gradient clipping (`clip_global_norm`,
+  Weight decay (and LARS's trust ratio) applies to the leaves of
+  `decay_mask`: 'kernels' or 'all'. Around it, in order: gradient clipping (`clip_global_norm`,
   `clip_per_parameter`; 0 = off), the optimizer with its weight decay
   (`weight_decay_schedule`: 'constant', or 'cosine' from `weight_decay` to
   `weight_decay_end` over `total_steps`), and the freezing of the
@@ -331,6 +332,12 @@ def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
     extra.update(trust_coefficient=opt.trust_coefficient,
                  lr_in_momentum=opt.lr_in_momentum,
                  excluded_lr_scale=opt.excluded_lr_scale)
+  decay_mask = opt.get("decay_mask", "kernels")
+  if decay_mask == "all":
+    extra["mask"] = lambda params: jax.tree.map(lambda _: True, params)
+  elif decay_mask != "kernels":
+    raise ValueError(f"config.optimizer.decay_mask={decay_mask!r} is not one "
+                     "of ['kernels', 'all']")
   weight_decay = opt.weight_decay
   kind = opt.get("weight_decay_schedule", "constant")
   if kind == "cosine":

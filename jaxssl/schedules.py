@@ -97,3 +97,73 @@ def ema_momentum(base_tau: float, total_steps: int) -> Schedule:
     return 1.0 - (1.0 - base_tau) * (jnp.cos(jnp.pi * k / total_steps) + 1.0) / 2.0
 
   return schedule
+
+
+def epoch_cosine(base_lr: float, *, batch_size: int, num_examples: int,
+                 epochs: float, scaling: str = "linear") -> Schedule:
+  """Cosine decay set once per epoch, no warm-up: MoCo v1/v2's
+  `adjust_learning_rate` (He et al. 2020, https://arxiv.org/abs/1911.05722;
+  Chen et al. 2020, https://arxiv.org/abs/2003.04297, `--cos`).
+
+  Step `t` is in epoch `e = ⌊t·B/N⌋` and gets `peak·(1 + cos(π·e/E))/2`
+  (E = `epochs`, peak = base·B/256 or base·√B as `scale_learning_rate`).
+  """
+  peak = scale_learning_rate(base_lr, batch_size, scaling)
+  if epochs <= 0:
+    raise ValueError(f"epoch_cosine: epochs={epochs} must be positive")
+
+  def schedule(step):
+    # Integer epoch of the step (exact for int steps: floor(t·B / N)).
+    epoch = (jnp.asarray(step, jnp.int64 if jax.config.jax_enable_x64
+                         else jnp.int32) * batch_size) // num_examples
+    e = jnp.minimum(precision.to_full(epoch), epochs)
+    return peak * 0.5 * (1.0 + jnp.cos(jnp.pi * e / epochs))
+
+  return schedule
+
+
+LR_SCHEDULES = ("warmup_cosine", "epoch_cosine")
+
+
+def from_config(opt, *, batch_size: int, num_examples: int, epochs: float,
+                total_steps: int) -> Schedule:
+  """The learning rate of config section `optimizer` (`opt.schedule`)."""
+  kind = opt.get("schedule", "warmup_cosine")
+  if kind == "warmup_cosine":
+    return warmup_cosine(opt.base_lr, batch_size=batch_size,
+                         num_examples=num_examples, epochs=epochs,
+                         warmup_epochs=opt.warmup_epochs,
+                         scaling=opt.lr_scaling, total_steps=total_steps)
+  if kind == "epoch_cosine":
+    if opt.warmup_epochs:
+      raise ValueError("config.optimizer.schedule='epoch_cosine' has no "
+                       "warm-up; set config.optimizer.warmup_epochs=0 (got "
+                       f"{opt.warmup_epochs})")
+    return epoch_cosine(opt.base_lr, batch_size=batch_size,
+                        num_examples=num_examples, epochs=epochs,
+                        scaling=opt.lr_scaling)
+  raise ValueError(f"config.optimizer.schedule={kind!r} is not one of "
+                   f"{list(LR_SCHEDULES)}")
+
+
+def target_momentum(target, total_steps: int, *, shift: int = 0) -> Schedule:
+  """τ of config section `target`: `ema_momentum(base_momentum)` for
+  `momentum_schedule='cosine'`, else the constant `base_momentum`.
+
+  `shift` evaluates the cosine `shift` steps later: MoCo v3 sets the
+  momentum of iteration t+1 before it updates the momentum encoder towards
+  the weights after step t, which the train step applies at the end of
+  step t (`shift=1`).
+  """
+  kind = target.get("momentum_schedule", "cosine")
+  base_tau = target.base_momentum
+  if not 0.0 <= base_tau <= 1.0:
+    raise ValueError(f"config.target.base_momentum={base_tau} is not in "
+                     "[0, 1]")
+  if kind == "constant":
+    return lambda step: jnp.full([], base_tau, precision.full_dtype())
+  if kind != "cosine":
+    raise ValueError(f"config.target.momentum_schedule={kind!r} is not one "
+                     "of ['cosine', 'constant']")
+  cosine = ema_momentum(base_tau, total_steps)
+  return lambda step: cosine(step + shift)

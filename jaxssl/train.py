@@ -57,10 +57,9 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
   """
   opt = config.optimizer
   steps = epochs_lib.total_steps(config, num_examples)
-  schedule = schedules.warmup_cosine(
-      opt.base_lr, batch_size=config.batch_size, num_examples=num_examples,
-      epochs=config.epochs, warmup_epochs=opt.warmup_epochs,
-      scaling=opt.lr_scaling, total_steps=steps)
+  schedule = schedules.from_config(
+      opt, batch_size=config.batch_size, num_examples=num_examples,
+      epochs=config.epochs, total_steps=steps)
   length = epochs_lib.RunLength.from_config(config, num_examples)
   tx = optim.from_config(opt, schedule, total_steps=steps,
                          freeze_steps=length.steps_until(opt.freeze_epochs))
@@ -104,7 +103,8 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     raise ValueError(f"config.method={config.method!r} is not one of "
                      f"{sorted(methods.METHODS)}")
   epochs_lib.check_steps_rule(config.steps_rule)
-  if config.method in ("byol", "simsiam") and config.predictor.num_layers < 1:
+  if (config.method in ("byol", "simsiam", "mocov3")
+      and config.predictor.num_layers < 1):
     raise ValueError(f"config.method={config.method!r} needs a predictor: "
                      "config.predictor.num_layers >= 1")
   if config.optimizer.name not in optim.OPTIMIZERS:

@@ -17,7 +17,9 @@ from jaxssl.config_utils import parse_arg
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_CONFIGS = ["byol_resnet50", "byol_cifar10", "simsiam_resnet50",
                   "simsiam_cifar10", "barlow_twins_resnet50",
-                  "barlow_twins_cifar10", "simclr_vit_cifar10"]
+                  "barlow_twins_cifar10", "simclr_vit_cifar10",
+                  "mocov2_resnet50", "mocov2_cifar10", "mocov3_resnet50",
+                  "mocov3_vit_small", "mocov3_cifar10"]
 CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
 
 
@@ -100,11 +102,57 @@ def test_simsiam_and_barlow_twins_configs_match_papers():
       0.0048)
 
 
+def test_moco_configs_match_the_references():
+  """MoCo v2 (`main_moco.py --mlp --moco-t 0.2 --aug-plus --cos`) and MoCo
+  v3 (CONFIG.md per epoch budget, the ViT-S command)."""
+  _, c = _load("mocov2_resnet50")
+  assert (c.method, c.batch_size, c.epochs, c.loss.queue_size,
+          c.loss.temperature) == ("moco", 256, 200, 65536, 0.2)
+  assert (c.optimizer.name, c.optimizer.base_lr, c.optimizer.weight_decay,
+          c.optimizer.decay_mask, c.optimizer.schedule) == (
+              "sgd", 0.03, 1e-4, "all", "epoch_cosine")
+  assert (c.head.num_layers, c.head.use_bn, c.head.out_dim) == (2, False, 128)
+  assert (c.target.base_momentum, c.target.momentum_schedule) == (
+      0.999, "constant")
+  assert (c.augment.color_strength, c.augment.blur,
+          c.augment.min_crop_area) == (0.5, True, 0.2)
+  _, c = _load("mocov2_resnet50", "v1")
+  assert (c.head.num_layers, c.loss.temperature, c.augment.blur) == (
+      1, 0.07, False)
+  for epochs, lr, wd, m in [(100, 0.6, 1e-6, 0.99), (300, 0.3, 1e-6, 0.99),
+                            (1000, 0.3, 1.5e-6, 0.996)]:
+    _, c = _load("mocov3_resnet50", f"epochs={epochs}")
+    assert (c.optimizer.base_lr, c.optimizer.weight_decay,
+            c.target.base_momentum) == (lr, wd, m)
+    assert (c.batch_size, c.loss.temperature, c.optimizer.name,
+            c.optimizer.lr_in_momentum, c.augment.min_crop_area) == (
+                4096, 1.0, "lars", False, 0.2)
+    assert (c.head.num_layers, c.head.last_bn, c.predictor.last_bn,
+            c.head.bias, c.predictor.bias) == (2, "plain", "none", False,
+                                               False)
+  _, c = _load("mocov3_resnet50", "epochs=600")  # the 300-epoch settings
+  assert (c.epochs, c.optimizer.base_lr, c.target.base_momentum) == (
+      600, 0.3, 0.99)
+  _, c = _load("mocov3_vit_small")
+  assert (c.model.name, c.model.variant, c.model.num_heads,
+          c.model.patch_size, c.model.frozen_patch_embed) == (
+              "vit", "small", 12, 16, True)
+  assert (c.optimizer.name, c.optimizer.base_lr, c.optimizer.weight_decay,
+          c.optimizer.decay_mask, c.optimizer.warmup_epochs) == (
+              "adamw", 1.5e-4, 0.1, "all", 40.0)
+  assert (c.batch_size, c.epochs, c.loss.temperature, c.head.num_layers,
+          c.predictor.last_bn) == (4096, 300, 0.2, 3, "plain")
+
+
 # Trained below: one config per method. The ImageNet configs' `:runlocal`
 # differ from these only in hyperparameters; they are built (not trained)
 # here, and byol_resnet50 / simclr_resnet50 `:runlocal` train in
 # test_multihost.py.
-TRAINED_CONFIGS = [n for n in METHOD_CONFIGS if n.endswith("_cifar10")]
+# MoCo's (issue 17) all train, with the ViT variant of mocov3_cifar10.
+TRAINED_CONFIGS = [n for n in METHOD_CONFIGS
+                   if n.endswith("_cifar10") or n.startswith("moco")]
+TRAINED_VARIANTS = [(n, "runlocal") for n in TRAINED_CONFIGS] + [
+    ("mocov3_cifar10", "runlocal,vit")]
 
 
 @pytest.mark.parametrize("name", [n for n in METHOD_CONFIGS
@@ -119,11 +167,13 @@ def test_method_config_runlocal_builds(name):
   assert train.total_steps(config, config.data.synthetic_examples) >= 20
 
 
-@pytest.mark.parametrize("name", TRAINED_CONFIGS)
-def test_method_config_runlocal_trains_20_steps(name, tmp_path):
-  """Each method's `:runlocal` trains 20 steps on 8 CPU devices: finite
-  losses that go down (mean of the last 3 logged below the first 3)."""
-  _, config = _load(name, "runlocal")
+@pytest.mark.parametrize("name,variant", TRAINED_VARIANTS)
+def test_method_config_runlocal_trains_20_steps(name, variant, tmp_path):
+  """Each method's `:runlocal` trains 20 steps (MoCo v1/v2 48) on 8 CPU
+  devices: finite losses that go down (mean of the last third below the
+  first third, after the steps that fill a MoCo queue: the random initial
+  queue makes the first losses low)."""
+  _, config = _load(name, variant)
   config.log_every = 1
   config.eval.knn_ks = ()
   config.probe.enabled = False
@@ -132,7 +182,10 @@ def test_method_config_runlocal_trains_20_steps(name, tmp_path):
   assert results["steps"] >= 20 and len(history) == results["steps"]
   losses = np.array([h["loss"] for h in history])
   assert np.all(np.isfinite(losses))
-  assert losses[-3:].mean() < losses[:3].mean(), losses
+  if config.method == "moco":
+    losses = losses[config.loss.queue_size // config.batch_size:]
+  third = len(losses) // 3
+  assert losses[-third:].mean() < losses[:third].mean(), losses
 
 
 def test_parse_arg_types_and_errors():

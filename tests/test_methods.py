@@ -409,9 +409,10 @@ def test_method_config_errors_are_clear():
     c.predictor.num_layers = 0
   with pytest.raises(ValueError, match="needs a predictor"):
     train.check_config(c, mesh)
-  c = _config("moco")
-  with pytest.raises(ValueError, match=r"config.method='moco' is not one of "
-                     r"\['barlow_twins', 'byol', 'simclr', 'simsiam'\]"):
+  c = _config("mocov4")
+  with pytest.raises(ValueError, match=r"config.method='mocov4' is not one "
+                     r"of \['barlow_twins', 'byol', 'moco', 'mocov3', "
+                     r"'simclr', 'simsiam'\]"):
     train.check_config(c, mesh)
   c = _config("byol")
   with c.unlocked():

@@ -386,3 +386,30 @@ def test_freeze_keeps_matching_parameters_and_their_slots_still():
   np.testing.assert_allclose(last[2], 1.0 - 0.1 * g, rtol=1e-14)
   assert optim.path_mask("last")(params) == {
       "projector": {"last": {"kernel": True}, "first": {"kernel": False}}}
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_decay_mask_all_decays_biases_and_norms_too(name):
+  """`decay_mask='all'` (PyTorch's SGD/AdamW over model.parameters(): MoCo
+  v2, MoCo v3's ViT): a zero gradient's SGD update is −lr·wd·p on every
+  leaf; 'kernels' leaves rank ≤ 1 alone; any other name is an error."""
+  params = {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 3.0)}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  lr, wd = 0.1, 0.5
+  for mask, decays_bias in (("all", True), ("kernels", False)):
+    tx = optim.from_config(_chain_config(name=name, weight_decay=wd,
+                                         decay_mask=mask), lr)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    assert np.all(np.asarray(updates["kernel"]) < 0)
+    if name == "sgd":
+      np.testing.assert_allclose(updates["kernel"], -lr * wd * 2.0,
+                                 rtol=1e-6)
+    bias = np.asarray(updates["bias"])
+    if decays_bias:
+      assert np.all(bias < 0), (name, mask, bias)
+      if name == "sgd":
+        np.testing.assert_allclose(bias, -lr * wd * 3.0, rtol=1e-6)
+    else:
+      np.testing.assert_array_equal(bias, 0.0)
+  with pytest.raises(ValueError, match="decay_mask='bias'"):
+    optim.from_config(_chain_config(decay_mask="bias"), lr)

@@ -121,3 +121,44 @@ def test_warmup_cosine_unknown_scaling():
     schedules.warmup_cosine(
         0.3, batch_size=_BATCH, num_examples=_N, epochs=_EPOCHS,
         warmup_epochs=_WARMUP_EPOCHS, scaling="quadratic")
+
+
+def test_epoch_cosine_is_set_once_per_epoch():
+  """MoCo v1/v2's `adjust_learning_rate(--cos)`: base·B/256·(1 + cos(π·e/E))/2
+  with e the integer epoch of the step, no warm-up."""
+  n, batch, epochs = 1000, 96, 5  # 10.42 steps per epoch
+  fn = schedules.epoch_cosine(0.03, batch_size=batch, num_examples=n,
+                              epochs=epochs)
+  peak = 0.03 * batch / 256
+  for step in range(0, 60):
+    epoch = step * batch // n
+    want = peak * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    assert float(fn(jnp.int32(step))) == pytest.approx(want, rel=1e-6), step
+  assert float(fn(10)) == float(fn(0)) == pytest.approx(peak)
+  assert float(fn(11)) < peak
+
+
+def test_schedule_from_config_and_target_momentum():
+  from jaxssl import config_utils  # pylint: disable=import-outside-toplevel
+  c = config_utils.base_config()
+  c.optimizer.schedule = "epoch_cosine"
+  c.optimizer.warmup_epochs = 10.0
+  with pytest.raises(ValueError, match="has no warm-up"):
+    schedules.from_config(c.optimizer, batch_size=256, num_examples=1000,
+                          epochs=10, total_steps=39)
+  c.optimizer.schedule = "linear"
+  with pytest.raises(ValueError, match="schedule='linear' is not one of"):
+    schedules.from_config(c.optimizer, batch_size=256, num_examples=1000,
+                          epochs=10, total_steps=39)
+  c.target.base_momentum = 0.99
+  cosine = schedules.ema_momentum(0.99, 100)
+  shifted = schedules.target_momentum(c.target, 100, shift=1)
+  for step in (0, 1, 50, 99, 100):
+    assert float(shifted(step)) == pytest.approx(float(cosine(step + 1)))
+  c.target.momentum_schedule = "constant"
+  c.target.base_momentum = 0.999
+  assert float(schedules.target_momentum(c.target, 100)(70)) == pytest.approx(
+      0.999)
+  c.target.momentum_schedule = "step"
+  with pytest.raises(ValueError, match="momentum_schedule='step'"):
+    schedules.target_momentum(c.target, 100)

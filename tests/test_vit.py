@@ -167,10 +167,14 @@ def test_export_keys_and_shapes_are_timms():
   np.testing.assert_array_equal(state["pos_embed"][0, 0], 0.0)
 
 
-def test_vit_config_freezes_exactly_the_patch_projection_for_the_run():
-  """`simclr_vit_cifar10`: the freeze pattern matches the patch projection's
+@pytest.mark.parametrize("name,variant", [
+    ("simclr_vit_cifar10", "runlocal"), ("mocov3_vit_small", "runlocal"),
+    ("mocov3_cifar10", "runlocal,vit")])
+def test_vit_config_freezes_exactly_the_patch_projection_for_the_run(
+    name, variant):
+  """The ViT configs: the freeze pattern matches the patch projection's
   kernel and bias and nothing else, for every step of the run."""
-  _, c = config_files.load("simclr_vit_cifar10", "runlocal")
+  _, c = config_files.load(name, variant)
   network = methods.METHODS[c.method](c, axis_name=None, total_steps=1).network
   params = _shapes(network, c.data.image_size)["params"]
   flags = optim.path_mask(c.optimizer.freeze_pattern)(params)
@@ -181,3 +185,25 @@ def test_vit_config_freezes_exactly_the_patch_projection_for_the_run():
   length = epochs.RunLength.from_config(c, c.data.synthetic_examples)
   assert length.steps_until(c.optimizer.freeze_epochs) == length.total_steps
   assert c.model.frozen_patch_embed
+
+
+def test_initialisation_is_moco_v3s():
+  """q, k and v each Xavier-uniform on their own fans, U(±√(6/2D)); the
+  patch projection on its `[3p², D]` matrix, U(±√(6/(3p² + D))); zero
+  biases; the heads override (MoCo v3's ViT-S has 12)."""
+  model = vit.create("small", heads=12, patch_size=16)
+  assert model.heads == 12
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                      train=False)["params"]
+  d, p = 384, 16
+  for kernel, bound in (
+      (params["blocks_0"]["attn"]["qkv"]["kernel"], np.sqrt(6 / (2 * d))),
+      (params["patch_embed"]["kernel"], np.sqrt(6 / (3 * p * p + d))),
+      (params["blocks_0"]["mlp"]["fc1"]["kernel"], np.sqrt(6 / (5 * d)))):
+    kernel = np.asarray(kernel)
+    assert np.abs(kernel).max() <= bound
+    # Uniform on ±bound: std bound/√3 (to 2 % with these sizes).
+    np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.02)
+  np.testing.assert_array_equal(params["blocks_0"]["attn"]["qkv"]["bias"], 0)
+  with pytest.raises(ValueError, match="num_heads=7 does not divide"):
+    vit.create("small", heads=7)

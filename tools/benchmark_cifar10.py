@@ -1,10 +1,10 @@
 r"""CIFAR-10 benchmark: pretrain, then kNN and linear evaluation; one row.
 
-Pretrains `configs/<method>_cifar10.py` on the CIFAR-10 JPEG zip decoded
-into memory (PIL; no TensorFlow needed, so it runs on the bare GPU image),
-evaluates weighted kNN (k = 20, 200) every few epochs and at the end (with
-the random-init baseline), then runs linear evaluation on the frozen encoder
-(crop + flip, SGD Nesterov, centre-crop test). Appends a row to
+Pretrains `configs/<method>_cifar10.py` (`--method=mocov2`: MoCo v2) on the
+CIFAR-10 JPEG zip decoded into memory (PIL; no TensorFlow needed, so it runs
+on the bare GPU image), evaluates weighted kNN (k = 20, 200) every few epochs
+and at the end (with the random-init baseline), then runs linear evaluation
+on the frozen encoder (crop + flip, SGD Nesterov, centre-crop test). Appends a row to
 BENCHMARKS.md and writes `curves.png` (loss and kNN per epoch) in the workdir.
 
 GPU (ResNet-18, the lightly benchmark's setting):
@@ -29,7 +29,8 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-METHODS = ("simclr", "byol", "simsiam", "barlow_twins")
+METHODS = ("simclr", "byol", "simsiam", "barlow_twins", "mocov2",
+           "mocov3")
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "simclr", METHODS, "Pretraining method.")
 flags.DEFINE_string("zip", "../shared/datasets/cifar10-jpeg.zip",

@@ -6,6 +6,8 @@ total_steps) -> base.Method`; adding a method is one file plus this entry.
 
 from jaxssl.methods import barlow_twins
 from jaxssl.methods import byol
+from jaxssl.methods import moco
+from jaxssl.methods import mocov3
 from jaxssl.methods import simclr
 from jaxssl.methods import simsiam
 
@@ -14,4 +16,6 @@ METHODS = {
     "byol": byol.create,
     "simsiam": simsiam.create,
     "barlow_twins": barlow_twins.create,
+    "moco": moco.create,
+    "mocov3": mocov3.create,
 }

@@ -77,12 +77,36 @@ class Forward:
       its own batch statistics and its own running-statistics update, in
       order (the BYOL, SimSiam and Barlow Twins references).
     groups: the view groups this forward sees, in order; None: all.
+    select: `{group: view indices}`: only these views of a group go through
+      the network, in this order (MoCo v1/v2: the query encoder sees view 0,
+      the key encoder view 1); groups not named pass whole. The outputs of
+      such a group hold the selected views only.
 
   Running BatchNorm statistics are threaded from call to call, so a
   per-view forward of two views moves them twice (two EMA updates).
   """
   per_view: bool = False
   groups: Optional[tuple] = None
+  select: Optional[Mapping[str, tuple]] = None
+
+  def counts(self, counts: Mapping[str, int]) -> dict:
+    """Views per group in this forward's outputs, from the method's
+    `counts` (`Method.views`)."""
+    select = self.select or {}
+    for g, chosen in select.items():
+      if g not in counts or not chosen or any(
+          not 0 <= i < counts[g] for i in chosen):
+        raise ValueError(f"forward selects views {tuple(chosen)} of group "
+                         f"{g!r}; the method's groups are {dict(counts)}")
+    return {g: len(select[g]) if g in select else c
+            for g, c in counts.items()}
+
+  def _selected(self, x: jax.Array, group: str,
+                counts: Mapping[str, int]) -> jax.Array:
+    if not self.select or group not in self.select:
+      return x
+    views = split_views(x, counts[group])
+    return jnp.concatenate([views[i] for i in self.select[group]])
 
   def group_names(self, views: Mapping[str, jax.Array]) -> tuple:
     if self.groups is None:
@@ -110,12 +134,15 @@ class Forward:
              views: Mapping[str, jax.Array], counts: Mapping[str, int], *,
              train: bool = True,
              rng: Optional[jax.Array] = None) -> tuple[dict, PyTree]:
-    """The encoder stage alone: `({group: h}, new batch_stats)`."""
+    """The encoder stage alone: `({group: h}, new batch_stats)`; `counts`
+    are the method's views per group (before `select`)."""
     stats = variables.get("batch_stats", {})
     out = {}
     call = 0
+    chosen = self.counts(counts)
     for g in self.group_names(views):
-      chunks = split_views(views[g], counts[g]) if self.per_view else [views[g]]
+      x = self._selected(views[g], g, counts)
+      chunks = split_views(x, chosen[g]) if self.per_view else [x]
       hs = []
       for x in chunks:
         h, stats = _apply(network, {**variables, "batch_stats": stats}, x,
@@ -128,9 +155,11 @@ class Forward:
   def heads(self, network: nn.Module, variables: PyTree, h: Mapping[str, Any],
             counts: Mapping[str, int], *, train: bool = True,
             rng: Optional[jax.Array] = None) -> tuple[GroupOutputs, PyTree]:
-    """The head stage on encoder features `{group: h}` of `encode`."""
+    """The head stage on encoder features `{group: h}` of `encode`
+    (`counts` as there: the method's)."""
     stats = variables.get("batch_stats", {})
     names = tuple(h)
+    counts = self.counts(counts)
     rng = None if rng is None else jax.random.fold_in(rng, 1 << 16)
     if self.per_view:
       out = {}

@@ -50,8 +50,7 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       forward=per_view, loss=objective,
       target=base.Target(
           network=base.create_network(config, axis_name),
-          momentum=schedules.ema_momentum(config.target.base_momentum,
-                                          total_steps),
+          momentum=schedules.target_momentum(config.target, total_steps),
           tracks=base.subtrees("encoder", "projector"),
           init=config.target.get("init") or "independent", forward=per_view))
 

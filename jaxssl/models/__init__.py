@@ -43,7 +43,9 @@ def _resnet(cfg: ml_collections.ConfigDict, axis_name: Optional[str]) -> ResNet:
 def _vit(cfg: ml_collections.ConfigDict,
          axis_name: Optional[str]) -> vit.VisionTransformer:
   del axis_name  # LayerNorm: nothing is reduced across devices
-  return vit.create(cfg.variant, patch_size=cfg.patch_size,
+  heads = cfg.get("num_heads", 0)
+  return vit.create(cfg.variant, heads=heads or None,
+                    patch_size=cfg.patch_size,
                     pos_embed=cfg.pos_embed, image_size=cfg.vit_image_size,
                     frozen_patch_embed=cfg.frozen_patch_embed,
                     drop_path=cfg.drop_path, dtype=compute_dtype(cfg.dtype),
@@ -74,6 +76,7 @@ def create_head(head: ml_collections.ConfigDict,
   return ProjectionHead(num_layers=head.num_layers, hidden_dim=head.hidden_dim,
                         out_dim=out_dim, use_bn=head.use_bn,
                         last_bn=head.last_bn, kernel_init=head.kernel_init,
+                        bias=head.get("bias", True),
                         bn_momentum=model.bn_momentum,
                         bn_epsilon=model.bn_epsilon, axis_name=axis_name,
                         bn_group_size=model.bn_group_size or None)

@@ -37,6 +37,11 @@ class ProjectionHead(nn.Module):
     predictor 2048 → 512 → 2048, `last_bn='none'`.
   * Barlow Twins (Zbontar et al. 2021, https://arxiv.org/abs/2103.03230):
     3 layers of 8192, `last_bn='none'` (the loss standardises).
+  * MoCo v2 (Chen et al. 2020, https://arxiv.org/abs/2003.04297): 2048 →
+    128 with `use_bn=False` (v1: one linear layer).
+  * MoCo v3 (Chen, Xie & He 2021, https://arxiv.org/abs/2104.02057):
+    4096 hidden, 256 out, `last_bn='plain'`, `bias=False` (the reference's
+    layers have no bias at all); its ResNet predictor has `last_bn='none'`.
 
   `num_layers=0` is the identity.
 
@@ -49,6 +54,8 @@ class ProjectionHead(nn.Module):
     last_bn: normalisation of the last layer: 'scale' (γ only), 'affine'
       (γ and β), 'plain' (neither), 'none' (no BatchNorm).
     kernel_init: 'simclr' (N(0, 0.01²)) or 'fan_in' (LeCun normal).
+    bias: dense layers not followed by BatchNorm have a bias (False: no
+      layer has one, MoCo v3).
     bn_momentum, bn_epsilon, axis_name, bn_group_size: as in `ResNet`.
     dtype: computation dtype; None: full precision (`jaxssl.precision`),
       which is also the dtype of the parameters and of the output.
@@ -59,6 +66,7 @@ class ProjectionHead(nn.Module):
   use_bn: bool = True
   last_bn: str = "scale"
   kernel_init: str = "simclr"
+  bias: bool = True
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: Optional[str] = None
@@ -88,7 +96,8 @@ class ProjectionHead(nn.Module):
     for i in range(layers):
       last = i == self.num_layers - 1
       bn = self.use_bn and not (last and self.last_bn == "none")
-      x = nn.Dense(self.out_dim if last else hidden, use_bias=not bn,
+      x = nn.Dense(self.out_dim if last else hidden,
+                   use_bias=self.bias and not bn,
                    kernel_init=KERNEL_INITS[self.kernel_init],
                    dtype=dtype, param_dtype=full, name=f"dense{i + 1}")(x)
       if bn:

@@ -15,11 +15,14 @@ MoCo v3's stability trick, a frozen random patch projection, is
 parameters then get no gradient, but a decoupled weight decay still shrinks
 them: freeze them in the optimizer as well (`optimizer.freeze_pattern =
 'encoder/patch_embed/'`, `freeze_epochs` = the run), which together are
-PyTorch's `requires_grad = False`.
+PyTorch's `requires_grad = False`. Initialisation is MoCo v3's
+(`VisionTransformerMoCo`): Xavier-uniform kernels, q, k and v each on its
+own fans, the patch projection on the fans of its `[3p², D]` matrix, zero
+biases, a N(0, 1e-6²) class token.
 """
 
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -65,6 +68,23 @@ def _drop_path(module: nn.Module, x: jax.Array, rate: float,
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def _qkv_init(key: jax.Array, shape: tuple, dtype: Any = jnp.float32
+              ) -> jax.Array:
+  """MoCo v3's init of the fused `[D, 3D]` q/k/v kernel: Xavier-uniform of
+  each of q, k, v alone, U(±√(6/(D + D)))."""
+  d_in, d_out = shape
+  fans = nn.initializers.variance_scaling(
+      1.0, "fan_avg", "uniform", in_axis=0, out_axis=-1, batch_axis=(1,))
+  return fans(key, (d_in, 3, d_out // 3), dtype).reshape(shape)
+
+
+# MoCo v3's patch projection init: Xavier-uniform of the kernel seen as a
+# `[p·p·3, D]` matrix, U(±√(6/(3p² + D))) (flax's conv fans would multiply
+# both fans by p²).
+_patch_init = nn.initializers.variance_scaling(
+    1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention; `qkv` holds q, k, v and heads in timm's
   order (output feature `s·D + h·D/H + d`)."""
@@ -77,8 +97,8 @@ class Attention(nn.Module):
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               param_dtype=precision.full_dtype(),
                               kernel_init=nn.initializers.xavier_uniform())
-    qkv = dense(3 * d, name="qkv")(x).reshape(b, n, 3, self.heads,
-                                              d // self.heads)
+    qkv = dense(3 * d, kernel_init=_qkv_init, name="qkv")(x)
+    qkv = qkv.reshape(b, n, 3, self.heads, d // self.heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d // self.heads) ** -0.5
     weights = jax.nn.softmax(precision.to_full(logits), axis=-1)
@@ -171,8 +191,7 @@ class VisionTransformer(nn.Module):
     dtype = self.dtype or full
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID",
                 dtype=dtype, param_dtype=full,
-                kernel_init=nn.initializers.xavier_uniform(),
-                name="patch_embed")(x.astype(dtype))
+                kernel_init=_patch_init, name="patch_embed")(x.astype(dtype))
     if self.frozen_patch_embed:
       x = jax.lax.stop_gradient(x)
     b, gh, gw, d = x.shape
@@ -210,10 +229,16 @@ class VisionTransformer(nn.Module):
                            axis=1)
 
 
-def create(variant: str, **kwargs) -> VisionTransformer:
-  """ViT-`variant` ('tiny', 'small', 'base') with other attributes given."""
+def create(variant: str, heads: Optional[int] = None,
+           **kwargs) -> VisionTransformer:
+  """ViT-`variant` ('tiny', 'small', 'base') with other attributes given;
+  `heads` overrides the variant's (MoCo v3's ViT-S has 12, DeiT's 6)."""
   if variant not in VARIANTS:
     raise ValueError(f"config.model.variant={variant!r} is not one of "
                      f"{sorted(VARIANTS)}")
-  width, depth, heads = VARIANTS[variant]
+  width, depth, default_heads = VARIANTS[variant]
+  heads = heads or default_heads
+  if width % heads:
+    raise ValueError(f"config.model.num_heads={heads} does not divide the "
+                     f"width {width} of ViT-{variant}")
   return VisionTransformer(width=width, depth=depth, heads=heads, **kwargs)

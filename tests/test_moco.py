@@ -1,0 +1,404 @@
+"""MoCo v1/v2 and v3: InfoNCE, the queue, the momentum encoder, shuffling BN.
+
+`info_nce` is checked against an independent float64 numpy formula (value
+and analytic gradient) and across devices; the methods run as in training
+(`train.create_learner` from a config), in float64, where 1 and 8 devices
+agree to ~1e-14 (`mesh_runs.RTOL` = 1e-10 holds on any processor).
+"""
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+import mesh_runs
+from jaxssl import config_utils
+from jaxssl import losses
+from jaxssl import sharding
+from jaxssl import train
+from jaxssl.methods import base
+from jaxssl.methods import moco
+from jaxssl.methods import mocov3
+
+DATA = sharding.DATA_AXIS
+GLOBAL_BATCH = 16
+IMAGE_SIZE = 8
+NUM_EXAMPLES = 64  # 4 steps per epoch
+QUEUE = 64  # 4 global batches: after 3 steps the last 16 rows are initial
+TAU = 0.9  # MoCo v2's (constant) key momentum in these runs
+
+
+def _config(method, **overrides):
+  c = config_utils.base_config()
+  c.method = method
+  c.batch_size = GLOBAL_BATCH
+  c.epochs = 1
+  c.steps_rule = "floor"
+  c.data.image_size = IMAGE_SIZE
+  c.augment.preset = "byol"
+  c.model.depth = 10
+  c.model.width = 1 / 16
+  c.model.cifar_stem = True
+  c.optimizer.warmup_epochs = 0.0
+  c.probe.enabled = False
+  if method == "moco":
+    config_utils.set_head(c.head, num_layers=2, hidden_dim=16, out_dim=8,
+                          last_bn="none", use_bn=False)
+    c.loss.queue_size = QUEUE
+    c.loss.temperature = 0.2
+    c.target.base_momentum = TAU
+    c.target.momentum_schedule = "constant"
+    c.optimizer.name = "sgd"
+    c.optimizer.base_lr = 0.5
+    c.optimizer.schedule = "epoch_cosine"
+    c.optimizer.decay_mask = "all"
+    c.optimizer.weight_decay = 1e-4
+  else:
+    config_utils.set_head(c.head, num_layers=2, hidden_dim=16, out_dim=8,
+                          last_bn="plain", bias=False)
+    config_utils.set_head(c.predictor, num_layers=2, hidden_dim=16,
+                          out_dim=8, last_bn="none", bias=False)
+    c.loss.temperature = 0.5
+    c.target.base_momentum = 0.9
+    c.optimizer.name = "lars"
+    c.optimizer.lr_in_momentum = False
+    c.optimizer.base_lr = 0.5
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  c.lock()
+  return c
+
+
+def _batches(steps):
+  return mesh_runs.random_batches(steps, GLOBAL_BATCH, IMAGE_SIZE, seed=7)
+
+
+def _run_all_states(learner, num_devices, batches):
+  """States after 0..len(batches) steps and each step's metrics."""
+  mesh = sharding.data_mesh(jax.devices()[:num_devices])
+  step_fn = train.compile_train_step(learner, mesh)
+  state = train.create_train_state(jax.random.key(0), learner, mesh)
+  states, metrics = [jax.device_get(state)], []
+  for images in batches:
+    state, m = step_fn(state, sharding.global_batch({"image": images}, mesh))
+    states.append(jax.device_get(state))
+    metrics.append(jax.device_get(m))
+  return states, metrics
+
+
+# ----------------------------------------------------------------------------
+# info_nce
+# ----------------------------------------------------------------------------
+
+
+def _info_nce_float64(q, k, tau, queue=None):
+  """Loss and analytic gradients (q, k, queue) in numpy float64."""
+  q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+  q_norm = np.linalg.norm(q, axis=1, keepdims=True)
+  k_norm = np.linalg.norm(k, axis=1, keepdims=True)
+  qn, kn = q / q_norm, k / k_norm
+  n = len(q)
+  if queue is None:
+    logits = qn @ kn.T / tau
+    labels = np.arange(n)
+  else:
+    queue = np.asarray(queue, np.float64)
+    logits = np.concatenate([np.sum(qn * kn, 1, keepdims=True),
+                             qn @ queue.T], axis=1) / tau
+    labels = np.zeros(n, int)
+  shifted = logits - logits.max(1, keepdims=True)
+  p = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+  loss = -np.mean(np.log(p[np.arange(n), labels]))
+  g = p.copy()
+  g[np.arange(n), labels] -= 1.0
+  g /= n  # ∂loss/∂logits
+  if queue is None:
+    d_qn, d_kn, d_queue = g @ kn / tau, g.T @ qn / tau, None
+  else:
+    d_qn = g[:, :1] * kn / tau + g[:, 1:] @ queue / tau
+    d_kn = g[:, :1] * qn / tau
+    d_queue = g[:, 1:].T @ qn / tau
+
+  def through_norm(d, xn, norm):
+    return (d - xn * np.sum(xn * d, 1, keepdims=True)) / norm
+
+  return (loss, through_norm(d_qn, qn, q_norm), through_norm(d_kn, kn, k_norm),
+          d_queue)
+
+
+def _inputs(n=12, d=6, size=20, seed=0):
+  rng = np.random.default_rng(seed)
+  q = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, (n, 1))
+  k = q + rng.normal(size=(n, d))  # positives correlated with their queries
+  queue = rng.normal(size=(size, d))
+  return q, k, queue / np.linalg.norm(queue, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_info_nce_value_and_gradient_match_float64_formula(with_queue):
+  q, k, queue = _inputs()
+  tau = 0.3
+  with mesh_runs.float64():
+    if with_queue:
+      fn = lambda q, k, queue: losses.info_nce(q, k, tau, queue=queue)
+      args = (q, k, queue)
+    else:
+      fn = lambda q, k: losses.info_nce(q, k, tau)
+      args = (q, k)
+    value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(args))))(
+        *map(jnp.asarray, args))
+  want = _info_nce_float64(q, k, tau, queue if with_queue else None)
+  assert value.dtype == jnp.float64
+  np.testing.assert_allclose(value, want[0], rtol=1e-12)
+  for got, expected in zip(grads, want[1:]):
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-13)
+
+
+def test_info_nce_accuracy_and_shape_errors():
+  q, k, queue = _inputs()
+  _, accuracy = losses.info_nce_and_accuracy(q, q, 0.1, queue=queue)
+  assert float(accuracy) == 1.0
+  with pytest.raises(ValueError, match=r"queue must be \[K, 6\]"):
+    losses.info_nce(q, k, 0.1, queue=queue[:, :5])
+  with pytest.raises(ValueError, match="one \\[n, d\\] shape"):
+    losses.info_nce(q, k[:5], 0.1)
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_info_nce_on_4_devices_equals_one_device(with_queue):
+  """pmean of the per-device losses (local queries, keys gathered over the
+  axis) and its gradients = the one-device loss of the concatenated batch."""
+  q, k, queue = _inputs(n=16, seed=1)
+  tau = 0.2
+  mesh = sharding.data_mesh(jax.devices()[:4])
+  queue_arg = queue if with_queue else None
+
+  def one_device(q, k, queue):
+    return losses.info_nce(q, k, tau, queue=queue if with_queue else None)
+
+  def per_device(q, k, queue):
+    local = losses.info_nce(q, k, tau, queue=queue if with_queue else None,
+                            axis_name=DATA)
+    return lax.pmean(local, DATA)
+
+  four = jax.shard_map(per_device, mesh=mesh, in_specs=(P(DATA), P(DATA), P()),
+                       out_specs=P())
+  with mesh_runs.float64():
+    args = tuple(map(jnp.asarray, (q, k, queue)))
+    argnums = (0, 1, 2) if with_queue else (0, 1)
+    v1, g1 = jax.value_and_grad(one_device, argnums)(*args)
+    v4, g4 = jax.jit(jax.value_and_grad(four, argnums))(*args)
+  np.testing.assert_allclose(v4, v1, rtol=1e-12)
+  np.testing.assert_allclose(v1, _info_nce_float64(q, k, tau, queue_arg)[0],
+                             rtol=1e-12)
+  for a, b in zip(g4, g1):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_mocov3_loss_is_2tau_times_symmetric_info_nce():
+  rng = np.random.default_rng(2)
+  p, z = rng.normal(size=(2, 16, 6))
+  tau = 0.2
+  value, metrics = mocov3.loss({"p": jnp.asarray(p)}, {"z": jnp.asarray(z)},
+                               temperature=tau, axis_name=None)
+  want = 2 * tau * (_info_nce_float64(p[:8], z[8:], tau)[0]
+                    + _info_nce_float64(p[8:], z[:8], tau)[0])
+  np.testing.assert_allclose(value, want, rtol=1e-5)
+  assert 0.0 <= float(metrics["contrast_acc"]) <= 1.0
+
+
+# ----------------------------------------------------------------------------
+# MoCo v2: queue, key encoder, 1 vs 8 devices
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moco_runs():
+  """MoCo v2 for 3 steps on 1 and on 8 devices (float64): states after each
+  step and the metrics, and the learner."""
+  with mesh_runs.float64():
+    learner = train.create_learner(_config("moco"), NUM_EXAMPLES)
+    runs = {n: _run_all_states(learner, n, _batches(3)) for n in (1, 8)}
+  return learner, runs
+
+
+def test_moco_v2_matches_on_1_and_8_devices(moco_runs):
+  """Loss, parameters, optimizer state, BN statistics, key encoder and the
+  queue (same keys, same order) over 3 steps."""
+  _, runs = moco_runs
+  (states1, m1), (states8, m8) = runs[1], runs[8]
+  mesh_runs.assert_metrics_close(
+      m1, m8, ("loss", "grad_norm", "embed_std", "contrast_acc", "queue_sim"))
+  for part in ("params", "opt_state", "batch_stats", "target", "method_state"):
+    mesh_runs.assert_trees_close(getattr(states1[-1], part),
+                                 getattr(states8[-1], part),
+                                 rtol=mesh_runs.RTOL)
+  assert int(states8[-1].method_state["ptr"]) == 3 * GLOBAL_BATCH
+  # The first loss: 15 random unit vectors in the queue are easy negatives.
+  assert 0.0 < m1[0]["loss"] < np.log(QUEUE + 1)
+
+
+def test_queue_holds_each_steps_global_keys_in_order(moco_runs):
+  """After step t the rows [tB, (t+1)B) of the queue are the normalised
+  keys of that step's global batch: the key encoder of the step (as it was
+  before the step) on view 2 of every image, in batch order; the other rows
+  are untouched."""
+  learner, runs = moco_runs
+  states, _ = runs[8]
+  with mesh_runs.float64():  # the same networks, outside any mapped axis
+    method = moco.create(_config("moco"), axis_name=None, total_steps=4)
+  init_queue = states[0].method_state["queue"]
+  np.testing.assert_allclose(np.linalg.norm(init_queue, axis=1), 1.0,
+                             rtol=1e-12)
+  with mesh_runs.float64():
+    for t, images in enumerate(_batches(3)):
+      state = states[t]
+      rng = jax.random.fold_in(state.rng, state.step)
+      view_rng, _ = jax.random.split(rng)
+      views = train.make_views({"image": jnp.asarray(images)}, view_rng,
+                               groups=learner.views, axis_name=None)
+      keys, _ = method.target.forward(method.target.network, state.target,
+                                      views, method.views)
+      keys = losses.l2_normalize(keys["global"]["z"])
+      rows = slice(t * GLOBAL_BATCH, (t + 1) * GLOBAL_BATCH)
+      queue = states[t + 1].method_state["queue"]
+      np.testing.assert_allclose(queue[rows], keys, rtol=1e-9, atol=1e-12)
+      np.testing.assert_array_equal(queue[(t + 1) * GLOBAL_BATCH:],
+                                    init_queue[(t + 1) * GLOBAL_BATCH:])
+
+
+def test_key_encoder_is_ema_of_the_updated_query_encoder(moco_runs):
+  """key_{t+1} = τ·key_t + (1 − τ)·query_{t+1} (encoder and projector),
+  after each step; it starts as a copy and keeps its own BN statistics."""
+  _, runs = moco_runs
+  states, metrics = runs[8]
+  tracked = base.subtrees("encoder", "projector")
+  mesh_runs.assert_trees_close(states[0].target["params"],
+                               tracked(states[0].params), rtol=0)
+  for t in range(3):
+    assert metrics[t]["tau"] == pytest.approx(TAU, abs=1e-15)
+    want = jax.tree.map(lambda k, q: TAU * k + (1 - TAU) * q,
+                        states[t].target["params"],
+                        tracked(states[t + 1].params))
+    mesh_runs.assert_trees_close(states[t + 1].target["params"], want,
+                                 rtol=1e-12)
+  key_mean = states[-1].target["batch_stats"]["encoder"]["stem_bn"]["mean"]
+  query_mean = states[-1].batch_stats["encoder"]["stem_bn"]["mean"]
+  assert np.abs(key_mean - query_mean).max() > 1e-6
+
+
+def test_queue_size_must_hold_whole_batches():
+  with pytest.raises(ValueError, match="queue_size=60 must be a positive "
+                     "multiple of config.batch_size=16"):
+    train.create_learner(_config("moco", **{"loss.queue_size": 60}),
+                         NUM_EXAMPLES)
+
+
+# ----------------------------------------------------------------------------
+# MoCo v3
+# ----------------------------------------------------------------------------
+
+
+def test_moco_v3_matches_on_1_and_8_devices_and_tau_is_shifted():
+  """Loss, parameters, optimizer state, BN statistics and the momentum
+  encoder over 2 steps; τ(t) = m(t + 1) of the reference's cosine."""
+  with mesh_runs.float64():
+    learner = train.create_learner(_config("mocov3"), NUM_EXAMPLES)
+    (states1, m1), (states8, m8) = (_run_all_states(learner, n, _batches(2))
+                                    for n in (1, 8))
+  mesh_runs.assert_metrics_close(
+      m1, m8, ("loss", "grad_norm", "embed_std", "contrast_acc", "tau"))
+  for part in ("params", "opt_state", "batch_stats", "target"):
+    mesh_runs.assert_trees_close(getattr(states1[-1], part),
+                                 getattr(states8[-1], part),
+                                 rtol=mesh_runs.RTOL)
+  total = NUM_EXAMPLES // GLOBAL_BATCH  # 1 epoch
+  for t, m in enumerate(m8):
+    want = 1 - (1 - 0.9) * (np.cos(np.pi * (t + 1) / total) + 1) / 2
+    assert m["tau"] == pytest.approx(want, abs=1e-14)
+    tracked = base.subtrees("encoder", "projector")(states8[t + 1].params)
+    want_target = jax.tree.map(lambda k, q: want * k + (1 - want) * q,
+                               states8[t].target["params"], tracked)
+    mesh_runs.assert_trees_close(states8[t + 1].target["params"], want_target,
+                                 rtol=1e-12)
+  # At chance each direction is ln(16): 2τ·2·ln(16) with τ = 0.5.
+  chance = 2 * 0.5 * 2 * np.log(GLOBAL_BATCH)
+  assert 0.5 * chance < m1[0]["loss"] < 1.5 * chance, m1[0]["loss"]
+
+
+# ----------------------------------------------------------------------------
+# Shuffling BN
+# ----------------------------------------------------------------------------
+
+
+def test_shuffle_rows_permutes_across_devices_and_unshuffle_inverts():
+  mesh = sharding.data_mesh()
+  x = np.arange(32 * 3, dtype=np.float32).reshape(32, 3)
+  perm = jnp.asarray(np.random.default_rng(0).permutation(32))
+  run = lambda fn: jax.jit(jax.shard_map(  # pylint: disable=g-long-lambda
+      fn, mesh=mesh, in_specs=P(DATA), out_specs=P(DATA)))(x)
+  shuffled = run(lambda v: moco.shuffle_rows(v, perm, DATA))
+  np.testing.assert_array_equal(shuffled, x[np.asarray(perm)])
+  restored = run(lambda v: moco.unshuffle_rows(
+      moco.shuffle_rows(v, perm, DATA), perm, DATA))
+  np.testing.assert_array_equal(restored, x)
+
+
+class _WhereEncoded(nn.Module):
+  """Encoder protocol: `h` = the rows, `z` = the device each row was
+  encoded on (a network that shows where it ran)."""
+
+  def encode(self, x, train=True):
+    del train
+    return x.reshape(x.shape[0], -1)
+
+  def heads(self, h, train=True):
+    del train
+    device = jnp.full((h.shape[0], 1), lax.axis_index(DATA), h.dtype)
+    return {"h": h, "z": device}
+
+
+def test_shuffled_forward_restores_the_order_of_every_output():
+  """Outputs come back row-aligned with the inputs (identity order), while
+  the network saw most rows on another device."""
+  mesh = sharding.data_mesh()
+  views = np.random.default_rng(1).normal(size=(64, 2, 2, 3)).astype(np.float32)
+  forward = moco.ShuffledForward(select={"global": (1,)}, axis_name=DATA)
+
+  def per_device(x, rng):  # x: [view 1 of 4 images; view 2 of them]
+    out, _ = forward(_WhereEncoded(), {}, {"global": x}, {"global": 2},
+                     rng=rng)
+    return out["global"]["h"], out["global"]["z"]
+
+  # Device-major, view-major inside each device's 8 rows.
+  local_views = views.reshape(8, 2, 4, 2, 2, 3)
+  h, where = jax.jit(jax.shard_map(
+      per_device, mesh=mesh, in_specs=(P(DATA), P()),
+      out_specs=(P(DATA), P(DATA))))(local_views.reshape(-1, 2, 2, 3),
+                                     jax.random.key(3))
+  second_views = local_views[:, 1].reshape(32, -1)
+  np.testing.assert_array_equal(h, second_views)
+  home = np.repeat(np.arange(8), 4)
+  assert np.mean(np.asarray(where)[:, 0] != home) > 0.5
+
+
+def test_shuffle_bn_matters_only_with_per_device_bn():
+  """One step on 8 devices: with per-device BN (bn_group_size=1, the
+  reference's) shuffling the keys changes the loss; with global BN it
+  changes nothing (so the keys came back in order)."""
+  losses_by = {}
+  with mesh_runs.float64():
+    for group in (1, 0):
+      for shuffle in (False, True):
+        learner = train.create_learner(
+            _config("moco", **{"model.bn_group_size": group,
+                               "target.shuffle_bn": shuffle}), NUM_EXAMPLES)
+        _, _, metrics = mesh_runs.run(learner, 8, _batches(1))
+        losses_by[group, shuffle] = metrics[0]["loss"]
+  assert abs(losses_by[1, True] - losses_by[1, False]) > 1e-4, losses_by
+  np.testing.assert_allclose(losses_by[0, True], losses_by[0, False],
+                             rtol=1e-12)
