@@ -8,9 +8,13 @@ epoch without warm-up (`epoch_cosine`); a 2-layer MLP head 2048 → 128
 without BatchNorm; τ 0.2; a queue of 65,536 keys; key-encoder momentum
 0.999 (constant); MoCo v2 augmentation = SimCLR's with colour strength 0.5
 (jitter 0.4, 0.4, 0.4, 0.1), blur with p 0.5 and crop area 0.2–1.
-BatchNorm here is global (no leak, no shuffle needed); the reference's
+BatchNorm here is global (SyncBN, as solo-learn's MoCo v2+; see
+`jaxssl.methods.moco` on why the reference shuffles); the reference's
 per-GPU BatchNorm with its shuffle is
 `--config.model.bn_group_size=1 --config.target.shuffle_bn=True`.
+Known deviations: each residual block's last BatchNorm γ starts at zero
+(torchvision's default, used by the reference, starts it at one); the v1
+variant jitters with p 0.8 at strength 0.5 (v1: always, hue 0.4).
 
 COMMAND (a TPU VM or GPU host; TFDS imagenet2012 prepared in data_dir):
   python -m jaxssl.main --config=configs/mocov2_resnet50.py \

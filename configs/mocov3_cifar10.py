@@ -1,9 +1,11 @@
 r"""MoCo v3, ResNet-18 (CIFAR stem) or ViT-Tiny/4, CIFAR-10.
 
 ResNet-18 (default), batch 256: solo-learn's CIFAR recipe for MoCo v3
-(da Costa et al. 2022): LARS (trust coefficient 0.02, rate outside the
-buffer, biases and BatchNorm excluded), rate 0.3·B/256, weight decay 1e-5,
-10 warm-up epochs; τ 0.2; MoCo v3's ResNet heads (projector 2 layers,
+(da Costa et al. 2022, `scripts/pretrain/cifar/mocov3.yaml`): LARS (trust
+coefficient 0.02, rate outside the buffer, biases and BatchNorm excluded),
+rate 0.3·B/256, weight decay 1e-6, 10 warm-up epochs (solo-learn's LARS
+also clips each layer's rate, `clip_lr`, which ours does not: its steps
+are larger early on); τ 0.2; MoCo v3's ResNet heads (projector 2 layers,
 predictor 2 layers, 4096 hidden, 256 out, no biases, the projector's last
 BatchNorm without affine); momentum 0.99 → 1 on a cosine; BYOL's
 augmentation at 32 px without blur.
@@ -66,7 +68,7 @@ def get_config(arg=None):
                           out_dim=256, last_bn="none", bias=False)
     c.optimizer.name = "lars"
     c.optimizer.base_lr = 0.3
-    c.optimizer.weight_decay = 1e-5
+    c.optimizer.weight_decay = 1e-6
     c.optimizer.trust_coefficient = 0.02
     c.optimizer.lr_in_momentum = False
     c.optimizer.warmup_epochs = 10.0

@@ -21,6 +21,9 @@ COMMAND (a TPU pod or 2 nodes of 8 GPUs; TFDS imagenet2012 in data_dir):
 Variants: `epochs=N` (default 100; other budgets take the settings of the
 longest listed budget ≤ N, 100's below it), `runlocal`.
 
+Known deviation: the `byol` preset's brightness is additive (BYOL's), the
+reference's torchvision jitter multiplies by a factor in [0.6, 1.4].
+
 EXPECTED (reference, linear top-1 on ImageNet): 68.9 % (100 epochs),
 72.8 % (300), 74.6 % (1000).
 

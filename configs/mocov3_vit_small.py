@@ -17,6 +17,9 @@ COMMAND (a TPU pod; TFDS imagenet2012 in data_dir):
       --workdir=gs://BUCKET/mocov3_vits --config.data.data_dir=gs://BUCKET/tfds
 Variants: `epochs=N` (default 300), `runlocal`.
 
+Known deviation: the `byol` preset's brightness is additive (BYOL's), the
+reference's torchvision jitter multiplies by a factor in [0.6, 1.4].
+
 EXPECTED (reference, batch 4096, 300 epochs): 73.2 % linear top-1 on
 ImageNet, 81.4 % after end-to-end fine-tuning (DeiT recipe).
 

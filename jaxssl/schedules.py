@@ -105,17 +105,18 @@ def epoch_cosine(base_lr: float, *, batch_size: int, num_examples: int,
   `adjust_learning_rate` (He et al. 2020, https://arxiv.org/abs/1911.05722;
   Chen et al. 2020, https://arxiv.org/abs/2003.04297, `--cos`).
 
-  Step `t` is in epoch `e = ⌊t·B/N⌋` and gets `peak·(1 + cos(π·e/E))/2`
-  (E = `epochs`, peak = base·B/256 or base·√B as `scale_learning_rate`).
+  Epochs are counted as the reference's loader does (the last partial
+  batch dropped): step `t` is in epoch `e = t // ⌊N/B⌋` and gets
+  `peak·(1 + cos(π·min(e, E)/E))/2` (E = `epochs`, peak = base·B/256 or
+  base·√B as `scale_learning_rate`).
   """
   peak = scale_learning_rate(base_lr, batch_size, scaling)
   if epochs <= 0:
     raise ValueError(f"epoch_cosine: epochs={epochs} must be positive")
+  steps_per_epoch = max(num_examples // batch_size, 1)
 
   def schedule(step):
-    # Integer epoch of the step (exact for int steps: floor(t·B / N)).
-    epoch = (jnp.asarray(step, jnp.int64 if jax.config.jax_enable_x64
-                         else jnp.int32) * batch_size) // num_examples
+    epoch = jnp.asarray(step) // steps_per_epoch  # integer division
     e = jnp.minimum(precision.to_full(epoch), epochs)
     return peak * 0.5 * (1.0 + jnp.cos(jnp.pi * e / epochs))
 

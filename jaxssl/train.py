@@ -107,6 +107,10 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
       and config.predictor.num_layers < 1):
     raise ValueError(f"config.method={config.method!r} needs a predictor: "
                      "config.predictor.num_layers >= 1")
+  if config.target.shuffle_bn and config.method != "moco":
+    raise ValueError("config.target.shuffle_bn=True is MoCo v1/v2's "
+                     f"(config.method='moco'); config.method="
+                     f"{config.method!r} has no shuffled key encoder")
   if config.optimizer.name not in optim.OPTIMIZERS:
     raise ValueError(f"config.optimizer.name={config.optimizer.name!r} is not "
                      f"one of {sorted(optim.OPTIMIZERS)}")

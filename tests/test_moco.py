@@ -27,7 +27,7 @@ DATA = sharding.DATA_AXIS
 GLOBAL_BATCH = 16
 IMAGE_SIZE = 8
 NUM_EXAMPLES = 64  # 4 steps per epoch
-QUEUE = 64  # 4 global batches: after 3 steps the last 16 rows are initial
+QUEUE = 32  # 2 global batches: the third step wraps around
 TAU = 0.9  # MoCo v2's (constant) key momentum in these runs
 
 
@@ -237,38 +237,50 @@ def test_moco_v2_matches_on_1_and_8_devices(moco_runs):
     mesh_runs.assert_trees_close(getattr(states1[-1], part),
                                  getattr(states8[-1], part),
                                  rtol=mesh_runs.RTOL)
-  assert int(states8[-1].method_state["ptr"]) == 3 * GLOBAL_BATCH
+  assert [int(s.method_state["ptr"]) for s in states8] == [0, 16, 0, 16]
   # The first loss: 15 random unit vectors in the queue are easy negatives.
   assert 0.0 < m1[0]["loss"] < np.log(QUEUE + 1)
 
 
-def test_queue_holds_each_steps_global_keys_in_order(moco_runs):
-  """After step t the rows [tB, (t+1)B) of the queue are the normalised
-  keys of that step's global batch: the key encoder of the step (as it was
-  before the step) on view 2 of every image, in batch order; the other rows
-  are untouched."""
+def test_queue_and_loss_recomputed_from_the_views(moco_runs):
+  """Each step, recomputed on one device from the step's views: the keys
+  are the key encoder (as before the step) on view 2, the queries the
+  query encoder on view 1; the logged loss is `info_nce` of those against
+  the queue before the step; afterwards the keys fill rows
+  [ptr, ptr + B) of the ring buffer in batch order (the third step wraps
+  to row 0) and no other row changes."""
   learner, runs = moco_runs
-  states, _ = runs[8]
+  states, metrics = runs[8]
+  assert moco.QUERY != moco.KEY
+  plain = base.Forward()
   with mesh_runs.float64():  # the same networks, outside any mapped axis
     method = moco.create(_config("moco"), axis_name=None, total_steps=4)
-  init_queue = states[0].method_state["queue"]
-  np.testing.assert_allclose(np.linalg.norm(init_queue, axis=1), 1.0,
-                             rtol=1e-12)
-  with mesh_runs.float64():
     for t, images in enumerate(_batches(3)):
       state = states[t]
       rng = jax.random.fold_in(state.rng, state.step)
       view_rng, _ = jax.random.split(rng)
       views = train.make_views({"image": jnp.asarray(images)}, view_rng,
                                groups=learner.views, axis_name=None)
-      keys, _ = method.target.forward(method.target.network, state.target,
-                                      views, method.views)
+      view1, view2 = base.split_views(views["global"], 2)
+      keys, _ = plain(method.target.network, state.target,
+                      {"global": view2}, {"global": 1})
       keys = losses.l2_normalize(keys["global"]["z"])
-      rows = slice(t * GLOBAL_BATCH, (t + 1) * GLOBAL_BATCH)
-      queue = states[t + 1].method_state["queue"]
-      np.testing.assert_allclose(queue[rows], keys, rtol=1e-9, atol=1e-12)
-      np.testing.assert_array_equal(queue[(t + 1) * GLOBAL_BATCH:],
-                                    init_queue[(t + 1) * GLOBAL_BATCH:])
+      queries, _ = plain(method.network, {"params": state.params,
+                                          "batch_stats": state.batch_stats},
+                         {"global": view1}, {"global": 1})
+      before = state.method_state["queue"]
+      loss = losses.info_nce(queries["global"]["z"], keys, 0.2, queue=before)
+      np.testing.assert_allclose(metrics[t]["loss"], loss, rtol=1e-9)
+      start = int(state.method_state["ptr"])
+      rows = slice(start, start + GLOBAL_BATCH)
+      after = states[t + 1].method_state["queue"]
+      np.testing.assert_allclose(after[rows], keys, rtol=1e-9, atol=1e-12)
+      others = np.ones(QUEUE, bool)
+      others[rows] = False
+      np.testing.assert_array_equal(after[others], before[others])
+  np.testing.assert_allclose(
+      np.linalg.norm(states[0].method_state["queue"], axis=1), 1.0,
+      rtol=1e-12)
 
 
 def test_key_encoder_is_ema_of_the_updated_query_encoder(moco_runs):
@@ -291,10 +303,18 @@ def test_key_encoder_is_ema_of_the_updated_query_encoder(moco_runs):
   assert np.abs(key_mean - query_mean).max() > 1e-6
 
 
-def test_queue_size_must_hold_whole_batches():
+def test_moco_config_errors_name_the_keys():
   with pytest.raises(ValueError, match="queue_size=60 must be a positive "
                      "multiple of config.batch_size=16"):
     train.create_learner(_config("moco", **{"loss.queue_size": 60}),
+                         NUM_EXAMPLES)
+  with pytest.raises(ValueError, match="shuffle_bn=True is MoCo v1/v2's"):
+    train.check_config(_config("mocov3", **{"target.shuffle_bn": True}),
+                       sharding.data_mesh())
+  with pytest.raises(ValueError, match="shuffle_bn needs config.train."
+                     "microbatches=1"):
+    train.create_learner(_config("moco", **{"target.shuffle_bn": True,
+                                            "train.microbatches": 2}),
                          NUM_EXAMPLES)
 
 
@@ -370,6 +390,9 @@ def test_shuffled_forward_restores_the_order_of_every_output():
   forward = moco.ShuffledForward(select={"global": (1,)}, axis_name=DATA)
 
   def per_device(x, rng):  # x: [view 1 of 4 images; view 2 of them]
+    # A different key on every device, as in training: device 0's
+    # permutation must reach all of them.
+    rng = jax.random.fold_in(rng, lax.axis_index(DATA))
     out, _ = forward(_WhereEncoded(), {}, {"global": x}, {"global": 2},
                      rng=rng)
     return out["global"]["h"], out["global"]["z"]

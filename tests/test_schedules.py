@@ -125,17 +125,19 @@ def test_warmup_cosine_unknown_scaling():
 
 def test_epoch_cosine_is_set_once_per_epoch():
   """MoCo v1/v2's `adjust_learning_rate(--cos)`: base·B/256·(1 + cos(π·e/E))/2
-  with e the integer epoch of the step, no warm-up."""
-  n, batch, epochs = 1000, 96, 5  # 10.42 steps per epoch
+  with e the epoch of the step as the reference's loader (last partial
+  batch dropped: 10 steps per epoch here) counts it, no warm-up."""
+  n, batch, epochs = 1000, 96, 5  # 10.42 batches, 10 steps per epoch
   fn = schedules.epoch_cosine(0.03, batch_size=batch, num_examples=n,
                               epochs=epochs)
   peak = 0.03 * batch / 256
   for step in range(0, 60):
-    epoch = step * batch // n
+    epoch = min(step // 10, epochs)
     want = peak * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
     assert float(fn(jnp.int32(step))) == pytest.approx(want, rel=1e-6), step
-  assert float(fn(10)) == float(fn(0)) == pytest.approx(peak)
-  assert float(fn(11)) < peak
+  assert float(fn(9)) == float(fn(0)) == pytest.approx(peak)
+  assert float(fn(10)) < peak
+  assert float(fn(50)) == float(fn(10**9)) == 0.0  # past E: clamped
 
 
 def test_schedule_from_config_and_target_momentum():

@@ -21,12 +21,16 @@ Learning" (v2, https://arxiv.org/abs/2003.04297). As the reference
   `concat_all_gather`; K must be a multiple of the batch).
 
 Shuffling BN (`target.shuffle_bn`): the reference's GPUs normalise with
-their own batch statistics, so the key encoder's BatchNorm would see the
-positive pair's sub-batch and leak it; the reference permutes the key batch
-across GPUs before the key encoder and restores the order after it. Here
-BatchNorm normalises over the global batch by default
-(`model.bn_group_size=0`), which leaks nothing and needs no shuffle. With
-per-device BN (`model.bn_group_size=1`, the reference's setting) turn
+their own batch statistics (32 images each), so a query and its positive
+key would be normalised with statistics of the same small sub-batch, a
+signal the model can exploit ("cheat"); the reference permutes the key
+batch across GPUs before the key encoder and restores the order after it.
+Here BatchNorm normalises over the global batch by default
+(`model.bn_group_size=0`, SyncBN as solo-learn's MoCo v2+): queries and
+positive keys still share the batch's statistics, but those of the whole
+batch, so the shortcut is far weaker; this is a deviation from the
+reference, which trains fine in practice. With per-device BN
+(`model.bn_group_size=1`, the reference's setting) turn
 `target.shuffle_bn` on: `ShuffledForward` all-gathers the key views
 (every device holds the global batch of key images for a moment: the
 reference's memory cost), takes the rows of one permutation drawn on device
