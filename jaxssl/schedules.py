@@ -5,6 +5,7 @@ from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxssl import precision
 # Steps of epochs, as the references count them (`jaxssl.epochs`).
@@ -168,3 +169,27 @@ def target_momentum(target, total_steps: int, *, shift: int = 0) -> Schedule:
                      "of ['cosine', 'constant']")
   cosine = ema_momentum(base_tau, total_steps)
   return lambda step: cosine(step + shift)
+
+
+def dino_teacher_temperature(warmup_temperature: float, temperature: float,
+                             warmup_epochs: int, epochs: int,
+                             steps_per_epoch: int) -> Schedule:
+  """DINO's teacher temperature (Caron et al. 2021,
+  https://arxiv.org/abs/2104.14294, §4 and `DINOLoss`): the reference's
+  per-epoch array, `linspace(warmup_temperature, temperature,
+  warmup_epochs)` then `temperature` to `epochs`, indexed by
+  `step // steps_per_epoch` (clamped to the last epoch).
+  """
+  if not 0 <= warmup_epochs <= epochs or steps_per_epoch <= 0:
+    raise ValueError(f"dino_teacher_temperature: need 0 <= warmup_epochs="
+                     f"{warmup_epochs} <= epochs={epochs} and steps_per_epoch"
+                     f"={steps_per_epoch} > 0")
+  table = np.concatenate([
+      np.linspace(warmup_temperature, temperature, int(warmup_epochs)),
+      np.full(int(epochs) - int(warmup_epochs), temperature)])
+
+  def schedule(step):
+    epoch = jnp.minimum(jnp.asarray(step) // steps_per_epoch, len(table) - 1)
+    return jnp.asarray(table, precision.full_dtype())[epoch]
+
+  return schedule

@@ -1,0 +1,35 @@
+"""Self-supervised losses: pure functions of embeddings.
+
+Every loss takes the embeddings of the *local* batch (the examples on this
+device). When `axis_name` names a mapped device axis (inside `jax.shard_map`),
+the negatives come from the *global* batch through `lax.all_gather`, so the
+value computed on N devices is the same as on one device holding the whole
+batch: the per-device losses are means over local anchors, and their mean over
+devices (`lax.pmean`) is the single-device loss on the concatenated batch.
+
+Families: `contrastive` (SimCLR's NT-Xent, MoCo's InfoNCE), `regression`
+(BYOL, SimSiam), `redundancy` (Barlow Twins), `clustering` (SwAV's
+Sinkhorn codes), `distillation` (DINO); `core` holds their building blocks.
+"""
+
+# The public losses, one module per family.
+from jaxssl.losses.clustering import sinkhorn
+from jaxssl.losses.clustering import swav
+from jaxssl.losses.contrastive import info_nce
+from jaxssl.losses.contrastive import info_nce_and_accuracy
+from jaxssl.losses.contrastive import nt_xent
+from jaxssl.losses.contrastive import nt_xent_and_accuracy
+from jaxssl.losses.core import l2_normalize
+from jaxssl.losses.distillation import dino
+from jaxssl.losses.redundancy import barlow_twins
+from jaxssl.losses.redundancy import cross_correlation
+from jaxssl.losses.redundancy import standardize
+from jaxssl.losses.regression import negative_cosine
+from jaxssl.losses.regression import regression_loss
+
+__all__ = [
+    "barlow_twins", "cross_correlation", "dino", "info_nce",
+    "info_nce_and_accuracy", "l2_normalize", "negative_cosine", "nt_xent",
+    "nt_xent_and_accuracy", "regression_loss", "sinkhorn", "standardize",
+    "swav",
+]
