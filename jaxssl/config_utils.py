@@ -66,6 +66,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Lower bound of the random-resized-crop area of every view (0: the
   # preset's; MoCo v2 / SimSiam use 0.2).
   c.augment.min_crop_area = 0.0
+  # Multi-crop (SwAV, DINO): local crops per image (-1: the preset's),
+  # their side (0: the preset's relative to data.image_size: 96 at 224),
+  # and the crop-area range of the global and local crops ((0, 0): the
+  # preset's).
+  c.augment.local_crops = -1
+  c.augment.local_size = 0
+  c.augment.global_crop_area = (0.0, 0.0)
+  c.augment.local_crop_area = (0.0, 0.0)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet"
@@ -104,6 +112,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.microbatch_loop = "auto"
 
   c.head = ml_collections.ConfigDict()
+  # 'mlp' (ProjectionHead) or 'dino' (DINOHead: MLP → bottleneck_dim →
+  # L2-normalise → weight-normalised linear to out_dim, its scale fixed at
+  # 1 when norm_last_layer).
+  c.head.kind = "mlp"
+  c.head.bottleneck_dim = 256
+  c.head.norm_last_layer = True
   c.head.num_layers = 2
   c.head.hidden_dim = 0  # 0: the encoder's width.
   c.head.out_dim = 128
@@ -142,6 +156,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.barlow_lambda = 5e-3  # Barlow Twins' λ.
   # MoCo v1/v2: keys in the queue of negatives (a multiple of batch_size).
   c.loss.queue_size = 65536
+  # DINO: loss.temperature is the student's; the teacher's rises from
+  # warmup_teacher_temperature over warmup_teacher_epochs; the centre's
+  # momentum.
+  c.loss.teacher_temperature = 0.04
+  c.loss.warmup_teacher_temperature = 0.04
+  c.loss.warmup_teacher_epochs = 0
+  c.loss.center_momentum = 0.9
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lars"
@@ -152,6 +173,10 @@ def base_config() -> ml_collections.ConfigDict:
   # references) or 'epoch_cosine' (set at the start of each epoch, no
   # warm-up: MoCo v1/v2's `adjust_learning_rate`).
   c.optimizer.schedule = "warmup_cosine"
+  # 'warmup_cosine' from warmup_start_lr to the peak, then to final_lr
+  # (absolute rates; DINO's min_lr, SwAV's start_warmup and final_lr).
+  c.optimizer.warmup_start_lr = 0.0
+  c.optimizer.final_lr = 0.0
   c.optimizer.weight_decay = 1e-6
   # Leaves that get weight decay (and LARS's trust ratio): 'kernels' (rank
   # >= 2; biases and normalisation excluded) or 'all' (PyTorch's SGD/AdamW
@@ -262,6 +287,19 @@ def set_head(section: ml_collections.ConfigDict, *, num_layers: int,
   section.bias = bias
 
 
+def set_dino_head(section: ml_collections.ConfigDict, *, out_dim: int,
+                  norm_last_layer: bool, use_bn: bool = False) -> None:
+  """DINO's head (`head.kind='dino'`): 3 layers, 2048 hidden, bottleneck
+  256, then K = `out_dim` prototypes."""
+  section.kind = "dino"
+  section.num_layers = 3
+  section.hidden_dim = 2048
+  section.bottleneck_dim = 256
+  section.out_dim = out_dim
+  section.use_bn = use_bn
+  section.norm_last_layer = norm_last_layer
+
+
 def downstream_config(*, mode: str, epochs: int, batch_size: int,
                       optimizer: str, base_lr: float, lr_scaling: str,
                       runlocal: bool, keep: Iterable[str] = ()
@@ -340,6 +378,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = (),
     if section.hidden_dim:  # 0 (the input width) stays
       section.hidden_dim = min(section.hidden_dim, _RUNLOCAL_HEAD_WIDTH)
     section.out_dim = min(section.out_dim, _RUNLOCAL_HEAD_WIDTH)
+  c.head.bottleneck_dim = min(c.head.bottleneck_dim, _RUNLOCAL_HEAD_WIDTH)
   c.loss.queue_size = 4 * c.batch_size
   c.data.source = "synthetic"
   c.data.synthetic_examples = 256

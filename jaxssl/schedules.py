@@ -35,6 +35,8 @@ def warmup_cosine(
     warmup_epochs: float,
     scaling: str = "linear",
     total_steps: Optional[int] = None,
+    start_lr: float = 0.0,
+    end_lr: float = 0.0,
 ) -> Schedule:
   """Linear warm-up then cosine decay to zero, as the SimCLR reference.
 
@@ -53,6 +55,9 @@ def warmup_cosine(
     scaling: 'linear' (peak = base·B/256) or 'sqrt' (peak = base·√B).
     total_steps: overrides the reference's `N·epochs // B + 1` (BYOL uses
       `epochs·N // B`).
+    start_lr: the rate the warm-up starts from (SwAV's `start_warmup`).
+    end_lr: the rate the cosine ends at (DINO's `min_lr`, SwAV's
+      `final_lr`): `end + (peak − end)·(1 + cos(π·t/T))/2`.
 
   Returns:
     A function of the (integer, possibly traced) step giving the rate.
@@ -66,11 +71,12 @@ def warmup_cosine(
   def schedule(step):
     step = precision.to_full(step)
     if warmup > 0:
-      warm = step / warmup * peak
+      warm = start_lr + step / warmup * (peak - start_lr)
     else:
       warm = precision.to_full(peak)
     t = jnp.clip(step - warmup, 0.0, decay_steps)
-    cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * t / decay_steps))
+    cosine = end_lr + (peak - end_lr) * 0.5 * (
+        1.0 + jnp.cos(jnp.pi * t / decay_steps))
     return jnp.where(step < warmup, warm, cosine)
 
   return schedule
@@ -135,7 +141,9 @@ def from_config(opt, *, batch_size: int, num_examples: int, epochs: float,
     return warmup_cosine(opt.base_lr, batch_size=batch_size,
                          num_examples=num_examples, epochs=epochs,
                          warmup_epochs=opt.warmup_epochs,
-                         scaling=opt.lr_scaling, total_steps=total_steps)
+                         scaling=opt.lr_scaling, total_steps=total_steps,
+                         start_lr=opt.get("warmup_start_lr", 0.0),
+                         end_lr=opt.get("final_lr", 0.0))
   if kind == "epoch_cosine":
     if opt.warmup_epochs:
       raise ValueError("config.optimizer.schedule='epoch_cosine' has no "

@@ -76,6 +76,17 @@ def _byol_view(blur_prob: float, solarize_prob: float,
                   normalize=True)
 
 
+def _dino_view(blur_prob: float, solarize_prob: float, size: int = 224,
+               crop_area: Tuple[float, float] = (0.4, 1.0)) -> ViewSpec:
+  """DINO's `DataAugmentationDINO`: torchvision's random-resized crop,
+  flip, jitter (0.4, 0.4, 0.2, 0.1, multiplicative brightness) with p 0.8,
+  grayscale 0.2, the crop's blur and solarisation, ImageNet normalisation."""
+  return ViewSpec(size=size, crop_area=crop_area, crop_min_covered=0.0,
+                  brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
+                  multiplicative_brightness=True, blur_prob=blur_prob,
+                  solarize_prob=solarize_prob, normalize=True)
+
+
 GLOBAL = "global"
 LOCAL = "local"
 
@@ -95,6 +106,11 @@ VIEW_PRESETS = {
         GLOBAL: (dataclasses.replace(simclr_view(), crop_area=(0.14, 1.0)),) * 2,
         LOCAL: (dataclasses.replace(simclr_view(96), crop_area=(0.05, 0.14),
                                     crop_min_covered=0.0),) * 6},
+    # DINO: 2 global crops (blur 1.0; blur 0.1 + solarise 0.2) + 8 local
+    # 96 px crops (blur 0.5).
+    "dino": {
+        GLOBAL: (_dino_view(1.0, 0.0), _dino_view(0.1, 0.2)),
+        LOCAL: (_dino_view(0.5, 0.0, 96, (0.05, 0.4)),) * 8},
 }
 
 ViewGroups = Dict[str, Tuple[ViewSpec, ...]]

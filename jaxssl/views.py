@@ -25,21 +25,65 @@ if TYPE_CHECKING:  # configs are only read here: no runtime dependency
 DATA_AXIS = sharding.DATA_AXIS
 
 
-def config_view_groups(config: ml_collections.ConfigDict,
-                       method_views: Mapping[str, int]) -> view_presets.ViewGroups:
-  """The views of config section `augment` at `data.image_size`, checked
-  against the method's view groups (`Method.views`)."""
-  preset = config.augment.preset
+def config_views(config: ml_collections.ConfigDict) -> view_presets.ViewGroups:
+  """The views of config section `augment` at `data.image_size`:
+  `augment.preset`, with its local crops' number and size and each
+  group's crop area overridden where the config says so."""
+  aug = config.augment
   groups = view_presets.view_groups(
-      preset, image_size=config.data.image_size,
-      color_strength=config.augment.color_strength, blur=config.augment.blur)
-  min_area = config.augment.min_crop_area
+      aug.preset, image_size=config.data.image_size,
+      color_strength=aug.color_strength, blur=aug.blur)
+  min_area = aug.min_crop_area
   if min_area:
     if not 0.0 < min_area <= 1.0:
       raise ValueError(f"config.augment.min_crop_area={min_area} must be in "
                        "(0, 1]")
     groups = {g: tuple(dataclasses.replace(s, crop_area=(min_area, 1.0))
                        for s in specs) for g, specs in groups.items()}
+  for group, key in ((view_presets.GLOBAL, "global_crop_area"),
+                     (view_presets.LOCAL, "local_crop_area")):
+    area = tuple(aug.get(key, (0.0, 0.0)))
+    if area[1] > 0:
+      if not 0.0 < area[0] <= area[1] <= 1.0:
+        raise ValueError(f"config.augment.{key}={area} must be (low, high) "
+                         "with 0 < low <= high <= 1")
+      _needs(groups, group, aug.preset, key)
+      groups[group] = tuple(dataclasses.replace(s, crop_area=area)
+                            for s in groups[group])
+  local_size = aug.get("local_size", 0)
+  if local_size:
+    _needs(groups, view_presets.LOCAL, aug.preset, "local_size")
+    groups[view_presets.LOCAL] = tuple(
+        dataclasses.replace(s, size=local_size)
+        for s in groups[view_presets.LOCAL])
+  local_crops = aug.get("local_crops", -1)
+  if local_crops >= 0:
+    _needs(groups, view_presets.LOCAL, aug.preset, "local_crops")
+    specs = groups.pop(view_presets.LOCAL)
+    if local_crops:
+      groups[view_presets.LOCAL] = specs[:1] * local_crops
+  return groups
+
+
+def _needs(groups, group: str, preset: str, key: str) -> None:
+  if group not in groups:
+    raise ValueError(f"config.augment.{key} is set but "
+                     f"config.augment.preset={preset!r} makes no {group!r} "
+                     "crops")
+
+
+def group_counts(config: ml_collections.ConfigDict) -> dict:
+  """`{group: views}` that `config_views` makes (a multi-crop method's
+  `Method.views`)."""
+  return {g: len(specs) for g, specs in config_views(config).items()}
+
+
+def config_view_groups(config: ml_collections.ConfigDict,
+                       method_views: Mapping[str, int]) -> view_presets.ViewGroups:
+  """`config_views`, checked against the method's view groups
+  (`Method.views`)."""
+  preset = config.augment.preset
+  groups = config_views(config)
   made = {g: len(specs) for g, specs in groups.items()}
   if made != dict(method_views):
     raise ValueError(f"config.augment.preset={preset!r} makes view groups "

@@ -411,8 +411,8 @@ def test_method_config_errors_are_clear():
     train.check_config(c, mesh)
   c = _config("mocov4")
   with pytest.raises(ValueError, match=r"config.method='mocov4' is not one "
-                     r"of \['barlow_twins', 'byol', 'moco', 'mocov3', "
-                     r"'simclr', 'simsiam'\]"):
+                     r"of \['barlow_twins', 'byol', 'dino', 'moco', "
+                     r"'mocov3', 'simclr', 'simsiam'\]"):
     train.check_config(c, mesh)
   c = _config("byol")
   with c.unlocked():

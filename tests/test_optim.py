@@ -413,3 +413,27 @@ def test_decay_mask_all_decays_biases_and_norms_too(name):
       np.testing.assert_array_equal(bias, 0.0)
   with pytest.raises(ValueError, match="decay_mask='bias'"):
     optim.from_config(_chain_config(decay_mask="bias"), lr)
+
+
+def test_clipping_bounds_the_update():
+  """SGD without momentum or decay, lr 0.1: with `clip_global_norm=1` a
+  gradient of global norm 50 becomes an update of global norm 0.1 in the
+  same direction, one of norm 0.5 passes unchanged; with
+  `clip_per_parameter=1` (DINO's) each leaf's update is bounded alone."""
+  grads = {"a": jnp.full((3, 4), 10.0), "b": jnp.full((4,), 10.0)}
+  params = jax.tree.map(jnp.zeros_like, grads)
+  lr = 0.1
+  base = dict(name="sgd", momentum=0.0, weight_decay=0.0)
+  tx = optim.from_config(_chain_config(clip_global_norm=1.0, **base), lr)
+  for scale in (1.0, 0.01):
+    g = jax.tree.map(lambda x, s=scale: s * x, grads)
+    norm = float(optax.tree.norm(g))
+    updates, _ = tx.update(g, tx.init(params), params)
+    want = jax.tree.map(lambda x, n=norm: -lr * x * min(1.0, 1.0 / n), g)
+    for got, expected in zip(jax.tree.leaves(updates), jax.tree.leaves(want)):
+      np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert float(optax.tree.norm(updates)) <= lr * 1.0 + 1e-7
+  tx = optim.from_config(_chain_config(clip_per_parameter=1.0, **base), lr)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for leaf in jax.tree.leaves(updates):
+    assert float(jnp.linalg.norm(leaf)) == pytest.approx(lr, rel=1e-5)

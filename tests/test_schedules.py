@@ -164,3 +164,19 @@ def test_schedule_from_config_and_target_momentum():
   c.target.momentum_schedule = "step"
   with pytest.raises(ValueError, match="momentum_schedule='step'"):
     schedules.target_momentum(c.target, 100)
+
+
+def test_warmup_cosine_from_a_start_to_a_final_rate():
+  """SwAV's `start_warmup` and `final_lr`, DINO's `min_lr`: linear from
+  start to the peak, then `end + (peak − end)(1 + cos(π·t/T))/2`."""
+  fn = schedules.warmup_cosine(0.6, batch_size=256, num_examples=2560,
+                               epochs=10, warmup_epochs=2, total_steps=100,
+                               start_lr=0.1, end_lr=6e-4)
+  peak, warmup, decay = 0.6, 20, 80
+  for step in (0, 5, 19, 20, 50, 99, 100, 150):
+    if step < warmup:
+      want = 0.1 + step / warmup * (peak - 0.1)
+    else:
+      t = min(step - warmup, decay)
+      want = 6e-4 + (peak - 6e-4) * 0.5 * (1 + math.cos(math.pi * t / decay))
+    assert float(fn(step)) == pytest.approx(want, rel=1e-5, abs=1e-7), step

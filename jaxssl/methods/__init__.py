@@ -6,6 +6,7 @@ total_steps) -> base.Method`; adding a method is one file plus this entry.
 
 from jaxssl.methods import barlow_twins
 from jaxssl.methods import byol
+from jaxssl.methods import dino
 from jaxssl.methods import moco
 from jaxssl.methods import mocov3
 from jaxssl.methods import simclr
@@ -18,4 +19,5 @@ METHODS = {
     "barlow_twins": barlow_twins.create,
     "moco": moco.create,
     "mocov3": mocov3.create,
+    "dino": dino.create,
 }

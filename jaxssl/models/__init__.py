@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxssl import precision
+from jaxssl.models.heads import DINOHead
 from jaxssl.models.heads import ProjectionHead
 from jaxssl.models import vit
 from jaxssl.models.resnet import ResNet
@@ -66,13 +67,25 @@ def create_encoder(cfg: ml_collections.ConfigDict, axis_name: Optional[str]):
 def create_head(head: ml_collections.ConfigDict,
                 model: ml_collections.ConfigDict,
                 axis_name: Optional[str], *,
-                default_out_dim: int = 0) -> ProjectionHead:
-  """The MLP head of config section `head` (or `predictor`), normalised like
-  `model`. `out_dim=0` means `default_out_dim` (a predictor's output matches
-  the projector's)."""
+                default_out_dim: int = 0):
+  """The head of config section `head` (or `predictor`), normalised like
+  `model`: `kind='mlp'` a `ProjectionHead`, `kind='dino'` a `DINOHead`.
+  `out_dim=0` means `default_out_dim` (a predictor's output matches the
+  projector's)."""
   out_dim = head.out_dim or default_out_dim
   if out_dim <= 0:
     raise ValueError(f"head out_dim={head.out_dim} must be positive")
+  kind = head.get("kind", "mlp")
+  if kind == "dino":
+    return DINOHead(out_dim=out_dim, hidden_dim=head.hidden_dim,
+                    bottleneck_dim=head.bottleneck_dim,
+                    num_layers=head.num_layers, use_bn=head.use_bn,
+                    norm_last_layer=head.norm_last_layer,
+                    bn_momentum=model.bn_momentum,
+                    bn_epsilon=model.bn_epsilon, axis_name=axis_name,
+                    bn_group_size=model.bn_group_size or None)
+  if kind != "mlp":
+    raise ValueError(f"head kind={kind!r} is not one of ['mlp', 'dino']")
   return ProjectionHead(num_layers=head.num_layers, hidden_dim=head.hidden_dim,
                         out_dim=out_dim, use_bn=head.use_bn,
                         last_bn=head.last_bn, kernel_init=head.kernel_init,

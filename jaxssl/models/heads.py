@@ -1,9 +1,12 @@
-"""MLP heads: SimCLR/BYOL/SimSiam/Barlow Twins projectors and predictors."""
+"""MLP heads: SimCLR/BYOL/SimSiam/Barlow Twins/MoCo projectors and
+predictors, and DINO's head with its weight-normalised last layer."""
 
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jaxssl import precision
 from jaxssl.models.normalization import batch_norm_factory
@@ -109,3 +112,87 @@ class ProjectionHead(nn.Module):
       if not last:
         x = nn.relu(x)
     return x.astype(full)
+
+
+def _torch_linear_init(key: jax.Array, shape: tuple, dtype: Any = jnp.float32
+                       ) -> jax.Array:
+  """PyTorch's default `nn.Linear` weight init, U(±1/√fan_in)."""
+  bound = 1.0 / np.sqrt(shape[0])
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class DINOHead(nn.Module):
+  """DINO's projection head (Caron et al. 2021,
+  https://arxiv.org/abs/2104.14294; `vision_transformer.DINOHead`).
+
+  An MLP of `num_layers` dense layers (hidden `hidden_dim`, GELU, optional
+  BatchNorm, N(0, 0.02²) truncated kernels, zero biases, none before a
+  BatchNorm) to
+  a `bottleneck_dim` output, L2-normalised, then a weight-normalised linear
+  layer without bias to `out_dim`: `W = g·v/‖v‖` per output unit, with
+  `g = 1` fixed when `norm_last_layer` (the reference's `weight_g` without
+  gradient), else a parameter `last_layer/scale` starting at 1. Its
+  parameters are `last_layer/kernel_v` (PyTorch's default init) and
+  `scale`, so `^projector/last_layer/` freezes the last layer.
+
+  Attributes:
+    out_dim: K, the prototypes (65,536).
+    hidden_dim: MLP width (2048).
+    bottleneck_dim: width before normalisation (256).
+    num_layers: MLP layers (3).
+    use_bn: BatchNorm after the hidden layers (False; the ResNet option).
+    norm_last_layer: fix `g = 1` (True; False for ViT-S/16 long runs).
+    bn_momentum, bn_epsilon, axis_name, bn_group_size: as `ProjectionHead`.
+  """
+  out_dim: int = 65536
+  hidden_dim: int = 2048
+  bottleneck_dim: int = 256
+  num_layers: int = 3
+  use_bn: bool = False
+  norm_last_layer: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+  bn_group_size: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    full = precision.full_dtype()
+    x = precision.to_full(x)
+    norm = batch_norm_factory(
+        train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=full)
+    layers = max(self.num_layers, 1)
+    for i in range(layers):
+      last = i == layers - 1
+      # A bias before BatchNorm gets no gradient (the reference keeps it).
+      x = nn.Dense(self.bottleneck_dim if last else self.hidden_dim,
+                   use_bias=last or not self.use_bn,
+                   kernel_init=nn.initializers.truncated_normal(0.02),
+                   dtype=full, param_dtype=full, name=f"dense{i + 1}")(x)
+      if not last:
+        if self.use_bn:
+          x = norm(name=f"bn{i + 1}")(x)
+        x = nn.gelu(x, approximate=False)
+    # torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
+    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return _WeightNormLinear(self.out_dim, self.norm_last_layer,
+                             name="last_layer")(x)
+
+
+class _WeightNormLinear(nn.Module):
+  """`x @ (g·v/‖v‖)` with ‖v‖ per output column (PyTorch's `weight_norm`,
+  dim 0 of its `[out, in]` weight)."""
+  features: int
+  fixed_scale: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    full = precision.full_dtype()
+    v = self.param("kernel_v", _torch_linear_init,
+                   (x.shape[-1], self.features), full)
+    w = v / jnp.linalg.norm(v, axis=0, keepdims=True)
+    if not self.fixed_scale:
+      w = w * self.param("scale", nn.initializers.ones, (self.features,),
+                         full)
+    return x @ w

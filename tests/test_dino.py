@@ -1,0 +1,192 @@
+"""DINO on the shared train step: 1 vs 8 devices, the centre, the teacher,
+the frozen last layer, the DINO head.
+
+The runs are float64 (`mesh_runs.float64`), where 1 and 8 devices agree to
+~1e-14 (`mesh_runs.RTOL` = 1e-10 holds on any processor).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mesh_runs
+from jaxssl import config_utils
+from jaxssl import losses
+from jaxssl import sharding
+from jaxssl import train
+from jaxssl.methods import base
+from jaxssl.methods import dino
+from jaxssl.models import DINOHead
+
+GLOBAL_BATCH = 16
+IMAGE_SIZE = 16
+NUM_EXAMPLES = 64  # 4 steps per epoch
+STEPS = 6  # past the first epoch, when the last layer starts to move
+
+
+def _config(**overrides):
+  c = config_utils.base_config()
+  c.method = "dino"
+  c.batch_size = GLOBAL_BATCH
+  c.epochs = 2
+  c.steps_rule = "floor"
+  c.data.image_size = IMAGE_SIZE
+  c.augment.preset = "dino"
+  c.augment.local_crops = 2
+  c.augment.local_size = 8
+  c.model.depth = 10
+  c.model.width = 1 / 16
+  c.model.cifar_stem = True
+  config_utils.set_dino_head(c.head, out_dim=32, norm_last_layer=False)
+  c.head.hidden_dim = 16
+  c.head.bottleneck_dim = 8
+  c.loss.temperature = 0.1
+  c.loss.warmup_teacher_temperature = 0.04
+  c.loss.teacher_temperature = 0.07
+  c.loss.warmup_teacher_epochs = 1
+  c.target.base_momentum = 0.9
+  c.optimizer.name = "adamw"
+  c.optimizer.base_lr = 1e-2
+  c.optimizer.momentum = 0.9
+  c.optimizer.warmup_epochs = 1.0
+  c.optimizer.final_lr = 1e-4
+  c.optimizer.weight_decay = 0.04
+  c.optimizer.weight_decay_schedule = "cosine"
+  c.optimizer.weight_decay_end = 0.4
+  c.optimizer.clip_per_parameter = 3.0
+  c.optimizer.freeze_pattern = "^projector/last_layer/"
+  c.optimizer.freeze_epochs = 1.0
+  c.probe.enabled = False
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  c.lock()
+  return c
+
+
+def _batches():
+  return mesh_runs.random_batches(STEPS, GLOBAL_BATCH, IMAGE_SIZE, seed=11)
+
+
+def _run_all_states(learner, num_devices):
+  mesh = sharding.data_mesh(jax.devices()[:num_devices])
+  step_fn = train.compile_train_step(learner, mesh)
+  state = train.create_train_state(jax.random.key(0), learner, mesh)
+  states, metrics = [jax.device_get(state)], []
+  for images in _batches():
+    state, m = step_fn(state, sharding.global_batch({"image": images}, mesh))
+    states.append(jax.device_get(state))
+    metrics.append(jax.device_get(m))
+  return states, metrics
+
+
+@pytest.fixture(scope="module")
+def dino_runs():
+  with mesh_runs.float64():
+    learner = train.create_learner(_config(), NUM_EXAMPLES)
+    runs = {n: _run_all_states(learner, n) for n in (1, 8)}
+  return learner, runs
+
+
+def test_dino_matches_on_1_and_8_devices(dino_runs):
+  """Loss, parameters, optimizer state, BN statistics, teacher and centre
+  over 6 steps (2 global + 2 local crops, through the first epoch)."""
+  learner, runs = dino_runs
+  (states1, m1), (states8, m8) = runs[1], runs[8]
+  assert dict(learner.method.views) == {"global": 2, "local": 2}
+  mesh_runs.assert_metrics_close(
+      m1, m8, ("loss", "kl", "grad_norm", "teacher_entropy", "teacher_temp",
+               "tau"))
+  for part in ("params", "opt_state", "batch_stats", "target",
+               "method_state"):
+    mesh_runs.assert_trees_close(getattr(states1[-1], part),
+                                 getattr(states8[-1], part),
+                                 rtol=mesh_runs.RTOL)
+  # The teacher temperature of each step's epoch: 0.04 in epoch 0, 0.07 on.
+  assert [m["teacher_temp"] for m in m8] == pytest.approx(
+      [0.04] * 4 + [0.07] * 2)
+  assert np.all(np.isfinite([m["loss"] for m in m8]))
+
+
+def test_centre_and_teacher_recomputed(dino_runs):
+  """After each step the centre is 0.9·c + 0.1·(mean of the teacher's
+  outputs on the two GLOBAL crops of the step, computed here on one device
+  from the views), and the teacher is τ·teacher + (1 − τ)·student."""
+  learner, runs = dino_runs
+  states, metrics = runs[8]
+  tracked = base.subtrees("encoder", "projector")
+  mesh_runs.assert_trees_close(states[0].target["params"],
+                               tracked(states[0].params), rtol=0)
+  with mesh_runs.float64():
+    method = dino.create(_config(), axis_name=None, total_steps=8)
+    for t, images in enumerate(_batches()):
+      state = states[t]
+      view_rng, _ = jax.random.split(jax.random.fold_in(state.rng,
+                                                        state.step))
+      views = train.make_views({"image": jnp.asarray(images)}, view_rng,
+                               groups=learner.views, axis_name=None)
+      teacher, _ = base.Forward()(method.target.network, state.target,
+                                  {"global": views["global"]},
+                                  {"global": 2})
+      want = (0.9 * state.method_state["center"]
+              + 0.1 * np.mean(teacher["global"]["z"], axis=0))
+      np.testing.assert_allclose(states[t + 1].method_state["center"], want,
+                                 rtol=1e-9, atol=1e-14)
+      tau = metrics[t]["tau"]
+      want_target = jax.tree.map(lambda k, q: tau * k + (1 - tau) * q,
+                                 state.target["params"],
+                                 tracked(states[t + 1].params))
+      mesh_runs.assert_trees_close(states[t + 1].target["params"],
+                                   want_target, rtol=1e-12)
+
+
+def test_last_layer_is_frozen_for_the_first_epoch_then_moves(dino_runs):
+  """`optimizer.freeze_pattern='^projector/last_layer/'`, 1 epoch (4
+  steps): the weight-normalised last layer (kernel and scale) and its
+  AdamW moments are bit-identical through step 4 and move at step 5; the
+  rest of the head moves from the first step with a non-zero rate."""
+  _, runs = dino_runs
+  states, _ = runs[8]
+  last = [s.params["projector"]["last_layer"] for s in states]
+  for t in range(1, 5):
+    for name in ("kernel_v", "scale"):
+      np.testing.assert_array_equal(last[t][name], last[0][name])
+  for name in ("kernel_v", "scale"):
+    assert np.abs(last[5][name] - last[0][name]).max() > 1e-6, name
+  dense = [s.params["projector"]["dense1"]["kernel"] for s in states]
+  assert np.abs(dense[2] - dense[0]).max() > 1e-6
+
+
+def test_dino_head_is_weight_normalised_and_l2_bottlenecked():
+  """Output = normalise(MLP(x)) @ (g·v/‖v‖): with g fixed at 1 each
+  prototype column has unit norm, so the outputs are cosines in [−1, 1];
+  the free scale multiplies them."""
+  head = DINOHead(out_dim=12, hidden_dim=16, bottleneck_dim=8)
+  x = jax.random.normal(jax.random.key(0), (5, 4))
+  variables = head.init(jax.random.key(1), x)
+  assert "scale" not in variables["params"]["last_layer"]
+  out = head.apply(variables, x)
+  v = variables["params"]["last_layer"]["kernel_v"]
+  y = x
+  for i in (1, 2):
+    p = variables["params"][f"dense{i}"]
+    y = jax.nn.gelu(y @ p["kernel"] + p["bias"], approximate=False)
+  p = variables["params"]["dense3"]
+  y = losses.l2_normalize(y @ p["kernel"] + p["bias"])
+  np.testing.assert_allclose(out, y @ (v / np.linalg.norm(v, axis=0)),
+                             rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(out)).max() <= 1.0 + 1e-6
+  free = DINOHead(out_dim=12, hidden_dim=16, bottleneck_dim=8,
+                  norm_last_layer=False)
+  fv = free.init(jax.random.key(1), x)
+  fv["params"]["last_layer"]["scale"] = 2.0 * jnp.ones(12)
+  np.testing.assert_allclose(free.apply(fv, x), 2.0 * out, rtol=1e-5)
+
+
+def test_dino_config_errors_name_the_keys():
+  with pytest.raises(ValueError, match="needs config.head.kind='dino'"):
+    train.create_learner(_config(**{"head.kind": "mlp"}), NUM_EXAMPLES)
+  with pytest.raises(ValueError, match="local_size is set but "
+                     "config.augment.preset='byol' makes no 'local' crops"):
+    train.create_learner(_config(**{"augment.preset": "byol"}), NUM_EXAMPLES)
