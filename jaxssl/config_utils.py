@@ -163,6 +163,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.warmup_teacher_temperature = 0.04
   c.loss.warmup_teacher_epochs = 0
   c.loss.center_momentum = 0.9
+  # SwAV: prototypes, Sinkhorn's ε and iterations, the epoch its queue
+  # (loss.queue_size embeddings, 0 = none) starts filling.
+  c.loss.num_prototypes = 3000
+  c.loss.sinkhorn_epsilon = 0.05
+  c.loss.sinkhorn_iters = 3
+  c.loss.queue_start_epoch = 15
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lars"
@@ -357,7 +363,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = (),
   Keeps the method, loss and optimizer of `c` (heads capped at 128 wide) so
   that the whole code path of the experiment runs on a CPU in about a
   minute: 5 epochs of 4 steps at batch 64 (20 steps, 21 with the SimCLR
-  `steps_rule`); MoCo's queue holds 4 batches.
+  `steps_rule`); a queue (MoCo's, SwAV's) holds 4 batches.
 
   Args:
     c: the experiment's config, changed in place.
@@ -379,7 +385,8 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = (),
       section.hidden_dim = min(section.hidden_dim, _RUNLOCAL_HEAD_WIDTH)
     section.out_dim = min(section.out_dim, _RUNLOCAL_HEAD_WIDTH)
   c.head.bottleneck_dim = min(c.head.bottleneck_dim, _RUNLOCAL_HEAD_WIDTH)
-  c.loss.queue_size = 4 * c.batch_size
+  if c.loss.queue_size:  # 0 (no queue) stays
+    c.loss.queue_size = 4 * c.batch_size
   c.data.source = "synthetic"
   c.data.synthetic_examples = 256
   c.data.image_size = 32

@@ -8,6 +8,7 @@ global batch, with the encoder's activation memory of one micro-batch.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Callable
 
 import jax
@@ -180,7 +181,8 @@ def microbatched_gradients(state: TrainState, batch: dict,
     out, head_stats = method.forward.heads(
         method.network, {"params": params, "batch_stats": state.batch_stats},
         h, counts, rng=online_rng)
-    local_loss, aux = method.loss(out, target_out, state.method_state, ctx)
+    local_loss, aux = method.loss(out, target_out, state.method_state,
+                                  dataclasses.replace(ctx, params=params))
     return lax.pmean(local_loss, ctx.axis_name), (head_stats, out, aux)
 
   (loss, (head_stats, out, aux)), (grads, grad_h) = jax.value_and_grad(

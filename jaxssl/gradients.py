@@ -93,7 +93,8 @@ def compute_gradients(state: TrainState, batch: dict, view_rng: jax.Array,
     out, batch_stats = method.forward(
         method.network, {"params": params, "batch_stats": state.batch_stats},
         views, method.views, rng=online_rng)
-    local_loss, aux = method.loss(out, target_out, state.method_state, ctx)
+    local_loss, aux = method.loss(out, target_out, state.method_state,
+                                  dataclasses.replace(ctx, params=params))
     # The mean over devices of per-device means over local anchors is the
     # loss of the global batch; its gradient needs no further reduction.
     return lax.pmean(local_loss, ctx.axis_name), (batch_stats, out, aux)

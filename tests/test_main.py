@@ -20,7 +20,8 @@ METHOD_CONFIGS = ["byol_resnet50", "byol_cifar10", "simsiam_resnet50",
                   "barlow_twins_cifar10", "simclr_vit_cifar10",
                   "mocov2_resnet50", "mocov2_cifar10", "mocov3_resnet50",
                   "mocov3_vit_small", "mocov3_cifar10", "dino_vit_small",
-                  "dino_resnet50", "dino_cifar10"]
+                  "dino_resnet50", "dino_cifar10", "swav_resnet50",
+                  "swav_cifar10"]
 CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
 
 
@@ -149,10 +150,10 @@ def test_moco_configs_match_the_references():
 # differ from these only in hyperparameters; they are built (not trained)
 # here, and byol_resnet50 / simclr_resnet50 `:runlocal` train in
 # test_multihost.py.
-# MoCo's and DINO's (issues 17, 18) all train, with the ViT variants of
-# their CIFAR configs.
-TRAINED_CONFIGS = [n for n in METHOD_CONFIGS
-                   if n.endswith("_cifar10") or n.startswith(("moco", "dino"))]
+# MoCo's, DINO's and SwAV's (issues 17, 18) all train, with the ViT
+# variants of their CIFAR configs.
+TRAINED_CONFIGS = [n for n in METHOD_CONFIGS if n.endswith("_cifar10")
+                   or n.startswith(("moco", "dino", "swav"))]
 TRAINED_VARIANTS = [(n, "runlocal") for n in TRAINED_CONFIGS] + [
     ("mocov3_cifar10", "runlocal,vit"), ("dino_cifar10", "runlocal,vit")]
 

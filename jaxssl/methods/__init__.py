@@ -11,6 +11,7 @@ from jaxssl.methods import moco
 from jaxssl.methods import mocov3
 from jaxssl.methods import simclr
 from jaxssl.methods import simsiam
+from jaxssl.methods import swav
 
 METHODS = {
     "simclr": simclr.create,
@@ -20,4 +21,5 @@ METHODS = {
     "moco": moco.create,
     "mocov3": mocov3.create,
     "dino": dino.create,
+    "swav": swav.create,
 }

@@ -51,6 +51,8 @@ class StepContext:
     index: `[n]` index of each local example in its dataset, or None when
       the input has none (InstDisc's memory bank).
     label: `[n]` class labels of the local examples, or None (SupCon).
+    params: in the loss, the online parameters being differentiated (SwAV
+      scores its queue with the current prototypes); None elsewhere.
   """
   step: jax.Array
   epoch: jax.Array
@@ -58,6 +60,7 @@ class StepContext:
   axis_name: Optional[str] = None
   index: Optional[jax.Array] = None
   label: Optional[jax.Array] = None
+  params: Optional[Any] = None
 
 
 def split_views(x: jax.Array, num_views: int) -> list:
