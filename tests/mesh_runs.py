@@ -30,6 +30,47 @@ def stem_conv_float64(views, kernel):
                    np.asarray(kernel, np.float64).reshape(9, *kernel.shape[2:]))
 
 
+def tiny_config(method, *, batch_size, image_size, epochs=1):
+  """`method` with a ResNet-10/16 (CIFAR stem) on `image_size` px images,
+  the 'floor' steps rule and no probe: the equivalence tests' model
+  (unlocked: the test sets the rest, then `finish_config`)."""
+  from jaxssl import config_utils  # pylint: disable=g-import-not-at-top
+  c = config_utils.base_config()
+  c.method = method
+  c.batch_size = batch_size
+  c.epochs = epochs
+  c.steps_rule = "floor"
+  c.data.image_size = image_size
+  c.model.depth = 10
+  c.model.width = 1 / 16
+  c.model.cifar_stem = True
+  c.probe.enabled = False
+  return c
+
+
+def finish_config(c, overrides):
+  """`c` with `overrides` (`{'section.key': value}`) applied, locked."""
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  c.lock()
+  return c
+
+
+def run_steps(learner, num_devices, batches):
+  """Trains on `batches` on the first `num_devices` devices; the states
+  after 0, 1, ... steps and each step's metrics, on the host."""
+  mesh = sharding.data_mesh(jax.devices()[:num_devices])
+  step_fn = train.compile_train_step(learner, mesh)
+  state = train.create_train_state(jax.random.key(0), learner, mesh)
+  states, metrics = [jax.device_get(state)], []
+  for images in batches:
+    state, m = step_fn(state, sharding.global_batch({"image": images}, mesh))
+    states.append(jax.device_get(state))
+    metrics.append(jax.device_get(m))
+  return states, metrics
+
+
 def run(learner, num_devices, batches):
   """Trains on `batches` on the first `num_devices` devices.
 

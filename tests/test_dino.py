@@ -13,7 +13,6 @@ import pytest
 import mesh_runs
 from jaxssl import config_utils
 from jaxssl import losses
-from jaxssl import sharding
 from jaxssl import train
 from jaxssl.methods import base
 from jaxssl.methods import dino
@@ -26,18 +25,11 @@ STEPS = 6  # past the first epoch, when the last layer starts to move
 
 
 def _config(**overrides):
-  c = config_utils.base_config()
-  c.method = "dino"
-  c.batch_size = GLOBAL_BATCH
-  c.epochs = 2
-  c.steps_rule = "floor"
-  c.data.image_size = IMAGE_SIZE
+  c = mesh_runs.tiny_config("dino", batch_size=GLOBAL_BATCH,
+                            image_size=IMAGE_SIZE, epochs=2)
   c.augment.preset = "dino"
   c.augment.local_crops = 2
   c.augment.local_size = 8
-  c.model.depth = 10
-  c.model.width = 1 / 16
-  c.model.cifar_stem = True
   config_utils.set_dino_head(c.head, out_dim=32, norm_last_layer=False)
   c.head.hidden_dim = 16
   c.head.bottleneck_dim = 8
@@ -57,35 +49,18 @@ def _config(**overrides):
   c.optimizer.clip_per_parameter = 3.0
   c.optimizer.freeze_pattern = "^projector/last_layer/"
   c.optimizer.freeze_epochs = 1.0
-  c.probe.enabled = False
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    c[section][name] = value
-  c.lock()
-  return c
+  return mesh_runs.finish_config(c, overrides)
 
 
 def _batches():
   return mesh_runs.random_batches(STEPS, GLOBAL_BATCH, IMAGE_SIZE, seed=11)
 
 
-def _run_all_states(learner, num_devices):
-  mesh = sharding.data_mesh(jax.devices()[:num_devices])
-  step_fn = train.compile_train_step(learner, mesh)
-  state = train.create_train_state(jax.random.key(0), learner, mesh)
-  states, metrics = [jax.device_get(state)], []
-  for images in _batches():
-    state, m = step_fn(state, sharding.global_batch({"image": images}, mesh))
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
-  return states, metrics
-
-
 @pytest.fixture(scope="module")
 def dino_runs():
   with mesh_runs.float64():
     learner = train.create_learner(_config(), NUM_EXAMPLES)
-    runs = {n: _run_all_states(learner, n) for n in (1, 8)}
+    runs = {n: mesh_runs.run_steps(learner, n, _batches()) for n in (1, 8)}
   return learner, runs
 
 

@@ -32,18 +32,10 @@ TAU = 0.9  # MoCo v2's (constant) key momentum in these runs
 
 
 def _config(method, **overrides):
-  c = config_utils.base_config()
-  c.method = method
-  c.batch_size = GLOBAL_BATCH
-  c.epochs = 1
-  c.steps_rule = "floor"
-  c.data.image_size = IMAGE_SIZE
+  c = mesh_runs.tiny_config(method, batch_size=GLOBAL_BATCH,
+                            image_size=IMAGE_SIZE)
   c.augment.preset = "byol"
-  c.model.depth = 10
-  c.model.width = 1 / 16
-  c.model.cifar_stem = True
   c.optimizer.warmup_epochs = 0.0
-  c.probe.enabled = False
   if method == "moco":
     config_utils.set_head(c.head, num_layers=2, hidden_dim=16, out_dim=8,
                           last_bn="none", use_bn=False)
@@ -66,28 +58,11 @@ def _config(method, **overrides):
     c.optimizer.name = "lars"
     c.optimizer.lr_in_momentum = False
     c.optimizer.base_lr = 0.5
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    c[section][name] = value
-  c.lock()
-  return c
+  return mesh_runs.finish_config(c, overrides)
 
 
 def _batches(steps):
   return mesh_runs.random_batches(steps, GLOBAL_BATCH, IMAGE_SIZE, seed=7)
-
-
-def _run_all_states(learner, num_devices, batches):
-  """States after 0..len(batches) steps and each step's metrics."""
-  mesh = sharding.data_mesh(jax.devices()[:num_devices])
-  step_fn = train.compile_train_step(learner, mesh)
-  state = train.create_train_state(jax.random.key(0), learner, mesh)
-  states, metrics = [jax.device_get(state)], []
-  for images in batches:
-    state, m = step_fn(state, sharding.global_batch({"image": images}, mesh))
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
-  return states, metrics
 
 
 # ----------------------------------------------------------------------------
@@ -222,7 +197,7 @@ def moco_runs():
   step and the metrics, and the learner."""
   with mesh_runs.float64():
     learner = train.create_learner(_config("moco"), NUM_EXAMPLES)
-    runs = {n: _run_all_states(learner, n, _batches(3)) for n in (1, 8)}
+    runs = {n: mesh_runs.run_steps(learner, n, _batches(3)) for n in (1, 8)}
   return learner, runs
 
 
@@ -328,8 +303,8 @@ def test_moco_v3_matches_on_1_and_8_devices_and_tau_is_shifted():
   encoder over 2 steps; τ(t) = m(t + 1) of the reference's cosine."""
   with mesh_runs.float64():
     learner = train.create_learner(_config("mocov3"), NUM_EXAMPLES)
-    (states1, m1), (states8, m8) = (_run_all_states(learner, n, _batches(2))
-                                    for n in (1, 8))
+    (states1, m1), (states8, m8) = (
+        mesh_runs.run_steps(learner, n, _batches(2)) for n in (1, 8))
   mesh_runs.assert_metrics_close(
       m1, m8, ("loss", "grad_norm", "embed_std", "contrast_acc", "tau"))
   for part in ("params", "opt_state", "batch_stats", "target"):

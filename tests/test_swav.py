@@ -5,13 +5,11 @@ The runs are float64 (`mesh_runs.float64`): 1 and 8 devices agree to
 ~1e-14, `mesh_runs.RTOL` (1e-10) holds on any processor.
 """
 
-import jax
 import numpy as np
 import pytest
 
 import mesh_runs
 from jaxssl import config_utils
-from jaxssl import sharding
 from jaxssl import train
 
 GLOBAL_BATCH = 16
@@ -22,18 +20,11 @@ QUEUE = 32  # 2 global batches: pushed at steps 4 and 5, in the loss from 6
 
 
 def _config(**overrides):
-  c = config_utils.base_config()
-  c.method = "swav"
-  c.batch_size = GLOBAL_BATCH
-  c.epochs = 3
-  c.steps_rule = "floor"
-  c.data.image_size = IMAGE_SIZE
+  c = mesh_runs.tiny_config("swav", batch_size=GLOBAL_BATCH,
+                            image_size=IMAGE_SIZE, epochs=3)
   c.augment.preset = "multicrop"
   c.augment.local_crops = 2
   c.augment.local_size = 8
-  c.model.depth = 10
-  c.model.width = 1 / 16
-  c.model.cifar_stem = True
   config_utils.set_head(c.head, num_layers=2, hidden_dim=16, out_dim=8,
                         last_bn="none")
   c.loss.temperature = 0.1
@@ -48,32 +39,18 @@ def _config(**overrides):
   c.optimizer.final_lr = 1e-3
   c.optimizer.freeze_pattern = "^predictor/"
   c.optimizer.freeze_epochs = 1.0
-  c.probe.enabled = False
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    c[section][name] = value
-  c.lock()
-  return c
+  return mesh_runs.finish_config(c, overrides)
 
 
-def _run_all_states(learner, num_devices):
-  mesh = sharding.data_mesh(jax.devices()[:num_devices])
-  step_fn = train.compile_train_step(learner, mesh)
-  state = train.create_train_state(jax.random.key(0), learner, mesh)
-  states, metrics = [jax.device_get(state)], []
-  for images in mesh_runs.random_batches(STEPS, GLOBAL_BATCH, IMAGE_SIZE,
-                                         seed=13):
-    state, m = step_fn(state, sharding.global_batch({"image": images}, mesh))
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
-  return states, metrics
+def _batches():
+  return mesh_runs.random_batches(STEPS, GLOBAL_BATCH, IMAGE_SIZE, seed=13)
 
 
 @pytest.fixture(scope="module")
 def swav_runs():
   with mesh_runs.float64():
     learner = train.create_learner(_config(), NUM_EXAMPLES)
-    return {n: _run_all_states(learner, n) for n in (1, 8)}
+    return {n: mesh_runs.run_steps(learner, n, _batches()) for n in (1, 8)}
 
 
 def _rows_sorted(queue):
