@@ -63,6 +63,7 @@ def get_config(arg=None):
     c.model.pos_embed = "learned"
     c.model.vit_image_size = 32
     c.model.drop_path = 0.1
+    c.model.vit_init = "dino"
     c.optimizer.name = "adamw"
     c.optimizer.base_lr = 5e-4
     c.optimizer.momentum = 0.9

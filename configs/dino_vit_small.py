@@ -26,9 +26,8 @@ longest listed one they reach), `runlocal`.
 
 EXPECTED (reference, ImageNet): 100 epochs (batch 512) 69.3 % kNN, 74.0 %
 linear; 300 epochs 73.3 % kNN, 76.0 % linear; 800 epochs 74.5 % kNN, 77.0 %
-linear. Known deviations: the ViT is initialised as MoCo v3's (DINO: all
-kernels and the class token N(0, 0.02²) truncated); resampled position
-embeddings without DINO's +0.1 interpolation offset.
+linear. Known deviation: resampled position embeddings (the 96 px crops)
+are bicubic without DINO's +0.1 interpolation offset.
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
 with a ViT-Tiny at 8×8 patches, 2 local crops of 16 px and a 128-wide head.
@@ -61,6 +60,7 @@ def get_config(arg=None):
   c.model.patch_size = 16
   c.model.pos_embed = "learned"
   c.model.drop_path = 0.1
+  c.model.vit_init = "dino"
   c.augment.preset = "dino"
   c.augment.local_crops = local
   c.augment.global_crop_area = global_area

@@ -99,6 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.vit_image_size = 224
   c.model.frozen_patch_embed = False
   c.model.drop_path = 0.0
+  # ViT initialisation: 'mocov3' or 'dino' (jaxssl.models.vit).
+  c.model.vit_init = "mocov3"
 
   c.train = ml_collections.ConfigDict()
   # Micro-batches per device and step (GradCache, Gao et al. 2021): > 1

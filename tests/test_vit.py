@@ -207,3 +207,26 @@ def test_initialisation_is_moco_v3s():
   np.testing.assert_array_equal(params["blocks_0"]["attn"]["qkv"]["bias"], 0)
   with pytest.raises(ValueError, match="num_heads=7 does not divide"):
     vit.create("small", heads=7)
+
+
+def test_dino_initialisation():
+  """`init_scheme='dino'`: dense kernels and the class token N(0, 0.02²) (timm's
+  trunc_normal_ at ±2 absolute is untruncated at this std), the patch
+  projection PyTorch's Conv2d default U(±1/√(3p²)) with its bias."""
+  model = vit.create("small", patch_size=16, pos_embed="learned",
+                     init_scheme="dino")
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                      train=False)["params"]
+  for kernel in (params["blocks_0"]["attn"]["qkv"]["kernel"],
+                 params["blocks_0"]["mlp"]["fc1"]["kernel"]):
+    np.testing.assert_allclose(np.std(kernel), 0.02, rtol=0.02)
+    assert np.abs(kernel).max() > 3 * 0.02  # not truncated at 2σ
+  bound = 1 / np.sqrt(3 * 16 * 16)
+  for leaf in (params["patch_embed"]["kernel"], params["patch_embed"]["bias"]):
+    assert np.abs(leaf).max() <= bound
+  np.testing.assert_allclose(np.std(params["patch_embed"]["kernel"]),
+                             bound / np.sqrt(3), rtol=0.02)
+  np.testing.assert_allclose(np.std(params["cls_token"]), 0.02, rtol=0.3)
+  with pytest.raises(ValueError, match="vit_init='timm'"):
+    vit.create("tiny", init_scheme="timm").init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)

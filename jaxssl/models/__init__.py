@@ -50,6 +50,7 @@ def _vit(cfg: ml_collections.ConfigDict,
                     pos_embed=cfg.pos_embed, image_size=cfg.vit_image_size,
                     frozen_patch_embed=cfg.frozen_patch_embed,
                     drop_path=cfg.drop_path, dtype=compute_dtype(cfg.dtype),
+                    init_scheme=cfg.get("vit_init", "mocov3"),
                     remat=cfg.remat)
 
 

@@ -83,6 +83,32 @@ def _qkv_init(key: jax.Array, shape: tuple, dtype: Any = jnp.float32
 # both fans by p²).
 _patch_init = nn.initializers.variance_scaling(
     1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1)
+# PyTorch's default Conv2d weight init (kaiming_uniform, a = √5):
+# U(±1/√fan_in), fan_in = 3p².
+_torch_conv_kernel = nn.initializers.variance_scaling(
+    1.0 / 3.0, "fan_in", "uniform", in_axis=(0, 1, 2), out_axis=-1)
+
+
+# timm's `trunc_normal_(std=.02)` truncates at ±2 absolute, i.e. ±100σ:
+# a plain N(0, 0.02²).
+_DINO_NORMAL = nn.initializers.normal(0.02)
+INITS = ("mocov3", "dino")
+
+
+def _dense_init(init: str, qkv: bool = False):
+  """Dense kernels: MoCo v3's Xavier-uniform (q, k, v on their own fans) or
+  DINO's N(0, 0.02²)."""
+  if init == "dino":
+    return _DINO_NORMAL
+  return _qkv_init if qkv else nn.initializers.xavier_uniform()
+
+
+def _torch_conv_bias(fan_in: int):
+  """PyTorch's default `Conv2d` bias init, U(±1/√fan_in)."""
+  def init(key, shape, dtype=jnp.float32):
+    bound = 1.0 / np.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
 
 
 class Attention(nn.Module):
@@ -90,14 +116,16 @@ class Attention(nn.Module):
   order (output feature `s·D + h·D/H + d`)."""
   heads: int
   dtype: Any = None
+  init_scheme: str = "mocov3"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               param_dtype=precision.full_dtype(),
-                              kernel_init=nn.initializers.xavier_uniform())
-    qkv = dense(3 * d, kernel_init=_qkv_init, name="qkv")(x)
+                              kernel_init=_dense_init(self.init_scheme))
+    qkv = dense(3 * d, kernel_init=_dense_init(self.init_scheme, qkv=True),
+                name="qkv")(x)
     qkv = qkv.reshape(b, n, 3, self.heads, d // self.heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d // self.heads) ** -0.5
@@ -111,12 +139,13 @@ class Mlp(nn.Module):
   hidden: int
   out: int
   dtype: Any = None
+  init_scheme: str = "mocov3"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               param_dtype=precision.full_dtype(),
-                              kernel_init=nn.initializers.xavier_uniform())
+                              kernel_init=_dense_init(self.init_scheme))
     x = nn.gelu(dense(self.hidden, name="fc1")(x), approximate=False)
     return dense(self.out, name="fc2")(x)
 
@@ -132,14 +161,17 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
   dtype: Any = None
+  init_scheme: str = "mocov3"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     d = x.shape[-1]
-    y = Attention(self.heads, dtype=self.dtype, name="attn")(
+    y = Attention(self.heads, dtype=self.dtype, init_scheme=self.init_scheme,
+                  name="attn")(
         _layer_norm("norm1")(x).astype(x.dtype))
     x = x + _drop_path(self, y, self.drop_path, train)
-    y = Mlp(int(d * self.mlp_ratio), d, dtype=self.dtype, name="mlp")(
+    y = Mlp(int(d * self.mlp_ratio), d, dtype=self.dtype,
+            init_scheme=self.init_scheme, name="mlp")(
         _layer_norm("norm2")(x).astype(x.dtype))
     return x + _drop_path(self, y, self.drop_path, train)
 
@@ -161,6 +193,10 @@ class VisionTransformer(nn.Module):
       precision); LayerNorm, softmax and parameters stay full precision.
     remat: 'none', or 'block'/'dots': rematerialise each block
       (`jax.checkpoint`), like the ResNet's option.
+    init_scheme: 'mocov3' (Xavier-uniform kernels, q/k/v on their own
+      fans, the patch projection on its [3p², D] fans, class token
+      N(0, 1e-6²)) or 'dino' (every dense kernel and the class token
+      N(0, 0.02²), the patch projection PyTorch's default Conv2d init).
   """
   width: int = 384
   depth: int = 12
@@ -173,6 +209,7 @@ class VisionTransformer(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = None
   remat: str = "none"
+  init_scheme: str = "mocov3"
 
   @property
   def num_features(self) -> int:
@@ -187,17 +224,26 @@ class VisionTransformer(nn.Module):
     if x.shape[1] % p or x.shape[2] % p:
       raise ValueError(f"images of {x.shape[1]}×{x.shape[2]} px do not split "
                        f"into {p}×{p} patches (config.model.patch_size)")
+    if self.init_scheme not in INITS:
+      raise ValueError(f"config.model.vit_init={self.init_scheme!r} is not "
+                       f"one of {list(INITS)}")
     full = precision.full_dtype()
     dtype = self.dtype or full
+    dino = self.init_scheme == "dino"
+    fan_in = 3 * p * p
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID",
                 dtype=dtype, param_dtype=full,
-                kernel_init=_patch_init, name="patch_embed")(x.astype(dtype))
+                kernel_init=_torch_conv_kernel if dino else _patch_init,
+                bias_init=(_torch_conv_bias(fan_in) if dino
+                           else nn.initializers.zeros),
+                name="patch_embed")(x.astype(dtype))
     if self.frozen_patch_embed:
       x = jax.lax.stop_gradient(x)
     b, gh, gw, d = x.shape
     x = x.reshape(b, gh * gw, d)
-    cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d),
-                     full)
+    cls = self.param("cls_token",
+                     _DINO_NORMAL if dino else nn.initializers.normal(1e-6),
+                     (1, 1, d), full)
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(dtype), x],
                         axis=1)
     x = x + self._position_embedding(gh, gw, d).astype(dtype)
@@ -206,7 +252,7 @@ class VisionTransformer(nn.Module):
       block = nn.remat(Block, static_argnums=(2,))
     for i in range(self.depth):
       rate = self.drop_path * i / max(self.depth - 1, 1)
-      x = block(self.heads, self.mlp_ratio, rate, dtype,
+      x = block(self.heads, self.mlp_ratio, rate, dtype, self.init_scheme,
                 name=f"blocks_{i}")(x, train)
     x = _layer_norm("norm")(x)
     return precision.to_full(x[:, 0])
@@ -219,7 +265,7 @@ class VisionTransformer(nn.Module):
       table = np.concatenate([np.zeros((1, d)), sincos_2d(gh, d)])
       return jnp.asarray(table[None], precision.full_dtype())
     grid = self.image_size // self.patch_size
-    table = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
+    table = self.param("pos_embed", _DINO_NORMAL,
                        (1, 1 + grid * grid, d), precision.full_dtype())
     if (gh, gw) == (grid, grid):
       return table
