@@ -22,6 +22,7 @@ data (a CPU smoke run).
 """
 
 from jaxssl import config_utils
+from jaxssl import downstream_config
 
 EPOCHS = {1: 60, 10: 30}
 
@@ -30,7 +31,7 @@ def get_config(arg=None):
   arg = config_utils.parse_arg(arg, runlocal=False, fraction=1, head_layers=1)
   if arg.fraction not in EPOCHS:
     raise ValueError(f"fraction={arg.fraction} is not one of {sorted(EPOCHS)}")
-  c = config_utils.downstream_config(
+  c = downstream_config.downstream_config(
       mode="finetune", epochs=EPOCHS[arg.fraction], batch_size=1024,
       optimizer="lars", base_lr=0.005, lr_scaling="sqrt",
       runlocal=arg.runlocal, keep=arg.given)

@@ -21,6 +21,7 @@ top-1 and top-5 of the evaluation split in `workdir/results.json`.
 """
 
 from jaxssl import config_utils
+from jaxssl import downstream_config
 
 PROTOCOLS = {"simclr": (90, 0.1, 4096), "byol": (80, 0.2, 1024)}
 
@@ -32,7 +33,7 @@ def get_config(arg=None):
     raise ValueError(f"protocol={arg.protocol!r} is not one of "
                      f"{sorted(PROTOCOLS)}")
   epochs, base_lr, batch_size = PROTOCOLS[arg.protocol]
-  return config_utils.downstream_config(
+  return downstream_config.downstream_config(
       mode="linear", epochs=arg.epochs or epochs, batch_size=batch_size,
       optimizer="sgd", base_lr=base_lr, lr_scaling="linear",
       runlocal=arg.runlocal, keep=arg.given)

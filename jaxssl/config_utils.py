@@ -308,47 +308,7 @@ def set_dino_head(section: ml_collections.ConfigDict, *, out_dim: int,
   section.norm_last_layer = norm_last_layer
 
 
-def downstream_config(*, mode: str, epochs: int, batch_size: int,
-                      optimizer: str, base_lr: float, lr_scaling: str,
-                      runlocal: bool, keep: Iterable[str] = ()
-                      ) -> ml_collections.ConfigDict:
-  """Schema of `jaxssl.linear_eval` configs (linear evaluation, fine-tuning).
-
-  `data.source=''` means the pretraining run's data section. `runlocal`
-  shrinks the run to 2 epochs at batch 64 except for the top-level keys
-  named in `keep` (the variants given explicitly, `parse_arg(...).given`).
-  """
-  c = ml_collections.ConfigDict()
-  c.mode = mode  # 'linear' | 'finetune'
-  c.checkpoint = ""  # pretraining workdir or its encoder.msgpack
-  c.seed = 0
-  c.batch_size = batch_size
-  c.epochs = epochs
-  c.log_every = 100
-  c.head_layers = 0  # fine-tuning: projection-head layers kept
-  c.eval_every_epochs = 0
-  c.eval_batch_size = 1024
-  c.data = base_config().data
-  c.data.source = ""
-  c.optimizer = base_config().optimizer
-  c.optimizer.name = optimizer
-  c.optimizer.base_lr = base_lr
-  c.optimizer.lr_scaling = lr_scaling
-  c.optimizer.weight_decay = 0.0
-  c.optimizer.warmup_epochs = 0.0
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = optimizer == "sgd"
-  if runlocal:
-    kept = _values(c, keep)
-    c.batch_size = 64
-    c.epochs = 2
-    c.log_every = 2
-    c.eval_batch_size = 256
-    c.update(kept)
-  return c
-
-
-def _values(c: ml_collections.ConfigDict, keys: Iterable[str]
+def values_of(c: ml_collections.ConfigDict, keys: Iterable[str]
             ) -> Dict[str, Any]:
   """The values of those `keys` that are top-level keys of `c`."""
   return {key: c[key] for key in keys if key in c}
@@ -377,7 +337,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = (),
   Returns:
     `c`.
   """
-  kept = _values(c, keep)
+  kept = values_of(c, keep)
   c.batch_size = 64
   c.epochs = epochs
   c.log_every = 2
