@@ -110,6 +110,56 @@ def test_drop_path_and_resampled_positions():
     model.apply(variables, jnp.ones((1, 30, 30, 3)), train=False)
 
 
+# DINO's resampling of a 4- and a 14-patch grid to 2 and 6 patches, from
+# PyTorch 2.13's `F.interpolate(t, scale_factor=(n + 0.1) / m,
+# mode='bicubic')` on unit tables in float64 (the reference's call).
+_TORCH_4_TO_2 = [
+    [0.5535174387215206, 0.5305346344887163, -0.08405207321023593, 0.0],
+    [0.0, -0.11069606413994132, 0.7699526239067063, 0.34074344023323494]]
+_TORCH_14_TO_6_NONZERO = [  # (row, first column, values)
+    (0, 0, [0.335622254726167, 0.7752197595834016, -0.11084201430956811]),
+    (1, 1, [-0.00232742498270833, 0.04773485996625194, 0.9928288325895123,
+            -0.0382362675730561]),
+    (2, 4, [-0.10359663914600817, 0.889655824716606, 0.24624514276525428,
+            -0.03230432833585129]),
+    (3, 6, [-0.08722577550543821, 0.5503581522241933, 0.636335612892711,
+            -0.09946798961146544]),
+    (4, 8, [-0.01839677660244688, 0.1671669379815918, 0.9397095737088137,
+            -0.08847973508795849]),
+    (5, 11, [-0.07093173547565713, 0.9683102605504422, 0.10262147492521526])]
+
+
+@mesh_runs.float64()
+def test_resampled_positions_are_dinos():
+  """The learned table of a 4×4 grid, resampled for a 2×2 grid, is DINO's
+  `interpolate_pos_encoding` (bicubic A = −0.75 at scale (2 + 0.1)/4,
+  values from PyTorch); 224 → 96 px (14 → 6 patches) likewise. A plain
+  2/4 resize or jax.image's cubic would differ by > 1e-2."""
+  np.testing.assert_allclose(vit.dino_interpolation(4, 2), _TORCH_4_TO_2,
+                             rtol=0, atol=1e-14)
+  want = np.zeros((6, 14))
+  for row, col, values in _TORCH_14_TO_6_NONZERO:
+    want[row, col:col + len(values)] = values
+  np.testing.assert_allclose(vit.dino_interpolation(14, 6), want, rtol=0,
+                             atol=1e-14)
+  model = _tiny(pos_embed="learned")
+  variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)),
+                         train=False)
+  table = variables["params"]["pos_embed"][0]
+  m = np.asarray(_TORCH_4_TO_2)
+  patches = np.einsum("hi,wj,ijd->hwd", m, m,
+                      np.asarray(table[1:]).reshape(4, 4, 16))
+  resampled = np.concatenate([table[:1], patches.reshape(4, 16)])[None]
+  # The same weights in a model made for 16 px with that table: no resampling.
+  small = vit.VisionTransformer(width=16, depth=2, heads=2, image_size=16,
+                                patch_size=8, pos_embed="learned")
+  params = {**variables["params"], "pos_embed": jnp.asarray(resampled)}
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+  np.testing.assert_allclose(model.apply(variables, x, train=False),
+                             small.apply({"params": params}, x, train=False),
+                             rtol=1e-12, atol=1e-12)
+
+
 def test_features_equal_timms_on_the_same_weights():
   """Our ViT-Tiny/8 (32 px) with random weights, exported to timm keys and
   loaded `strict=True` into `vit_tiny_patch16_224(patch_size=8,

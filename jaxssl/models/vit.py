@@ -6,9 +6,10 @@ exact GELU), a class token, and the class token's features after the final
 LayerNorm as the representation `h` (timm's `forward` with `num_classes=0`).
 Position embeddings are either fixed 2-D sin-cos (MoCo v3,
 `build_2d_sincos_position_embedding`) or learned (DINO, timm), the learned
-ones resampled (bicubic) when the patch grid differs from the one they were
-made for (DINO's local crops). Parameter names map one to one onto timm's
-state_dict keys (`jaxssl.export.timm_state_dict`).
+ones resampled when the patch grid differs from the one they were made for
+(DINO's local crops) exactly as DINO does (`dino_interpolation`). Parameter
+names map one to one onto timm's state_dict keys
+(`jaxssl.export.timm_state_dict`).
 
 MoCo v3's stability trick, a frozen random patch projection, is
 `frozen_patch_embed=True`: the projection's output carries no gradient. Its
@@ -269,10 +270,36 @@ class VisionTransformer(nn.Module):
                        (1, 1 + grid * grid, d), precision.full_dtype())
     if (gh, gw) == (grid, grid):
       return table
-    patches = jax.image.resize(table[0, 1:].reshape(grid, grid, d),
-                               (gh, gw, d), method="cubic")
+    rows, cols = (jnp.asarray(dino_interpolation(grid, g), table.dtype)
+                  for g in (gh, gw))
+    patches = jnp.einsum("hi,wj,ijd->hwd", rows, cols,
+                         table[0, 1:].reshape(grid, grid, d))
     return jnp.concatenate([table[:, :1], patches.reshape(1, gh * gw, d)],
                            axis=1)
+
+
+def dino_interpolation(size_in: int, size_out: int) -> np.ndarray:
+  """`[size_out, size_in]` matrix of DINO's position-table resampling along
+  one axis (`vision_transformer.interpolate_pos_encoding`): PyTorch's
+  bicubic `interpolate` (A = −0.75, `align_corners=False`, no
+  anti-aliasing, edge samples repeated) at the scale factor
+  `(size_out + 0.1) / size_in` — the reference's +0.1, so the sampling
+  positions are `(i + 0.5)·size_in / (size_out + 0.1) − 0.5`, not those of
+  an exact `size_out / size_in` resize."""
+  a = -0.75
+
+  def weights(t):  # cubic convolution at distances 1 + t, t, 1 − t, 2 − t
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return far(1 + t), near(t), near(1 - t), far(2 - t)
+
+  matrix = np.zeros((size_out, size_in))
+  for i in range(size_out):
+    src = (i + 0.5) * size_in / (size_out + 0.1) - 0.5
+    base = int(np.floor(src))
+    for k, w in enumerate(weights(src - base)):
+      matrix[i, min(max(base - 1 + k, 0), size_in - 1)] += w
+  return matrix
 
 
 def create(variant: str, heads: Optional[int] = None,
