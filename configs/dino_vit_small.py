@@ -26,8 +26,8 @@ longest listed one they reach), `runlocal`.
 
 EXPECTED (reference, ImageNet): 100 epochs (batch 512) 69.3 % kNN, 74.0 %
 linear; 300 epochs 73.3 % kNN, 76.0 % linear; 800 epochs 74.5 % kNN, 77.0 %
-linear. Known deviation: resampled position embeddings (the 96 px crops)
-are bicubic without DINO's +0.1 interpolation offset.
+linear. The 96 px crops' position embeddings are resampled as DINO does
+(bicubic at scale (6 + 0.1)/14, `jaxssl.models.vit.dino_interpolation`).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
 with a ViT-Tiny at 8×8 patches, 2 local crops of 16 px and a 128-wide head.
