@@ -2,8 +2,8 @@ r"""SwAV, ResNet-18 (CIFAR stem), CIFAR-10, batch 256, 2 × 32 + 6 × 16 crops.
 
 A CIFAR adaptation of the reference's batch-256 recipe (Caron et al.
 2020, https://arxiv.org/abs/2006.09882), with local crops of 16 px as
-solo-learn and lightly shrink multi-crop: LARS (every parameter, trust
-0.001) at 0.6·B/256, cosine to 1/1000 of it, weight decay 1e-6;
+solo-learn and lightly shrink multi-crop: LARS (apex LARC's trust ratio,
+every parameter, trust 0.001) at 0.6·B/256, cosine to 1/1000 of it, weight decay 1e-6;
 projection 2048 → 128, 3000 prototypes frozen for the first epoch; τ 0.1,
 Sinkhorn ε 0.05 × 3 over the global batch; crop areas 0.14–1 and 0.05–0.14,
 SimCLR's colour distortion at strength 0.5, no blur; no queue (50k images:
@@ -47,6 +47,7 @@ def get_config(arg=None):
   c.loss.queue_size = 0
   c.optimizer.name = "lars"
   c.optimizer.trust_coefficient = 1e-3
+  c.optimizer.trust_ratio = "larc"
   c.optimizer.lr_in_momentum = False
   c.optimizer.decay_mask = "all"
   c.optimizer.base_lr = 0.6

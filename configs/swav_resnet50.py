@@ -2,8 +2,9 @@ r"""SwAV, ResNet-50, ImageNet, multi-crop 2 × 224 + 6 × 96.
 
 The reference's scripts (Caron et al. 2020, https://arxiv.org/abs/2006.09882;
 facebookresearch/swav `scripts/swav_*ep_pretrain.sh`): batch 4096, LARS
-(SGD momentum 0.9 under LARC, trust coefficient 0.001, every parameter,
-rate applied outside the momentum buffer) at 4.8 with a 10-epoch warm-up
+(SGD momentum 0.9 under apex LARC: `optimizer.trust_ratio='larc'`, trust
+coefficient 0.001, every parameter, rate applied outside the momentum
+buffer) at 4.8 with a 10-epoch warm-up
 from 0.3 and a cosine to 0.0048, weight decay 1e-6 on every parameter;
 projection 2048 → 128, 3000 prototypes frozen for the first epoch
 (`freeze_prototypes_niters` = one epoch); τ 0.1, Sinkhorn ε 0.05 with 3
@@ -20,8 +21,7 @@ Variants: `epochs=N` (default 400), `bs256`, `runlocal`.
 
 EXPECTED (reference, linear top-1 on ImageNet): batch 4096: 72.1 % (100
 epochs), 73.9 % (200), 74.6 % (400), 75.3 % (800); batch 256: 72.7 % (200),
-74.3 % (400). Known deviation: LARC's trust ratio divides by ‖g‖ + wd·‖p‖,
-ours (`optim.lars`) by ‖g + wd·p‖ (the same to first order in wd = 1e-6).
+74.3 % (400).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
 with a ResNet-18/8, 2 local crops of 16 px, a 128-wide head, 64
@@ -50,6 +50,7 @@ def get_config(arg=None):
   c.loss.queue_start_epoch = 15
   c.optimizer.name = "lars"
   c.optimizer.trust_coefficient = 1e-3
+  c.optimizer.trust_ratio = "larc"
   c.optimizer.lr_in_momentum = False
   c.optimizer.decay_mask = "all"
   c.optimizer.momentum = 0.9

@@ -199,6 +199,9 @@ def base_config() -> ml_collections.ConfigDict:
   # LARS: rate multiplier of the excluded leaves (biases, BN): Barlow Twins
   # uses 0.0048/0.2 = 0.024.
   c.optimizer.excluded_lr_scale = 1.0
+  # LARS trust ratio: 'lars' (η‖p‖/‖g + wd·p‖) or 'larc' (apex LARC as
+  # SwAV: η‖p‖/(‖g‖ + wd‖p‖)).
+  c.optimizer.trust_ratio = "lars"
   # Weight decay: 'constant', or 'cosine' from weight_decay to
   # weight_decay_end over the run (DINO: 0.04 → 0.4).
   c.optimizer.weight_decay_schedule = "constant"

@@ -50,6 +50,7 @@ def lars(
     mask: MaskOrFn = None,
     lr_in_momentum: bool = True,
     excluded_lr_scale: float = 1.0,
+    trust_ratio: str = "lars",
 ) -> optax.GradientTransformation:
   """LARS, in the SimCLR (default) or the BYOL reference's form.
 
@@ -74,6 +75,11 @@ def lars(
   cosine decay). Masked-out leaves use `excluded_lr_scale·lr_t` (Barlow
   Twins trains biases and BN parameters at 0.0048/0.2 = 0.024 of the rate).
 
+  `trust_ratio='larc'` is NVIDIA apex's `LARC(clip=False)` as SwAV uses
+  it: `r = trust_coefficient·‖p‖/(‖g‖ + weight_decay·‖p‖ + 1e-8)` with
+  the norm of the gradient BEFORE the decay is added (1 where ‖p‖ or that
+  ‖g‖ is 0); 'lars' divides by ‖g + weight_decay·p‖.
+
   Args:
     learning_rate: a float or a schedule of the update count (0 at the first
       update).
@@ -88,10 +94,15 @@ def lars(
     lr_in_momentum: True for the SimCLR form (rate inside the buffer), False
       for the BYOL form (rate applied to the buffer).
     excluded_lr_scale: rate multiplier of the masked-out leaves.
+    trust_ratio: 'lars' or 'larc' (see above).
 
   Returns:
     An optax transformation; its updates are to be *added* to the params.
   """
+  if trust_ratio not in ("lars", "larc"):
+    raise ValueError(f"trust_ratio={trust_ratio!r} is not one of ['lars', "
+                     "'larc']")
+
   def init_fn(params):
     return LarsState(count=jnp.zeros([], jnp.int32),
                      momentum=jax.tree.map(jnp.zeros_like, params))
@@ -109,12 +120,16 @@ def lars(
       g = precision.to_full(g)
       p32 = precision.to_full(p)
       if adapt:
-        g = g + wd * p32
         p_norm = jnp.linalg.norm(p32)
-        g_norm = jnp.linalg.norm(g)
+        if trust_ratio == "larc":
+          g_norm = jnp.linalg.norm(g)
+          denominator = g_norm + wd * p_norm + 1e-8
+        g = g + wd * p32
+        if trust_ratio == "lars":
+          g_norm = denominator = jnp.linalg.norm(g)
         trust = jnp.where(
-            (p_norm > 0) & (g_norm > 0), trust_coefficient * p_norm / g_norm,
-            1.0)
+            (p_norm > 0) & (g_norm > 0),
+            trust_coefficient * p_norm / denominator, 1.0)
       else:
         trust = 1.0
       if lr_in_momentum:
@@ -172,11 +187,11 @@ def _sgd(learning_rate, *, weight_decay, momentum, nesterov=False, mask=None):
 
 def _lars(learning_rate, *, weight_decay, momentum, nesterov=False,
           trust_coefficient=1e-3, mask=None, lr_in_momentum=True,
-          excluded_lr_scale=1.0):
+          excluded_lr_scale=1.0, trust_ratio="lars"):
   return lars(learning_rate, weight_decay=weight_decay, momentum=momentum,
               trust_coefficient=trust_coefficient, nesterov=nesterov, mask=mask,
               lr_in_momentum=lr_in_momentum,
-              excluded_lr_scale=excluded_lr_scale)
+              excluded_lr_scale=excluded_lr_scale, trust_ratio=trust_ratio)
 
 
 def _adamw(learning_rate, *, weight_decay, momentum, b2=0.999, eps=1e-8,
@@ -223,7 +238,8 @@ def create_optimizer(
     weight_decay: decay coefficient, applied to kernels only.
     momentum: momentum (SGD/LARS) or β1 (AdamW/LAMB).
     **kwargs: optimizer-specific options (`nesterov`, `trust_coefficient`,
-      `lr_in_momentum`, `excluded_lr_scale`, `b2`, `eps`, `mask`).
+      `lr_in_momentum`, `excluded_lr_scale`, `trust_ratio`, `b2`, `eps`,
+      `mask`).
 
   Returns:
     The optax transformation.
@@ -331,7 +347,8 @@ def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
   if opt.name == "lars":
     extra.update(trust_coefficient=opt.trust_coefficient,
                  lr_in_momentum=opt.lr_in_momentum,
-                 excluded_lr_scale=opt.excluded_lr_scale)
+                 excluded_lr_scale=opt.excluded_lr_scale,
+                 trust_ratio=opt.get("trust_ratio", "lars"))
   decay_mask = opt.get("decay_mask", "kernels")
   if decay_mask == "all":
     extra["mask"] = lambda params: jax.tree.map(lambda _: True, params)

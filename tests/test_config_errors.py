@@ -19,7 +19,7 @@ ALL_CONFIGS = sorted(os.path.basename(p)[:-3]
 OPTIMIZER_KEYS = ("base_lr, clip_global_norm, clip_per_parameter, "
                   "decay_mask, excluded_lr_scale, final_lr, freeze_epochs, "
                   "freeze_pattern, lr_in_momentum, lr_scaling, momentum, "
-                  "name, nesterov, schedule, trust_coefficient, "
+                  "name, nesterov, schedule, trust_coefficient, trust_ratio, "
                   "warmup_epochs, warmup_start_lr, weight_decay, "
                   "weight_decay_end, weight_decay_schedule")
 

@@ -437,3 +437,28 @@ def test_clipping_bounds_the_update():
   updates, _ = tx.update(grads, tx.init(params), params)
   for leaf in jax.tree.leaves(updates):
     assert float(jnp.linalg.norm(leaf)) == pytest.approx(lr, rel=1e-5)
+
+
+def test_larc_trust_ratio_is_apexs():
+  """`trust_ratio='larc'` (SwAV's apex LARC, clip off): per masked-in leaf
+  r = η‖p‖/(‖g‖ + wd‖p‖ + 1e-8) with the raw gradient's norm, then the
+  decayed gradient scaled by r; the BYOL-form buffer (lr outside). With a
+  large decay the two trust ratios differ, so the test tells them apart."""
+  params, grads = _random_tree(20), _random_tree(21)
+  lr, wd, eta = 0.3, 0.5, 1e-3
+  tx = optim.lars(lr, weight_decay=wd, trust_coefficient=eta,
+                  lr_in_momentum=False, mask=lambda p: jax.tree.map(
+                      lambda _: True, p), trust_ratio="larc")
+  (updates,), _ = _run(tx, params, [grads])
+  differ = 0.0
+  for path, _ in _LEAVES:
+    p, g = _get(params, path), _get(grads, path)
+    p_norm = np.linalg.norm(p)
+    trust = eta * p_norm / (np.linalg.norm(g) + wd * p_norm + 1e-8)
+    np.testing.assert_allclose(np.asarray(_get(updates, path)),
+                               -lr * trust * (g + wd * p), rtol=1e-12)
+    lars = eta * p_norm / np.linalg.norm(g + wd * p)
+    differ = max(differ, abs(trust / lars - 1))
+  assert differ > 1e-2
+  with pytest.raises(ValueError, match="trust_ratio"):
+    optim.lars(lr, weight_decay=wd, trust_ratio="clip")
