@@ -26,10 +26,12 @@ from jaxssl.losses.redundancy import cross_correlation
 from jaxssl.losses.redundancy import standardize
 from jaxssl.losses.regression import negative_cosine
 from jaxssl.losses.regression import regression_loss
+from jaxssl.losses.supervised import nearest_neighbour_components
+from jaxssl.losses.supervised import supcon
 
 __all__ = [
     "barlow_twins", "cross_correlation", "dino", "info_nce",
-    "info_nce_and_accuracy", "l2_normalize", "negative_cosine", "nt_xent",
-    "nt_xent_and_accuracy", "regression_loss", "sinkhorn", "standardize",
-    "swav",
+    "info_nce_and_accuracy", "l2_normalize", "nearest_neighbour_components",
+    "negative_cosine", "nt_xent", "nt_xent_and_accuracy", "regression_loss",
+    "sinkhorn", "standardize", "supcon", "swav",
 ]
