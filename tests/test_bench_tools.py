@@ -150,3 +150,43 @@ def test_step_benchmark_row(monkeypatch):
       row["model_flops_per_step"] / (row["step_ms"] / 1000) / (8 * 1e12))
   assert row["device"].startswith("8× ") and row["xla_memory_gib"] > 0
   assert math.isfinite(row["loss"])
+
+
+@pytest.mark.parametrize("config_name,method,model", [
+    ("dino_vit_small", "dino", dict(arch="vit", vit_variant="small",
+                                    patch_size=16)),
+    ("swav_resnet50", "swav", dict(arch="resnet")),
+])
+def test_bench_learners_are_the_reference_configs(config_name, method, model):
+  """The hand-built benchmark learners (no ml-collections) have the views
+  and the whole train state (parameters, BN statistics, teacher, optimizer
+  slots, method state) of the ImageNet configs, shape for shape."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
+  _, config = config_files.load(config_name)
+  config.probe.enabled = False  # the online probe is not benchmarked
+  built = train.create_learner(config, num_examples=1_281_167)
+  bench = bench_step.bench_learners.make_learner(
+      method, depth=50, image_size=224, **model)
+  assert bench.view_specs == built.view_specs
+  assert bench.method.views == built.method.views
+  mesh = sharding.data_mesh(jax.devices()[:1])
+  shapes = [jax.tree.map(
+      lambda x: (x.shape, x.dtype),
+      jax.eval_shape(lambda l=l: train.create_train_state(
+          jax.random.key(0), l, mesh)))
+            for l in (bench, built)]
+  assert shapes[0] == shapes[1]
+
+
+def test_multicrop_rows_name_model_and_views():
+  """Rows name the encoder and the crops (their train step is the configs',
+  by the test above; tools/gpu_bench.sh SMOKE=1 runs them)."""
+  vit = dict(arch="vit", vit_variant="small", patch_size=16)
+  assert bench_step.describe("dino", depth=50, image_size=224,
+                             model=dict(vit, local_crops=10)) == {
+                                 "model": "ViT-S/16", "views": "2×224+10×96"}
+  assert bench_step.describe("swav", depth=50, image_size=224) == {
+      "model": "R50", "views": "2×224+6×96"}
+  assert bench_step.describe("swav", depth=18, image_size=32, model=dict(
+      local_crops=0)) == {"model": "R18", "views": "2×32"}

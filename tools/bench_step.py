@@ -13,6 +13,9 @@ ml-collections is needed: it runs on a bare GPU image with jax, flax, optax.
       --microbatches=16 --steps=3                    # 4096 on one device
   python tools/bench_step.py --find_max_batch --remat=block
   python tools/bench_step.py --find_max_batch --microbatch_size=256
+  python tools/bench_step.py --method=dino --arch=vit --vit=small \
+      --local_crops=10 --batch_size=128            # DINO ViT-S/16, 2+10 crops
+  python tools/bench_step.py --method=swav --batch_size=256   # R50 2+6 crops
 
 `--augment=false` feeds ready uint8 views (no crop, flip or colour work in
 the step), the same work as `tools/bench_torch.py`.
@@ -32,25 +35,33 @@ accelerator). With `--microbatch_size`, each candidate batch B runs with
 B / microbatch_size micro-batches.
 """
 
-import dataclasses
 import functools
 import json
 import math
 import os
 import sys
 import time
-from typing import Callable
 
 from absl import app
 from absl import flags
 
 _TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(_TOOLS), _TOOLS]  # jaxssl, device_peaks
+import bench_learners  # pylint: disable=g-import-not-at-top,wrong-import-position
+from batch_search import search_max_batch  # pylint: disable=g-import-not-at-top,wrong-import-position
 import device_peaks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("method", "simclr", ["simclr", "byol"], "Method.")
+flags.DEFINE_enum("method", "simclr", list(bench_learners.METHODS),
+                  "Method (tools/bench_learners.py).")
+flags.DEFINE_enum("arch", "resnet", list(bench_learners.ARCHS), "Encoder.")
 flags.DEFINE_integer("depth", 50, "ResNet depth.")
+flags.DEFINE_string("vit", "small", "ViT variant (tiny, small, base).")
+flags.DEFINE_integer("patch_size", 16, "ViT patch size.")
+flags.DEFINE_integer("local_crops", -1,
+                     "DINO/SwAV local crops (-1: the preset's, 8 / 6).")
+flags.DEFINE_integer("local_size", 0,
+                     "Local crop size (0: 96 px at 224, proportional).")
 flags.DEFINE_bool("cifar", False, "CIFAR stem.")
 flags.DEFINE_integer("image_size", 224, "Crop size.")
 flags.DEFINE_integer("batch_size", 256, "Global batch size.")
@@ -82,57 +93,6 @@ flags.DEFINE_string("json", "", "Append the result as a JSON line here.")
 
 
 
-def make_learner(method: str, *, depth: int, cifar: bool, image_size: int,
-                 dtype, remat: str, microbatches: int = 1, augment: bool = True,
-                 total_steps: int = 1000):
-  """A Learner built from modules directly (no config files)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxssl import view_presets  # pylint: disable=g-import-not-at-top
-  from jaxssl import optim, schedules, sharding, train  # pylint: disable=g-import-not-at-top
-  from jaxssl.methods import base, byol, simclr  # pylint: disable=g-import-not-at-top
-  from jaxssl.models.heads import ProjectionHead  # pylint: disable=g-import-not-at-top
-  from jaxssl.models.resnet import ResNet  # pylint: disable=g-import-not-at-top
-  axis = sharding.DATA_AXIS
-
-  def encoder():
-    return ResNet(depth=depth, cifar_stem=cifar, axis_name=axis,
-                  dtype=dtype, remat=remat)
-
-  schedule = lambda step: 0.1 * jnp.ones([])
-  if method == "simclr":
-    head = lambda: ProjectionHead(num_layers=2, out_dim=128, axis_name=axis)
-    m = base.Method(name="simclr", views={"global": 2},
-                    network=base.Network(encoder(), head()),
-                    loss=functools.partial(simclr.objective, temperature=0.1))
-    tx = optim.lars(schedule, weight_decay=1e-6)
-    preset = "simclr_v2"
-  else:
-    head = lambda: ProjectionHead(num_layers=2, hidden_dim=4096, out_dim=256,
-                                  last_bn="none", kernel_init="fan_in",
-                                  axis_name=axis)
-    per_view = base.Forward(per_view=True)
-    m = base.Method(
-        name="byol", views={"global": 2},
-        network=base.Network(encoder(), head(), head()),
-        loss=byol.objective, forward=per_view,
-        target=base.Target(
-            network=base.Network(encoder(), head()),
-            momentum=schedules.ema_momentum(0.99, total_steps),
-            tracks=base.subtrees("encoder", "projector"),
-            init="independent", forward=per_view))
-    tx = optim.lars(schedule, weight_decay=1e-6, lr_in_momentum=False)
-    preset = "byol"
-  groups = view_presets.view_groups(preset, image_size=image_size,
-                                   color_strength=1.0, blur=not cifar)
-  if not augment:
-    groups = {g: tuple(dataclasses.replace(
-        spec, flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
-        blur_prob=0.0, solarize_prob=0.0, normalize=True) for spec in specs)
-              for g, specs in groups.items()}
-  return train.Learner(method=m, tx=tx, schedule=schedule, views=groups,
-                       microbatches=microbatches)
-
-
 def _inputs(learner, mesh, batch_size: int, source_size: int, *,
             abstract: bool = False):
   """Train state and a synthetic uint8 batch, placed on `mesh`: images of
@@ -141,12 +101,11 @@ def _inputs(learner, mesh, batch_size: int, source_size: int, *,
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
-  size = learner.image_size
   if source_size:
     shapes = {"image": (batch_size, source_size, source_size, 3)}
   else:
-    shapes = {"views": [(batch_size, size, size, 3)
-                        for _ in learner.view_specs]}
+    shapes = {"views": [(batch_size, spec.size, spec.size, 3)
+                        for spec in learner.view_specs]}
   init = lambda: train.create_train_state(jax.random.key(0), learner, mesh)
   if abstract:
     place = lambda sharding_, s: jax.ShapeDtypeStruct(s.shape, s.dtype,
@@ -166,15 +125,17 @@ def _inputs(learner, mesh, batch_size: int, source_size: int, *,
 
 
 def _setup(method, *, depth, cifar, image_size, batch_size, dtype, remat,
-           microbatches, augment, devices=None, abstract=False):
+           microbatches, augment, devices=None, abstract=False, model=None):
   """State, batch and the jitted step of one configuration on `devices`
-  (default: all)."""
+  (default: all); `model`: `bench_learners.make_learner`'s architecture and
+  multi-crop arguments."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
   compute = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[dtype]
-  learner = make_learner(method, depth=depth, cifar=cifar,
-                         image_size=image_size, dtype=compute, remat=remat,
-                         microbatches=microbatches, augment=augment)
+  learner = bench_learners.make_learner(
+      method, depth=depth, cifar=cifar, image_size=image_size, dtype=compute,
+      remat=remat, microbatches=microbatches, augment=augment,
+      **(model or {}))
   mesh = sharding.data_mesh(devices)
   source_size = (image_size if cifar else int(image_size * 1.15)) * augment
   state, batch = _inputs(learner, mesh, batch_size, source_size,
@@ -183,7 +144,7 @@ def _setup(method, *, depth, cifar, image_size, batch_size, dtype, remat,
 
 
 def model_flops(method, *, depth, cifar, image_size, batch_size, dtype,
-                augment) -> float:
+                augment, model=None) -> float:
   """XLA's FLOP count of one plain step (no remat, one micro-batch) over the
   whole global batch.
 
@@ -203,7 +164,7 @@ def model_flops(method, *, depth, cifar, image_size, batch_size, dtype,
   state, batch, step_fn = _setup(
       method, depth=depth, cifar=cifar, image_size=image_size,
       batch_size=batch_size, dtype=dtype, remat="none", microbatches=1,
-      augment=augment, devices=cpu, abstract=True)
+      augment=augment, devices=cpu, abstract=True, model=model)
   cost = step_fn.lower(state, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float((cost or {}).get("flops", 0.0))
@@ -219,16 +180,33 @@ def compiled_bytes(compiled) -> int:
           - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
+def describe(method: str, *, depth: int, image_size: int,
+             model=None) -> dict:
+  """The row's `model` (R50, ViT-S/16) and `views` (2×224+10×96) fields."""
+  model = model or {}
+  name = f"R{depth}"
+  if model.get("arch") == "vit":
+    name = (f"ViT-{model.get('vit_variant', 'small')[0].upper()}/"
+            f"{model.get('patch_size', 16)}")
+  learner = bench_learners.make_learner(method, depth=depth,
+                                        image_size=image_size, **model)
+  sizes = [spec.size for spec in learner.view_specs]
+  views = "+".join(f"{sizes.count(s)}×{s}" for s in dict.fromkeys(sizes))
+  return {"model": name, "views": views}
+
+
 def run_benchmark(method, *, depth, cifar, image_size, batch_size, dtype,
-                  remat, steps, microbatches=1, augment=True) -> dict:
+                  remat, steps, microbatches=1, augment=True,
+                  model=None) -> dict:
   """Times `steps` steps after 3 warm-up steps; returns one result row."""
   import jax  # pylint: disable=g-import-not-at-top
   flops = model_flops(method, depth=depth, cifar=cifar, image_size=image_size,
-                      batch_size=batch_size, dtype=dtype, augment=augment)
+                      batch_size=batch_size, dtype=dtype, augment=augment,
+                      model=model)
   state, batch, step_fn = _setup(
       method, depth=depth, cifar=cifar, image_size=image_size,
       batch_size=batch_size, dtype=dtype, remat=remat,
-      microbatches=microbatches, augment=augment)
+      microbatches=microbatches, augment=augment, model=model)
   compiled = step_fn.lower(state, batch).compile()
   predicted = compiled_bytes(compiled)
   for _ in range(3):
@@ -251,6 +229,7 @@ def run_benchmark(method, *, depth, cifar, image_size, batch_size, dtype,
   if peak and flops:
     mfu = flops / step_time / (peak * jax.device_count())
   return {"framework": f"jax {jax.__version__}", "method": method,
+          **describe(method, depth=depth, image_size=image_size, model=model),
           "depth": depth, "image_size": image_size,
           "batch_size": batch_size, "dtype": dtype, "remat": remat,
           "microbatches": microbatches, "augment": augment,
@@ -263,59 +242,11 @@ def run_benchmark(method, *, depth, cifar, image_size, batch_size, dtype,
           "model_flops_per_step": flops, "mfu": mfu, "loss": loss}
 
 
-def search_max_batch(measure: Callable[[int], int], memory_bytes: int, *,
-                     granularity: int, max_compiles: int = 8,
-                     time_left: Callable[[], bool] = lambda: True,
-                     upper: int = 0):
-  """`(largest fitting B, smallest failing B or None)` over multiples of
-  `granularity` up to `upper` (0: no bound), for a memory(B) that grows with
-  B (`measure`, cached by the caller).
-
-  Until a failing B is found: secant extrapolation to `memory_bytes` through
-  the last two measurements. Then false position inside the bracket, each
-  guess followed by its neighbour one granule towards the limit (so an
-  accurate guess closes the bracket at once).
-  """
-  g = granularity
-  upper = upper // g * g
-  lo, hi = g, None
-  if measure(lo) > memory_bytes:
-    raise ValueError(f"even B={lo} needs {measure(lo) / 2**30:.2f} GiB of "
-                     f"{memory_bytes / 2**30:.2f}")
-  tried = [lo]
-  probe = False  # the last step was a false-position guess: probe its side
-  while len(tried) < max_compiles and time_left():
-    if hi is not None and hi - lo <= g or lo == upper:
-      break
-    last = tried[-1]
-    if hi is None and len(tried) == 1:
-      b = 4 * g
-    elif hi is None:
-      a = tried[-2]
-      slope = (measure(last) - measure(a)) / (last - a)
-      b = (int((last + (memory_bytes - measure(last)) / slope) // g) * g
-           if slope > 0 else 2 * last)
-    elif probe:
-      b = last + g if last == lo else last - g
-    else:
-      b = int((lo + (memory_bytes - measure(lo)) * (hi - lo)
-               / (measure(hi) - measure(lo))) // g) * g
-    b = max(b, lo + g) if hi is None else min(max(b, lo + g), hi - g)
-    if upper and hi is None:
-      b = min(b, upper)
-    probe = hi is not None and not probe
-    tried.append(b)
-    if measure(b) <= memory_bytes:
-      lo = b
-    else:
-      hi = b
-  return lo, hi
-
-
 def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
                    microbatches=1, microbatch_size=0, augment=True,
                    granularity=128, memory_bytes=0, max_compiles=8,
-                   time_limit_s=0.0, max_batch=0, log=print) -> dict:
+                   time_limit_s=0.0, max_batch=0, log=print,
+                   model=None) -> dict:
   """The largest multiple of `granularity` whose step fits `memory_bytes`.
 
   Memory(B) comes from compiling (not running) the step at B
@@ -345,7 +276,7 @@ def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
   def setup(b):
     return _setup(method, depth=depth, cifar=cifar, image_size=image_size,
                   batch_size=b, dtype=dtype, remat=remat,
-                  microbatches=micro(b), augment=augment)
+                  microbatches=micro(b), augment=augment, model=model)
 
   def measure(b):
     if b not in cache:
@@ -370,6 +301,8 @@ def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
                             max_compiles=max_compiles, time_left=time_left,
                             upper=max_batch)
   result = {"framework": f"jax {jax.__version__}", "method": method,
+            **describe(method, depth=depth, image_size=image_size,
+                       model=model),
             "depth": depth, "image_size": image_size, "dtype": dtype,
             "remat": remat, "microbatch_size": microbatch_size,
             "microbatches": micro(lo), "augment": augment,
@@ -393,11 +326,17 @@ def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
 
 def main(argv):
   del argv
+  model = dict(arch=FLAGS.arch, vit_variant=FLAGS.vit,
+               patch_size=FLAGS.patch_size, local_crops=FLAGS.local_crops,
+               local_size=FLAGS.local_size)
   common = dict(depth=FLAGS.depth, cifar=FLAGS.cifar,
                 image_size=FLAGS.image_size, dtype=FLAGS.dtype,
-                remat=FLAGS.remat, augment=FLAGS.augment)
+                remat=FLAGS.remat, augment=FLAGS.augment, model=model)
+  shape = describe(FLAGS.method, depth=FLAGS.depth,
+                   image_size=FLAGS.image_size, model=model)
+  shape = f"{shape['model']} {shape['views']}"
   if FLAGS.find_max_batch:
-    print(f"largest batch: {FLAGS.method} R{FLAGS.depth} {FLAGS.image_size}px "
+    print(f"largest batch: {FLAGS.method} {shape} "
           f"{FLAGS.dtype} remat={FLAGS.remat} micro-batch size="
           f"{FLAGS.microbatch_size or 'whole batch'}", flush=True)
     result = find_max_batch(
@@ -417,8 +356,8 @@ def main(argv):
                            microbatches=FLAGS.microbatches, **common)
     mem = result["peak_memory_gib"]
     mfu = result["mfu"]
-    print(f"[{result['framework']}] {result['method']} R{result['depth']} "
-          f"{result['image_size']}px B{result['batch_size']} "
+    print(f"[{result['framework']}] {result['method']} {shape} "
+          f"B{result['batch_size']} "
           f"{result['dtype']} remat={result['remat']} "
           f"microbatches={result['microbatches']} "
           f"augment={result['augment']} on {result['device']}: "

@@ -16,6 +16,16 @@ def _fmt(value, spec: str, none: str = "n/a") -> str:
   return none if value is None else format(value, spec)
 
 
+def _model(row: dict) -> str:
+  """R50, or the row's own name (ViT-S/16) where it gives one."""
+  return row.get("model") or f"R{row['depth']}"
+
+
+def _views(row: dict) -> str:
+  """The crops (2×224+10×96) where the row gives them, else the size."""
+  return row.get("views") or str(row["image_size"])
+
+
 def _markdown(columns: List[str], cells: List[List[str]]) -> List[str]:
   """A Markdown table; columns starting with '>' are right-aligned."""
   names = [c.lstrip(">") for c in columns]
@@ -24,12 +34,12 @@ def _markdown(columns: List[str], cells: List[List[str]]) -> List[str]:
 
 
 def throughput_table(rows: List[dict]) -> List[str]:
-  columns = ["framework", "method", "model", ">px", ">batch", "dtype", "remat",
+  columns = ["framework", "method", "model", ">px (crops)", ">batch", "dtype", "remat",
              ">micro-batches", "in-step aug.", ">img/s", ">ms/step",
              ">peak GiB", ">XLA GiB", ">MFU"]
   mfu = lambda r: None if r.get("mfu") is None else f"{100 * r['mfu']:.1f} %"
   return _markdown(columns, [[
-      r["framework"], r["method"], f"R{r['depth']}", str(r["image_size"]),
+      r["framework"], r["method"], _model(r), _views(r),
       str(r["batch_size"]), r["dtype"], r.get("remat", "none"),
       str(r.get("microbatches", 1)), "yes" if r.get("augment") else "no",
       f"{r['images_per_second']:.0f}", f"{r['step_ms']:.1f}",
@@ -70,11 +80,11 @@ def ratio_lines(rows: List[dict]) -> List[str]:
 
 
 def max_batch_table(rows: List[dict]) -> List[str]:
-  columns = ["method", "model", ">px", "dtype", "remat", ">micro-batch size",
+  columns = ["method", "model", ">px (crops)", "dtype", "remat", ">micro-batch size",
              ">max batch", ">XLA GiB", ">limit GiB", ">next tried",
              "verified"]
   return _markdown(columns, [[
-      r["method"], f"R{r['depth']}", str(r["image_size"]), r["dtype"],
+      r["method"], _model(r), _views(r), r["dtype"],
       r["remat"], str(r["microbatch_size"] or "whole"), str(r["max_batch"]),
       f"{r['xla_memory_gib']:.1f}", f"{r['memory_limit_gib']:.1f}",
       str(r["first_too_large"] or "—"),

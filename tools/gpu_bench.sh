@@ -51,13 +51,16 @@ JAX="$JAX_PYTHON tools/bench_step.py --json=$JSON"
 TORCH="$TORCH_PYTHON tools/bench_torch.py --json=$JSON"
 R50="--depth=50 --image_size=224 --dtype=bfloat16"
 R18="--depth=18 --cifar --image_size=32 --dtype=bfloat16"
-B=256 BIG=4096 MICRO=16 CIFAR_B=512 MICRO_SIZE=256 GRANULE=256
+VITS="--arch=vit --vit=small --patch_size=16 --image_size=224 --dtype=bfloat16"
+B=256 BIG=4096 MICRO=16 CIFAR_B=512 MICRO_SIZE=256 GRANULE=256 DINO_B=256
 FP32="--depth=50 --image_size=224 --dtype=float32"
 SEARCH_LIMIT=""
 if [[ "${SMOKE:-0}" == 1 ]]; then  # tiny shapes, CPU, no torch.compile
   R50="--depth=18 --cifar --image_size=16 --dtype=float32 --steps=2"
   R18="$R50" FP32="$R50"
-  B=16 BIG=64 MICRO=4 CIFAR_B=16 MICRO_SIZE=16 GRANULE=16
+  VITS="--arch=vit --vit=tiny --patch_size=8 --image_size=16 --local_size=8 \
+    --dtype=float32 --steps=2"
+  B=16 BIG=64 MICRO=4 CIFAR_B=16 MICRO_SIZE=16 GRANULE=16 DINO_B=16
   SEARCH_LIMIT="--memory_gib=0.5 --max_batch=256"  # CPU unrolls micro-batches
   TORCH="$TORCH --device=cpu --nocompile --warmup=1"
 fi
@@ -77,7 +80,15 @@ stage "max batch" 150 $JAX --method=simclr $R50 $SEARCH
 stage "max batch, remat" 150 $JAX --method=simclr $R50 $SEARCH --remat=block
 stage "max batch, micro-batches of $MICRO_SIZE" 150 $JAX --method=simclr $R50 \
   $SEARCH --microbatch_size=$MICRO_SIZE
-# 4. With the augmentations in the step, as training runs; fp32; CIFAR R18.
+# 4. Multi-crop: DINO ViT-S/16 2 × 224 + 10 × 96 and SwAV R50 2 × 224 + 6 × 96
+#    (tools/bench_learners.py), and DINO's largest batch per device.
+stage "JAX DINO ViT-S/16 2+10 crops" 120 $JAX --method=dino $VITS \
+  --local_crops=10 --batch_size=$DINO_B --augment=false
+stage "JAX SwAV R50 2+6 crops" 120 $JAX --method=swav $R50 --batch_size=$B \
+  --augment=false
+stage "max batch, DINO ViT-S/16 2+10 crops" 150 $JAX --method=dino $VITS \
+  --local_crops=10 $SEARCH
+# 5. With the augmentations in the step, as training runs; fp32; CIFAR R18.
 stage "JAX SimCLR, in-step augmentation" 100 $JAX --method=simclr $R50 \
   --batch_size=$B
 stage "JAX SimCLR fp32" 100 $JAX --method=simclr $FP32 --batch_size=$B \

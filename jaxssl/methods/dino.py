@@ -40,7 +40,7 @@ centring change).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -116,23 +116,39 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       loss_cfg.warmup_teacher_temperature, loss_cfg.teacher_temperature,
       min(loss_cfg.warmup_teacher_epochs, config.epochs), config.epochs,
       steps_per_epoch)
-  out_dim = config.head.out_dim
+  return build(
+      base.create_network(config, axis_name),
+      base.create_network(_without_drop_path(config), axis_name),
+      views=counts, out_dim=config.head.out_dim,
+      momentum=schedules.target_momentum(config.target, total_steps),
+      teacher_temperature=teacher_temperature,
+      temperature=loss_cfg.temperature,
+      center_momentum=loss_cfg.center_momentum,
+      target_init=config.target.get("init") or "copy")
+
+
+def build(student: base.Network, teacher: base.Network, *,
+          views: Dict[str, int], out_dim: int,
+          momentum: schedules.Schedule,
+          teacher_temperature: schedules.Schedule, temperature: float = 0.1,
+          center_momentum: float = 0.9,
+          target_init: str = "copy") -> base.Method:
+  """DINO of its parts (no config): student and teacher networks (the
+  teacher's without drop-path), `views` `{'global': 2[, 'local': L]}`,
+  the teacher's EMA `momentum(step)` and temperature(step)."""
   return base.Method(
-      name="dino", views=counts,
-      network=base.create_network(config, axis_name),
+      name="dino", views=views, network=student,
       forward=base.Forward(per_view=False),
       loss=functools.partial(
-          objective, temperature=loss_cfg.temperature,
+          objective, temperature=temperature,
           teacher_temperature=teacher_temperature,
-          center_momentum=loss_cfg.center_momentum),
+          center_momentum=center_momentum),
       target=base.Target(
-          network=base.create_network(_without_drop_path(config), axis_name),
-          momentum=schedules.target_momentum(config.target, total_steps),
-          tracks=base.subtrees("encoder", "projector"),
-          init=config.target.get("init") or "copy",
+          network=teacher, momentum=momentum,
+          tracks=base.subtrees("encoder", "projector"), init=target_init,
           forward=base.Forward(per_view=False, groups=("global",))),
       state=base.State(
           init=lambda: {"center": jnp.zeros((1, out_dim))},
           update=functools.partial(update_center,
-                                   center_momentum=loss_cfg.center_momentum),
+                                   center_momentum=center_momentum),
           specs=PartitionSpec()))

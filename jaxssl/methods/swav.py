@@ -33,7 +33,7 @@ some first-crop row of the global batch; → 1/K on collapse).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -148,27 +148,39 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
     raise ValueError(f"SwAV assigns codes to 2 global crops; "
                      f"config.augment.preset={config.augment.preset!r} makes "
                      f"{counts}")
-  num_crops = sum(counts.values())
   loss_cfg = config.loss
   network = base.Network(models.create_encoder(config.model, axis_name),
                          models.create_head(config.head, config.model,
                                             axis_name),
                          Prototypes(loss_cfg.num_prototypes))
+  return build(
+      network, views=counts, temperature=loss_cfg.temperature,
+      epsilon=loss_cfg.sinkhorn_epsilon, num_iters=loss_cfg.sinkhorn_iters,
+      queue_length=queue_length(config) if loss_cfg.queue_size else 0,
+      queue_dim=config.head.out_dim,
+      queue_start_epoch=loss_cfg.queue_start_epoch, axis_name=axis_name)
+
+
+def build(network: base.Network, *, views: Dict[str, int],
+          temperature: float = 0.1, epsilon: float = 0.05,
+          num_iters: int = 3, queue_length: int = 0,  # pylint: disable=redefined-outer-name
+          queue_dim: int = 0, queue_start_epoch: int = 0,
+          axis_name: Optional[str] = None) -> base.Method:
+  """SwAV of its parts (no config): `network` = encoder → projector →
+  `Prototypes`, `views` `{'global': 2[, 'local': L]}`, the loss constants,
+  and a queue of `queue_length` rows of width `queue_dim` per assigned
+  crop over the global batch (0: none), sharded over `axis_name`."""
   state = None
-  length = queue_length(config) if loss_cfg.queue_size else 0
-  if length:
-    dim = config.head.out_dim
+  if queue_length:
     state = base.State(
-        init=lambda: {"queue": jnp.zeros((len(CROPS_FOR_ASSIGN), length,
-                                          dim))},
-        update=functools.partial(update_queue,
-                                 start_epoch=loss_cfg.queue_start_epoch),
+        init=lambda: {"queue": jnp.zeros((len(CROPS_FOR_ASSIGN),
+                                          queue_length, queue_dim))},
+        update=functools.partial(update_queue, start_epoch=queue_start_epoch),
         specs={"queue": PartitionSpec(None, axis_name)})
   return base.Method(
-      name="swav", views=counts, network=network,
+      name="swav", views=views, network=network,
       forward=base.Forward(per_view=False),
       loss=functools.partial(
-          objective, num_crops=num_crops, temperature=loss_cfg.temperature,
-          epsilon=loss_cfg.sinkhorn_epsilon,
-          num_iters=loss_cfg.sinkhorn_iters),
+          objective, num_crops=sum(views.values()), temperature=temperature,
+          epsilon=epsilon, num_iters=num_iters),
       state=state, post_update=normalize_prototypes)
