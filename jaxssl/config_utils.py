@@ -66,6 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Lower bound of the random-resized-crop area of every view (0: the
   # preset's; MoCo v2 / SimSiam use 0.2).
   c.augment.min_crop_area = 0.0
+  # An augmentation schedule (WCL): the first early_epochs (0: none) use
+  # these colour strength and minimum crop area instead (MoCo v2's 0.5 and
+  # 0.2), then the settings above.
+  c.augment.early_epochs = 0.0
+  c.augment.early_color_strength = 0.5
+  c.augment.early_min_crop_area = 0.2
   # Multi-crop (SwAV, DINO): local crops per image (-1: the preset's),
   # their side (0: the preset's relative to data.image_size: 96 at 224),
   # and the crop-area range of the global and local crops ((0, 0): the

@@ -16,7 +16,6 @@ from jax import lax
 import jax.numpy as jnp
 
 from jaxssl import gradients
-from jaxssl import views as views_lib
 from jaxssl.methods import base
 from jaxssl.train_state import TrainState
 
@@ -147,9 +146,9 @@ def microbatched_gradients(state: TrainState, batch: dict,
   micro = _rows(batch, m)
 
   def views_of(i, rows):
-    return views_lib.make_views(rows, view_rng, groups=learner.views,
-                                axis_name=ctx.axis_name, first_row=i * (n // m),
-                                rows_per_device=n)
+    return learner.make_views(rows, view_rng, ctx.step,
+                              axis_name=ctx.axis_name, first_row=i * (n // m),
+                              rows_per_device=n)
 
   online_rng, target_rng = gradients.network_rngs(ctx)
 

@@ -15,7 +15,6 @@ import jax
 from jax import lax
 
 from jaxssl import sharding
-from jaxssl import views as views_lib
 from jaxssl.methods import base
 from jaxssl.train_state import TrainState
 
@@ -83,8 +82,8 @@ def compute_gradients(state: TrainState, batch: dict, view_rng: jax.Array,
     learner: method, optimizer and view settings.
   """
   method = learner.method
-  views = views_lib.make_views(batch, view_rng, groups=learner.views,
-                          axis_name=ctx.axis_name)
+  views = learner.make_views(batch, view_rng, ctx.step,
+                             axis_name=ctx.axis_name)
   online_rng, target_rng = network_rngs(ctx)
   target_out, target_stats = target_forward(learner, state.target, views,
                                             target_rng)

@@ -60,6 +60,10 @@ class Learner:
       (`gradcache.unroll_microbatches`).
     epochs_per_step: `batch_size / num_examples` (the float epoch of
       `StepContext`).
+    early_views: views of the steps before `early_steps` (same groups and
+      sizes as `views`, other crop areas and strengths: WCL's MoCo-v2
+      augmentation for its first epochs), or None.
+    early_steps: the first step that uses `views` (0: `views` throughout).
   """
   method: base.Method
   tx: optax.GradientTransformation
@@ -69,6 +73,8 @@ class Learner:
   microbatches: int = 1
   microbatch_loop: str = "auto"
   epochs_per_step: float = 0.0
+  early_views: Optional[view_presets.ViewGroups] = None
+  early_steps: int = 0
 
   def __post_init__(self):
     if self.microbatches < 1:
@@ -80,6 +86,23 @@ class Learner:
     if got != want:
       raise ValueError(f"method {self.method.name!r} takes view groups "
                        f"{want}; the views made are {got}")
+    if self.early_steps and (self.early_views is None or (
+        view_sizes(self.early_views) != view_sizes(self.views))):
+      raise ValueError("early views need the groups and sizes of the views; "
+                       f"got {self.early_views} before step "
+                       f"{self.early_steps}, then {self.views}")
+
+  def make_views(self, batch: dict, rng: jax.Array, step: jax.Array,
+                 **kwargs) -> dict:
+    """`views.make_views` with the views of `step` (the early ones before
+    `early_steps`, chosen in the compiled step)."""
+    late = functools.partial(views_lib.make_views, batch, rng,
+                             groups=self.views, **kwargs)
+    if not self.early_steps:
+      return late()
+    early = functools.partial(views_lib.make_views, batch, rng,
+                              groups=self.early_views, **kwargs)
+    return lax.cond(step < self.early_steps, early, late)
 
   @property
   def network(self) -> nn.Module:
@@ -93,6 +116,12 @@ class Learner:
   @property
   def image_size(self) -> int:
     return self.view_specs[0].size
+
+
+def view_sizes(groups: view_presets.ViewGroups) -> dict:
+  """`{group: (size of each view)}`: what two view settings must share to
+  make arrays of the same shapes."""
+  return {g: tuple(spec.size for spec in specs) for g, specs in groups.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,11 +72,15 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
                        f"{config.data.source} data has no labels (set "
                        "--config.probe.enabled=False)")
     probe = OnlineProbe(num_classes, optax.adam(config.probe.learning_rate))
+  early = views_lib.config_early_views(config, method.views)
   return Learner(method=method, tx=tx, schedule=schedule,
                  views=views_lib.config_view_groups(config, method.views),
                  probe=probe, microbatches=config.train.microbatches,
                  microbatch_loop=config.train.microbatch_loop,
-                 epochs_per_step=config.batch_size / num_examples)
+                 epochs_per_step=config.batch_size / num_examples,
+                 early_views=early,
+                 early_steps=(length.steps_until(config.augment.early_epochs)
+                              if early else 0))
 
 
 def config_view_specs(

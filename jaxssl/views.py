@@ -65,6 +65,23 @@ def config_views(config: ml_collections.ConfigDict) -> view_presets.ViewGroups:
   return groups
 
 
+def config_early_views(
+    config: ml_collections.ConfigDict,
+    method_views: Mapping[str, int]) -> Optional[view_presets.ViewGroups]:
+  """The views of the first `augment.early_epochs` (None when 0):
+  `config_view_groups` with `augment.early_color_strength` and
+  `augment.early_min_crop_area` in place of the colour strength and the
+  minimum crop area."""
+  aug = config.augment
+  if aug.get("early_epochs", 0.0) <= 0:
+    return None
+  early = config.copy_and_resolve_references()
+  with early.unlocked():
+    early.augment.color_strength = aug.early_color_strength
+    early.augment.min_crop_area = aug.early_min_crop_area
+  return config_view_groups(early, method_views)
+
+
 def _needs(groups, group: str, preset: str, key: str) -> None:
   if group not in groups:
     raise ValueError(f"config.augment.{key} is set but "
