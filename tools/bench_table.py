@@ -49,7 +49,8 @@ def throughput_table(rows: List[dict]) -> List[str]:
 
 
 NOTE = (
-    "img/s: images (each with two views) per second of the global batch. "
+    "img/s: images (each with all its views or crops) per second of the "
+    "global batch. "
     "peak GiB: JAX, the allocator's peak over the whole process (init, "
     "autotuning and warm-up included); PyTorch, max_memory_allocated after "
     "warm-up. XLA GiB: the compiled JAX step's buffers (arguments + outputs "

@@ -61,7 +61,7 @@ if [[ "${SMOKE:-0}" == 1 ]]; then  # tiny shapes, CPU, no torch.compile
   VITS="--arch=vit --vit=tiny --patch_size=8 --image_size=16 --local_size=8 \
     --dtype=float32 --steps=2"
   B=16 BIG=64 MICRO=4 CIFAR_B=16 MICRO_SIZE=16 GRANULE=16 DINO_B=16
-  SEARCH_LIMIT="--memory_gib=0.5 --max_batch=256"  # CPU unrolls micro-batches
+  SEARCH_LIMIT="--memory_gib=2 --max_batch=256"  # CPU unrolls micro-batches
   TORCH="$TORCH --device=cpu --nocompile --warmup=1"
 fi
 
