@@ -177,6 +177,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.sinkhorn_epsilon = 0.05
   c.loss.sinkhorn_iters = 3
   c.loss.queue_start_epoch = 15
+  # SupCon: τ_base of the loss's τ/τ_base factor (0: none, the factor is 1;
+  # the reference's main_supcon.py keeps its default 0.07).
+  c.loss.base_temperature = 0.0
+  # WCL's kNN multi-crop (no reference implementation): local crops
+  # (augment.preset='multicrop') as extra instance-head anchors whose
+  # positives are their knn_positives most similar global crops.
+  c.loss.knn_multicrop = False
+  c.loss.knn_positives = 2
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lars"

@@ -53,7 +53,8 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
                    num_classes: int = 0) -> Learner:
   """Method, optimizer and schedule of `config` for a dataset of this size.
 
-  `num_classes` (0: unlabelled) sizes the online probe of `config.probe`.
+  `num_classes` (0: unlabelled) sizes the online probe of `config.probe`;
+  a method that trains on labels (SupCon) refuses 0.
   """
   opt = config.optimizer
   steps = epochs_lib.total_steps(config, num_examples)
@@ -65,6 +66,9 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
                          freeze_steps=length.steps_until(opt.freeze_epochs))
   method = methods.METHODS[config.method](config, axis_name=DATA_AXIS,
                                           total_steps=steps)
+  if method.needs_labels and num_classes <= 0:
+    raise ValueError(f"config.method={config.method!r} trains on class labels; "
+                     f"{config.data.source} data has no labels")
   probe = None
   if config.probe.enabled:
     if num_classes <= 0:

@@ -57,15 +57,19 @@ def finish_config(c, overrides):
   return c
 
 
-def run_steps(learner, num_devices, batches):
+def run_steps(learner, num_devices, batches, labels=None):
   """Trains on `batches` on the first `num_devices` devices; the states
-  after 0, 1, ... steps and each step's metrics, on the host."""
+  after 0, 1, ... steps and each step's metrics, on the host. `labels`:
+  each batch's class labels (its `'label'`), or None."""
   mesh = sharding.data_mesh(jax.devices()[:num_devices])
   step_fn = train.compile_train_step(learner, mesh)
   state = train.create_train_state(jax.random.key(0), learner, mesh)
   states, metrics = [jax.device_get(state)], []
-  for images in batches:
-    state, m = step_fn(state, sharding.global_batch({"image": images}, mesh))
+  for t, images in enumerate(batches):
+    batch = {"image": images}
+    if labels is not None:
+      batch["label"] = labels[t]
+    state, m = step_fn(state, sharding.global_batch(batch, mesh))
     states.append(jax.device_get(state))
     metrics.append(jax.device_get(m))
   return states, metrics

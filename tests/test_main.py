@@ -21,7 +21,8 @@ METHOD_CONFIGS = ["byol_resnet50", "byol_cifar10", "simsiam_resnet50",
                   "mocov2_resnet50", "mocov2_cifar10", "mocov3_resnet50",
                   "mocov3_vit_small", "mocov3_cifar10", "dino_vit_small",
                   "dino_resnet50", "dino_cifar10", "swav_resnet50",
-                  "swav_cifar10"]
+                  "swav_cifar10", "supcon_resnet50", "supcon_cifar10",
+                  "wcl_resnet50", "wcl_cifar10"]
 CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
 
 
@@ -151,7 +152,9 @@ def test_moco_configs_match_the_references():
 # here, and byol_resnet50 / simclr_resnet50 `:runlocal` train in
 # test_multihost.py.
 # MoCo's, DINO's and SwAV's (issues 17, 18) all train, with the ViT
-# variants of their CIFAR configs.
+# variants of their CIFAR configs; SupCon's and WCL's (issue 19) CIFAR
+# configs train (SupCon's on the synthetic data's labels), their ImageNet
+# configs are built.
 TRAINED_CONFIGS = [n for n in METHOD_CONFIGS if n.endswith("_cifar10")
                    or n.startswith(("moco", "dino", "swav"))]
 TRAINED_VARIANTS = [(n, "runlocal") for n in TRAINED_CONFIGS] + [

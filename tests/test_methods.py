@@ -412,7 +412,8 @@ def test_method_config_errors_are_clear():
   c = _config("mocov4")
   with pytest.raises(ValueError, match=r"config.method='mocov4' is not one "
                      r"of \['barlow_twins', 'byol', 'dino', 'moco', "
-                     r"'mocov3', 'simclr', 'simsiam', 'swav'\]"):
+                     r"'mocov3', 'simclr', 'simsiam', 'supcon', 'swav', "
+                     r"'wcl'\]"):
     train.check_config(c, mesh)
   c = _config("byol")
   with c.unlocked():

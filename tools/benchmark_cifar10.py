@@ -30,7 +30,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 METHODS = ("simclr", "byol", "simsiam", "barlow_twins", "mocov2",
-           "mocov3", "dino", "swav")
+           "mocov3", "dino", "swav", "wcl", "supcon")
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "simclr", METHODS, "Pretraining method.")
 flags.DEFINE_string("zip", "../shared/datasets/cifar10-jpeg.zip",

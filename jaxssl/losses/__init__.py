@@ -9,7 +9,8 @@ devices (`lax.pmean`) is the single-device loss on the concatenated batch.
 
 Families: `contrastive` (SimCLR's NT-Xent, MoCo's InfoNCE), `regression`
 (BYOL, SimSiam), `redundancy` (Barlow Twins), `clustering` (SwAV's
-Sinkhorn codes), `distillation` (DINO); `core` holds their building blocks.
+Sinkhorn codes), `distillation` (DINO), `supervised` (SupCon, WCL's
+nearest-neighbour components); `core` holds their building blocks.
 """
 
 # The public losses, one module per family.
@@ -26,12 +27,17 @@ from jaxssl.losses.redundancy import cross_correlation
 from jaxssl.losses.redundancy import standardize
 from jaxssl.losses.regression import negative_cosine
 from jaxssl.losses.regression import regression_loss
+from jaxssl.losses.supervised import local_rows
 from jaxssl.losses.supervised import nearest_neighbour_components
+from jaxssl.losses.supervised import nearest_neighbours
+from jaxssl.losses.supervised import neighbour_components
 from jaxssl.losses.supervised import supcon
 
 __all__ = [
     "barlow_twins", "cross_correlation", "dino", "info_nce",
-    "info_nce_and_accuracy", "l2_normalize", "nearest_neighbour_components",
-    "negative_cosine", "nt_xent", "nt_xent_and_accuracy", "regression_loss",
-    "sinkhorn", "standardize", "supcon", "swav",
+    "info_nce_and_accuracy", "l2_normalize", "local_rows",
+    "nearest_neighbour_components", "nearest_neighbours",
+    "neighbour_components", "negative_cosine", "nt_xent",
+    "nt_xent_and_accuracy", "regression_loss", "sinkhorn", "standardize",
+    "supcon", "swav",
 ]

@@ -108,42 +108,21 @@ def supcon(
   return -scale * jnp.mean(mean_log_prob)
 
 
-def nearest_neighbour_components(
+def nearest_neighbours(
     z: jax.Array,
     *,
     axis_name: Optional[str] = None,
 ) -> jax.Array:
-  """Components of the global batch's 1-nearest-neighbour graph.
+  """The 1-nearest-neighbour graph of the global batch, as WCL builds it.
 
-  WCL's pseudo-labels: Zheng, Wang, You, Qian, Zhang, Wang & Xu, "Weakly
-  Supervised Contrastive Learning", ICCV 2021
-  (https://arxiv.org/abs/2110.04770), as the reference's
-  `build_connected_component` (mingkai-zheng/WCL, `network/wcl.py`): every
-  row of the global batch is joined to its most cosine-similar *other* row
-  (ties go to the smallest index, as `argmax`), the edges are undirected,
-  and rows in one connected component share a label. The reference runs
-  `scipy.sparse.csgraph.connected_components` on the host; this runs on the
-  device and is jittable, also inside `jax.shard_map`:
-
-  1. The rows are gathered over `axis_name` (device order) and each device
-     finds its local rows' neighbours; the neighbour indices are gathered,
-     so the graph is the same on every device (two all-gathers in all).
-  2. Labels start as the row indices and are treated as parent pointers;
-     each iteration of a `lax.while_loop` (FastSV: Zhang, Azad & Hu,
-     "FastSV: A Distributed-Memory Connected Component Algorithm with Fast
-     Convergence", SIAM PP 2020, https://arxiv.org/abs/1910.05971) hooks,
-     for both directions of every edge u — v, u's parent and u onto v's
-     grandparent when that is smaller, then shortcuts
-     (`label = min(label, label[label])`), until nothing changes. Labels
-     stay rows of their component and only decrease, and a fixed point is
-     constant across every edge, so it is the component's smallest row.
-     Each iteration does at least what min-label propagation does, which
-     settles within diameter + 1 ≤ M iterations (the loop's bound); hooking
-     whole trees makes it about log₂ M in practice (12 for a shuffled path
-     of 16384 rows, 4 for Gaussian rows).
-
-  A row's component always has at least two rows (itself and its
-  neighbour). No gradient flows through the labels.
+  Every row of the global batch (gathered over `axis_name`, device order)
+  is joined to its most cosine-similar *other* row, ties going to the
+  smallest index (`argmax`); the reference's `build_connected_component`
+  (mingkai-zheng/WCL, `network/wcl.py`) takes the same `topk(·, 1)` of the
+  similarities with the diagonal lowered. Each device scores its local rows
+  against the gathered ones, then the neighbour indices are gathered, so
+  the result is the same on every device (two all-gathers in all). No
+  gradient flows through it.
 
   Args:
     z: `[n, d]` embeddings of the local batch.
@@ -151,12 +130,11 @@ def nearest_neighbour_components(
       None for a single device.
 
   Returns:
-    `[n]` int32: for each local row, the smallest global row index in its
-    component.
+    `[M]` int32 (M = global rows): the global index of each global row's
+    nearest neighbour, replicated.
   """
   if z.ndim != 2:
-    raise ValueError(f"nearest_neighbour_components expects [n, d]; got "
-                     f"{z.shape}")
+    raise ValueError(f"nearest_neighbours expects [n, d]; got {z.shape}")
   z = core.l2_normalize(lax.stop_gradient(precision.to_full(z)))
   n = z.shape[0]
   if axis_name is None:
@@ -173,10 +151,38 @@ def nearest_neighbour_components(
                    sims)
   neighbour = jnp.argmax(sims, axis=1).astype(jnp.int32)
   if axis_name is not None:
-    # Replicated from here on: the loop's carry is the same on every device.
+    # Replicated from here on: the graph is the same on every device.
     neighbour = lax.all_gather(neighbour, axis_name, axis=0, tiled=True,
                                to="invarying")
+  return neighbour
 
+
+def neighbour_components(neighbour: jax.Array) -> jax.Array:
+  """Connected components of the undirected graph `u — neighbour[u]`.
+
+  Runs on the device and is jittable (the reference runs
+  `scipy.sparse.csgraph.connected_components` on the host). Labels start as
+  the row indices and are treated as parent pointers; each iteration of a
+  `lax.while_loop` (FastSV: Zhang, Azad & Hu, "FastSV: A
+  Distributed-Memory Connected Component Algorithm with Fast Convergence",
+  SIAM PP 2020, https://arxiv.org/abs/1910.05971) hooks, for both
+  directions of every edge u — v, u's parent and u onto v's grandparent
+  when that is smaller, then shortcuts (`label = min(label,
+  label[label])`), until nothing changes. Labels stay rows of their
+  component and only decrease, and a fixed point is constant across every
+  edge, so it is the component's smallest row. Each iteration does at least
+  what min-label propagation does, which settles within diameter + 1 ≤ M
+  iterations (the loop's bound); hooking whole trees makes it about log₂ M
+  in practice (12 for a shuffled path of 16384 rows, 4 for Gaussian rows).
+
+  Args:
+    neighbour: `[M]` int32, each row's neighbour (`nearest_neighbours`);
+      the same on every device when mapped.
+
+  Returns:
+    `[M]` int32: for each row, the smallest row index in its component.
+  """
+  num_rows = neighbour.shape[0]
   # Both directions of every edge u — v.
   rows = jnp.arange(num_rows, dtype=jnp.int32)
   src = jnp.concatenate([rows, neighbour])
@@ -197,5 +203,47 @@ def nearest_neighbour_components(
 
   label, _, _ = lax.while_loop(cond, body, (rows, jnp.array(True),
                                             jnp.array(0, jnp.int32)))
-  return label if axis_name is None else lax.dynamic_slice_in_dim(
-      label, offset, n)
+  return label
+
+
+def nearest_neighbour_components(
+    z: jax.Array,
+    *,
+    axis_name: Optional[str] = None,
+) -> jax.Array:
+  """Components of the global batch's 1-nearest-neighbour graph.
+
+  WCL's pseudo-labels: Zheng, Wang, You, Qian, Zhang, Wang & Xu, "Weakly
+  Supervised Contrastive Learning", ICCV 2021
+  (https://arxiv.org/abs/2110.04770), as the reference's
+  `build_connected_component` (mingkai-zheng/WCL, `network/wcl.py`): every
+  row of the global batch is joined to its most cosine-similar *other* row
+  (`nearest_neighbours`), the edges are undirected, and rows in one
+  connected component share a label (`neighbour_components`, on the
+  device, jittable, also inside `jax.shard_map`).
+
+  A row's component always has at least two rows (itself and its
+  neighbour). No gradient flows through the labels.
+
+  Args:
+    z: `[n, d]` embeddings of the local batch.
+    axis_name: mapped device axis holding the rest of the global batch, or
+      None for a single device.
+
+  Returns:
+    `[n]` int32: for each local row, the smallest global row index in its
+    component.
+  """
+  if z.ndim != 2:
+    raise ValueError(f"nearest_neighbour_components expects [n, d]; got "
+                     f"{z.shape}")
+  label = neighbour_components(nearest_neighbours(z, axis_name=axis_name))
+  return local_rows(label, z.shape[0], axis_name)
+
+
+def local_rows(x: jax.Array, n: int, axis_name: Optional[str]) -> jax.Array:
+  """This device's `n` rows of a replicated global-batch array `x`
+  (device order); `x` itself without an axis."""
+  if axis_name is None:
+    return x
+  return lax.dynamic_slice_in_dim(x, lax.axis_index(axis_name) * n, n)

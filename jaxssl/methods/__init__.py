@@ -11,7 +11,9 @@ from jaxssl.methods import moco
 from jaxssl.methods import mocov3
 from jaxssl.methods import simclr
 from jaxssl.methods import simsiam
+from jaxssl.methods import supcon
 from jaxssl.methods import swav
+from jaxssl.methods import wcl
 
 METHODS = {
     "simclr": simclr.create,
@@ -22,4 +24,6 @@ METHODS = {
     "mocov3": mocov3.create,
     "dino": dino.create,
     "swav": swav.create,
+    "supcon": supcon.create,
+    "wcl": wcl.create,
 }

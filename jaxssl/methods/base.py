@@ -293,6 +293,9 @@ class Method:
     post_update: `(params, ctx) -> params` after the optimizer update
       (SwAV's prototype normalisation), or None.
     embedding: the output monitored for collapse (`embed_std`).
+    needs_labels: the loss reads `ctx.label` (SupCon): training data without
+      labels is an error before anything compiles
+      (`jaxssl.train.create_learner`).
   """
   name: str
   views: Mapping[str, int]
@@ -303,6 +306,7 @@ class Method:
   state: Optional[State] = None
   post_update: Optional[Callable[[PyTree, StepContext], PyTree]] = None
   embedding: str = "z"
+  needs_labels: bool = False
 
 
 class Network(nn.Module):
@@ -313,10 +317,14 @@ class Network(nn.Module):
     projector: head g(·) producing the embedding `z`.
     predictor: head q(·) producing the prediction `p` (BYOL, SimSiam), or
       None.
+    predictor_input: what the predictor reads: 'z' (BYOL, SimSiam: the
+      projection) or 'h' (WCL: a second head beside the projector, on the
+      representation).
   """
   encoder: nn.Module
   projector: nn.Module
   predictor: Optional[nn.Module] = None
+  predictor_input: str = "z"
 
   def __call__(self, x: jax.Array, train: bool = True) -> Outputs:
     return self.heads(self.encoder(x, train=train), train=train)
@@ -325,7 +333,10 @@ class Network(nn.Module):
     """Projector (and predictor) on given representations `h`."""
     out = {"h": h, "z": self.projector(h, train=train)}
     if self.predictor is not None:
-      out["p"] = self.predictor(out["z"], train=train)
+      if self.predictor_input not in ("z", "h"):
+        raise ValueError(f"predictor_input={self.predictor_input!r} is not "
+                         "one of ['z', 'h']")
+      out["p"] = self.predictor(out[self.predictor_input], train=train)
     return out
 
   def encode(self, x: jax.Array, train: bool = False) -> jax.Array:
