@@ -25,8 +25,8 @@ linear top-1 for DINO with a ResNet-18 after 1000 epochs (its own CIFAR
 recipe). The ViT-Tiny variant has no published anchor.
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 (or a ViT-Tiny at 8×8 patches, `:runlocal,vit`), 2 local
-crops of 16 px and a 128-wide head.
+with a ResNet-18/8 (or a 4-block ViT-Tiny at 8×8 patches,
+`:runlocal,vit`), 2 local crops of 16 px and a 128-wide head.
 """
 
 from jaxssl import config_utils

@@ -30,7 +30,8 @@ linear. The 96 px crops' position embeddings are resampled as DINO does
 (bicubic at scale (6 + 0.1)/14, `jaxssl.models.vit.dino_interpolation`).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ViT-Tiny at 8×8 patches, 2 local crops of 16 px and a 128-wide head.
+with a 4-block ViT-Tiny at 8×8 patches, 2 local crops of 16 px and a
+128-wide head.
 """
 
 from jaxssl import config_utils

@@ -29,8 +29,8 @@ ResNet-18 after 1000 epochs; the ViT-Tiny variant is not measured yet
 ResNet-18).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 (or a ViT-Tiny at 8×8 patches, `:runlocal,vit`) and
-128-wide heads.
+with a ResNet-18/8 (or a 4-block ViT-Tiny at 8×8 patches,
+`:runlocal,vit`) and 128-wide heads.
 """
 
 from jaxssl import config_utils

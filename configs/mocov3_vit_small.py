@@ -24,7 +24,7 @@ EXPECTED (reference, batch 4096, 300 epochs): 73.2 % linear top-1 on
 ImageNet, 81.4 % after end-to-end fine-tuning (DeiT recipe).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ViT-Tiny at 8×8 patches (16 tokens) and 128-wide heads.
+with a 4-block ViT-Tiny at 8×8 patches (16 tokens) and 128-wide heads.
 """
 
 from jaxssl import config_utils

@@ -100,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
   # frozen random patch projection, stochastic depth of the last block.
   c.model.variant = "small"
   c.model.num_heads = 0  # 0: the variant's (MoCo v3's ViT-S uses 12)
+  c.model.vit_depth = 0  # blocks; 0: the variant's (`:runlocal` uses 4)
   c.model.patch_size = 16
   c.model.pos_embed = "sincos"
   c.model.vit_image_size = 224
@@ -337,7 +338,8 @@ _RUNLOCAL_HEAD_WIDTH = 128
 
 def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = (),
                    *, epochs: int = 5) -> ml_collections.ConfigDict:
-  """The `:runlocal` shrink: 256 synthetic 32 px images, ResNet-18/8.
+  """The `:runlocal` shrink: 256 synthetic 32 px images, ResNet-18/8 (a
+  ViT keeps its variant's width with 4 blocks).
 
   Keeps the method, loss and optimizer of `c` (heads capped at 128 wide) so
   that the whole code path of the experiment runs on a CPU in about a
@@ -373,6 +375,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = (),
   c.model.depth = 18
   c.model.width = 0.125
   c.model.cifar_stem = True
+  c.model.vit_depth = 4  # a ViT variant's width and heads, 4 blocks
   if c.optimizer.schedule == "warmup_cosine":  # 'epoch_cosine' has none
     c.optimizer.warmup_epochs = 1.0
   c.eval.knn_ks = (20,)

@@ -46,6 +46,7 @@ def _vit(cfg: ml_collections.ConfigDict,
   del axis_name  # LayerNorm: nothing is reduced across devices
   heads = cfg.get("num_heads", 0)
   return vit.create(cfg.variant, heads=heads or None,
+                    depth=cfg.get("vit_depth", 0) or None,
                     patch_size=cfg.patch_size,
                     pos_embed=cfg.pos_embed, image_size=cfg.vit_image_size,
                     frozen_patch_embed=cfg.frozen_patch_embed,

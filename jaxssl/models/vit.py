@@ -303,14 +303,16 @@ def dino_interpolation(size_in: int, size_out: int) -> np.ndarray:
 
 
 def create(variant: str, heads: Optional[int] = None,
-           **kwargs) -> VisionTransformer:
+           depth: Optional[int] = None, **kwargs) -> VisionTransformer:
   """ViT-`variant` ('tiny', 'small', 'base') with other attributes given;
-  `heads` overrides the variant's (MoCo v3's ViT-S has 12, DeiT's 6)."""
+  `heads` overrides the variant's (MoCo v3's ViT-S has 12, DeiT's 6),
+  `depth` its number of blocks (CPU smoke runs)."""
   if variant not in VARIANTS:
     raise ValueError(f"config.model.variant={variant!r} is not one of "
                      f"{sorted(VARIANTS)}")
-  width, depth, default_heads = VARIANTS[variant]
+  width, default_depth, default_heads = VARIANTS[variant]
   heads = heads or default_heads
+  depth = depth or default_depth
   if width % heads:
     raise ValueError(f"config.model.num_heads={heads} does not divide the "
                      f"width {width} of ViT-{variant}")
