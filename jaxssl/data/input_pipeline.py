@@ -2,10 +2,12 @@
 
 Each process reads its own slice of the data, decodes each image once and
 cuts every view's random-resized crop at that view's static size (so multi-
-crop groups batch cleanly); photometric augmentation happens later on the
-device (`jaxssl.augment`). Crops are drawn with stateless RNG seeded by
-(seed, epoch, example, view), so a run sees the same views whatever the
-number of parallel calls, and can reproduce them after a restart.
+crop groups batch cleanly; `crops.crop_views`, which can also decode JPEGs
+at reduced resolution when every crop allows it); photometric augmentation
+happens later on the device (`jaxssl.augment`). Crops are drawn with
+stateless RNG seeded by (seed, epoch, example, view), so a run sees the same
+views whatever the number of parallel calls, and can reproduce them after a
+restart.
 
 A restart resumes at a position of this process's endless stream (step ×
 per-process batch). Indexable sources (`host_sources`: files, arrays, TFDS
@@ -31,6 +33,7 @@ from absl import logging
 import numpy as np
 
 from jaxssl import view_presets
+from jaxssl.data import crops
 from jaxssl.data import host_sources
 
 # Sources live in `host_sources`; these names stay importable from here.
@@ -41,21 +44,29 @@ tfds_source = host_sources.tfds_source
 tf_module = host_sources.tf_module
 hide_accelerators = host_sources.hide_accelerators
 process_indices = host_sources.process_indices
+# Decoding and crops live in `crops`.
+decode_rgb = crops.decode_rgb
+sample_crop_simclr = crops.sample_crop_simclr
+sample_crop_byol = crops.sample_crop_byol
+CROP_SAMPLERS = crops.CROP_SAMPLERS
+resize_uint8 = crops.resize_uint8
+random_crop_resize = crops.random_crop_resize
+center_crop_resize = crops.center_crop_resize
+crop_views = crops.crop_views
 
 # Stream positions end here: past any run (2**62 examples).
 _END_POSITION = 2**62
 
 
 # --------------------------------------------------------------------------
-# Decoding and crops (TensorFlow ops).
+# Epochs: which example comes at each position of this process's stream,
+# and the seeds of its crops.
 # --------------------------------------------------------------------------
 
 
-def decode_rgb(tf, image_bytes):
-  """JPEG/PNG/GIF/BMP bytes → uint8 `[H, W, 3]` (gray, CMYK, alpha → RGB)."""
-  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
+def _epoch_seed(tf, seed, epoch):
+  """The `[2]` int64 stateless seed that fixes one epoch's order."""
+  return tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
 
 
 def _stateless_seed(tf, seed, epoch, index, view):
@@ -63,93 +74,6 @@ def _stateless_seed(tf, seed, epoch, index, view):
   a = tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
   b = tf.cast(index, tf.int64) * 131 + view
   return tf.stack([a % 2_147_483_647, b % 2_147_483_647])
-
-
-def sample_crop_simclr(tf, shape, seed, area_range=(0.08, 1.0),
-                       aspect_range=(3 / 4, 4 / 3), min_covered=0.1):
-  """SimCLR reference crop: up to 100 attempts, the whole image as fallback.
-
-  `tf.image.sample_distorted_bounding_box` with `min_object_covered=0.1`
-  (so areas below 10 % are rejected too), as in `data_util.py`; multi-crop
-  local views pass `min_covered=0` to reach areas below 10 %.
-  """
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-      min_object_covered=min_covered,
-      aspect_ratio_range=aspect_range,
-      area_range=area_range, max_attempts=100,
-      use_image_if_no_bounding_boxes=True)
-  return begin[0], begin[1], size[0], size[1]
-
-
-def sample_crop_byol(tf, shape, seed, area_range=(0.08, 1.0),
-                     aspect_range=(3 / 4, 4 / 3), min_covered=None):
-  """BYOL-style crop: one draw of area and log-aspect, clamped to the image.
-
-  (`min_covered` is accepted for a common signature and unused.)
-  """
-  del min_covered
-  height = tf.cast(shape[0], tf.float32)
-  width = tf.cast(shape[1], tf.float32)
-  u = tf.random.stateless_uniform([4], seed=seed)
-  area = (area_range[0] + u[0] * (area_range[1] - area_range[0])) * height * width
-  log_lo, log_hi = np.log(aspect_range[0]), np.log(aspect_range[1])
-  ratio = tf.exp(log_lo + u[1] * (log_hi - log_lo))
-  w = tf.clip_by_value(tf.round(tf.sqrt(area * ratio)), 1.0, width)
-  h = tf.clip_by_value(tf.round(tf.sqrt(area / ratio)), 1.0, height)
-  y = tf.floor(u[2] * (height - h + 1.0))
-  x = tf.floor(u[3] * (width - w + 1.0))
-  return tuple(tf.cast(v, tf.int32) for v in (y, x, h, w))
-
-
-CROP_SAMPLERS = {"simclr": sample_crop_simclr, "byol": sample_crop_byol}
-
-
-def resize_uint8(tf, image, size: int):
-  """Bicubic resize (TF2 `tf.image.resize`: half-pixel centres), uint8 out."""
-  out = tf.image.resize(image, [size, size], method="bicubic")
-  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
-
-
-def random_crop_resize(tf, image, spec: view_presets.ViewSpec, seed):
-  """One view's random-resized crop of a decoded image, `[size, size, 3]`."""
-  if spec.crop_mode not in CROP_SAMPLERS:
-    raise ValueError(f"crop_mode {spec.crop_mode!r} is not one of "
-                     f"{sorted(CROP_SAMPLERS)}")
-  y, x, h, w = CROP_SAMPLERS[spec.crop_mode](
-      tf, tf.shape(image), seed, area_range=spec.crop_area,
-      min_covered=spec.crop_min_covered)
-  crop = tf.image.crop_to_bounding_box(image, y, x, h, w)
-  return resize_uint8(tf, crop, spec.size)
-
-
-def center_crop_resize(tf, image, size: int, proportion: float = 0.875):
-  """Eval view: centre crop of `proportion` of the shorter side, resized.
-
-  Skipped (plain resize) for images of 32 px or less, as SimCLR does on
-  CIFAR-10.
-  """
-  if size > 32:
-    shape = tf.shape(image)
-    side = tf.cast(tf.round(proportion * tf.cast(tf.minimum(shape[0], shape[1]),
-                                                 tf.float32)), tf.int32)
-    y = (shape[0] - side) // 2
-    x = (shape[1] - side) // 2
-    image = tf.image.crop_to_bounding_box(image, y, x, side, side)
-  shape = tf.shape(image)
-  return tf.cond(
-      tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size)),
-      lambda: image, lambda: resize_uint8(tf, image, size))
-
-
-# --------------------------------------------------------------------------
-# Epochs: which example comes at each position of this process's stream.
-# --------------------------------------------------------------------------
-
-
-def _epoch_seed(tf, seed, epoch):
-  """The `[2]` int64 stateless seed that fixes one epoch's order."""
-  return tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
 
 
 def _indexed_stream(source: HostSource, seed: int, start: int):
@@ -236,7 +160,7 @@ def check_readable(source: HostSource, *, max_examples: int = 64) -> int:
 
 def pretrain_dataset(source: HostSource, specs: Sequence[view_presets.ViewSpec], *,
                      batch_size: int, seed: int, shuffle_buffer: int = 50_000,
-                     start_position: int = 0):
+                     start_position: int = 0, reduced_decode: bool = False):
   """Endless batches `{'views': (uint8 [b, S_v, S_v, 3], ...), 'label',
   'epoch', 'index'}` of this process, reshuffled every epoch.
 
@@ -252,6 +176,9 @@ def pretrain_dataset(source: HostSource, specs: Sequence[view_presets.ViewSpec],
       uninterrupted run yields from there on, unless unreadable images were
       skipped before it. Indexable sources read nothing before it; streams
       read the records of its epoch before it.
+    reduced_decode: decode each JPEG at reduced resolution when all its
+      crops allow it (`crops.crop_views`, which says why it is off by
+      default); the same crop boxes either way.
 
   Returns:
     A `tf.data.Dataset`.
@@ -261,11 +188,10 @@ def pretrain_dataset(source: HostSource, specs: Sequence[view_presets.ViewSpec],
 
   def load(position, ex):
     epoch = position // n
-    image = decode_rgb(tf, ex["image"])
-    views = tuple(
-        random_crop_resize(tf, image, spec,
-                           _stateless_seed(tf, seed, epoch, ex["index"], v))
-        for v, spec in enumerate(specs))
+    views = crop_views(
+        tf, ex["image"], specs,
+        [_stateless_seed(tf, seed, epoch, ex["index"], v)
+         for v in range(len(specs))], reduced_decode=reduced_decode)
     return {"views": views, "label": ex["label"], "epoch": epoch,
             "index": ex["index"]}
 
