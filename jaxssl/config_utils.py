@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # TFDS data_dir ("" = default).
   c.data.path = ""  # folder or .zip for source='files'.
   c.data.shuffle_buffer = 50_000  # encoded records (TFDS).
+  # Host pipelines: decode each JPEG at libjpeg's reduced resolution (DCT
+  # scale 1/2, 1/4, 1/8) when all its crops are shrunk at least that much;
+  # it does not pay on ImageNet-size photos (BENCHMARKS.md).
+  c.data.reduced_decode = False
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.image_size = 224

@@ -88,11 +88,16 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
 
 
 def config_view_specs(
-    config: ml_collections.ConfigDict) -> Tuple[view_presets.ViewSpec, ...]:
+    config: ml_collections.ConfigDict,
+    early: bool = False) -> Optional[Tuple[view_presets.ViewSpec, ...]]:
   """Every view of config section `augment` for `config.method`, in group
-  order (as host pipelines crop them)."""
+  order (as host pipelines crop them); `early`: those of the first
+  `augment.early_epochs` (None without)."""
   method = methods.METHODS[config.method](config, axis_name=DATA_AXIS,
                                           total_steps=1)
+  if early:
+    groups = views_lib.config_early_views(config, method.views)
+    return None if groups is None else view_presets.flatten(groups)
   return view_presets.flatten(views_lib.config_view_groups(config, method.views))
 
 
@@ -210,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = prepare_workdir(workdir)
   mesh = sharding.data_mesh()
   check_config(config, mesh)
-  train_input = sources.train_input(config, mesh, config_view_specs(config))
+  train_input = sources.train_input(config, mesh, config_view_specs(config),
+                                    config_view_specs(config, early=True))
   num_examples = train_input.num_examples
   learner = create_learner(config, num_examples, train_input.num_classes)
   length = epochs_lib.RunLength.from_config(config, num_examples)

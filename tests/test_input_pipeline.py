@@ -797,3 +797,24 @@ def test_eval_input_streams_every_example_once_per_process(solid_folder,
     assert not set(part) & set(parts)
     parts.update(part)
   assert counts == {(3, 8)} and parts == want
+
+
+def test_early_crops_before_the_switch_position(noise_folder):
+  """An augmentation schedule on the host: the examples at stream positions
+  below `early_positions` are cropped with the early specs (as a pipeline
+  of only those), the later ones with the late specs, same seeds."""
+  source = hs.files_source(os.path.join(noise_folder, "train"), None,
+                           process_index=0, process_count=1)
+  early = (view_presets.ViewSpec(size=8, crop_area=(0.9, 1.0)),) * 2
+  late = (view_presets.ViewSpec(size=8, crop_area=(0.08, 0.1)),) * 2
+  views = {}
+  for name, kwargs in (("early", dict(specs=early)),
+                       ("late", dict(specs=late)),
+                       ("both", dict(specs=late, early_specs=early,
+                                     early_positions=4))):
+    batches = _elements(ip.pretrain_dataset(source, batch_size=2, seed=3,
+                                            **kwargs), 4)
+    views[name] = np.concatenate([b["views"][1] for b in batches])
+  assert np.abs(views["early"].astype(int) - views["late"]).max() > 20
+  np.testing.assert_array_equal(views["both"][:4], views["early"][:4])
+  np.testing.assert_array_equal(views["both"][4:], views["late"][4:])

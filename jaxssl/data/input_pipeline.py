@@ -27,7 +27,7 @@ before the first pipeline is built.
 
 import queue
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -160,7 +160,9 @@ def check_readable(source: HostSource, *, max_examples: int = 64) -> int:
 
 def pretrain_dataset(source: HostSource, specs: Sequence[view_presets.ViewSpec], *,
                      batch_size: int, seed: int, shuffle_buffer: int = 50_000,
-                     start_position: int = 0, reduced_decode: bool = False):
+                     start_position: int = 0, reduced_decode: bool = False,
+                     early_specs: Optional[Sequence[view_presets.ViewSpec]] = None,
+                     early_positions: int = 0):
   """Endless batches `{'views': (uint8 [b, S_v, S_v, 3], ...), 'label',
   'epoch', 'index'}` of this process, reshuffled every epoch.
 
@@ -179,6 +181,9 @@ def pretrain_dataset(source: HostSource, specs: Sequence[view_presets.ViewSpec],
     reduced_decode: decode each JPEG at reduced resolution when all its
       crops allow it (`crops.crop_views`, which says why it is off by
       default); the same crop boxes either way.
+    early_specs: the crops of the examples at stream positions below
+      `early_positions` (an augmentation schedule's first epochs), or None.
+    early_positions: see `early_specs`.
 
   Returns:
     A `tf.data.Dataset`.
@@ -188,10 +193,15 @@ def pretrain_dataset(source: HostSource, specs: Sequence[view_presets.ViewSpec],
 
   def load(position, ex):
     epoch = position // n
-    views = crop_views(
-        tf, ex["image"], specs,
-        [_stateless_seed(tf, seed, epoch, ex["index"], v)
-         for v in range(len(specs))], reduced_decode=reduced_decode)
+    seeds = [_stateless_seed(tf, seed, epoch, ex["index"], v)
+             for v in range(len(specs))]
+    crop = lambda specs_: lambda: crop_views(
+        tf, ex["image"], specs_, seeds, reduced_decode=reduced_decode)
+    if early_specs and early_positions > 0:
+      views = tf.cond(position < early_positions, crop(early_specs),
+                      crop(specs))
+    else:
+      views = crop(specs)()
     return {"views": views, "label": ex["label"], "epoch": epoch,
             "index": ex["index"]}
 

@@ -107,8 +107,11 @@ class TrainInput:
 
 
 def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
-                specs: Sequence[view_presets.ViewSpec]) -> TrainInput:
-  """The training input of `config` on `mesh`."""
+                specs: Sequence[view_presets.ViewSpec],
+                early_specs: Optional[Sequence[view_presets.ViewSpec]] = None
+                ) -> TrainInput:
+  """The training input of `config` on `mesh`: host pipelines crop `specs`
+  (`early_specs` during the first `config.augment.early_epochs`)."""
   data = config.data
   if data.source in IN_MEMORY_SOURCES:
     dataset = load_in_memory(data, data.train_split)
@@ -126,12 +129,20 @@ def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
   source = host_source(data, data.train_split, seed=config.seed)
   input_pipeline.check_readable(source)
   per_process = config.batch_size // jax.process_count()
+  early_steps = 0
+  if early_specs:
+    from jaxssl import epochs  # pylint: disable=g-import-not-at-top
+    early_steps = epochs.RunLength.from_config(
+        config, source.total_examples).steps_until(
+            config.augment.early_epochs)
 
   def make_batches(start):
     dataset = input_pipeline.pretrain_dataset(
         source, specs, batch_size=per_process, seed=config.seed,
         shuffle_buffer=data.shuffle_buffer,
-        start_position=start * per_process)
+        start_position=start * per_process,
+        reduced_decode=data.get("reduced_decode", False),
+        early_specs=early_specs, early_positions=early_steps * per_process)
     return input_pipeline.HostIterator(
         dataset, examples_per_epoch=source.num_examples,
         description=source.description,
