@@ -9,21 +9,16 @@ import numpy as np
 import pytest
 
 import config_files
+import runlocal_configs
 import subprocess_env
 from jaxssl import sharding
 from jaxssl import train
 from jaxssl.config_utils import parse_arg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHOD_CONFIGS = ["byol_resnet50", "byol_cifar10", "simsiam_resnet50",
-                  "simsiam_cifar10", "barlow_twins_resnet50",
-                  "barlow_twins_cifar10", "simclr_vit_cifar10",
-                  "mocov2_resnet50", "mocov2_cifar10", "mocov3_resnet50",
-                  "mocov3_vit_small", "mocov3_cifar10", "dino_vit_small",
-                  "dino_resnet50", "dino_cifar10", "swav_resnet50",
-                  "swav_cifar10", "supcon_resnet50", "supcon_cifar10",
-                  "wcl_resnet50", "wcl_cifar10"]
-CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
+METHOD_CONFIGS = runlocal_configs.METHOD_CONFIGS
+CONFIGS = runlocal_configs.CONFIGS
+TRAINED_CONFIGS = runlocal_configs.TRAINED_CONFIGS
 
 
 _load = config_files.load
@@ -147,20 +142,6 @@ def test_moco_configs_match_the_references():
           c.predictor.last_bn) == (4096, 300, 0.2, 3, "plain")
 
 
-# Trained below: one config per method. The ImageNet configs' `:runlocal`
-# differ from these only in hyperparameters; they are built (not trained)
-# here, and byol_resnet50 / simclr_resnet50 `:runlocal` train in
-# test_multihost.py.
-# MoCo's, DINO's and SwAV's (issues 17, 18) all train, with the ViT
-# variants of their CIFAR configs; SupCon's and WCL's (issue 19) CIFAR
-# configs train (SupCon's on the synthetic data's labels), their ImageNet
-# configs are built.
-TRAINED_CONFIGS = [n for n in METHOD_CONFIGS if n.endswith("_cifar10")
-                   or n.startswith(("moco", "dino", "swav"))]
-TRAINED_VARIANTS = [(n, "runlocal") for n in TRAINED_CONFIGS] + [
-    ("mocov3_cifar10", "runlocal,vit"), ("dino_cifar10", "runlocal,vit")]
-
-
 @pytest.mark.parametrize("name", [n for n in METHOD_CONFIGS
                                   if n not in TRAINED_CONFIGS])
 def test_method_config_runlocal_builds(name):
@@ -171,30 +152,6 @@ def test_method_config_runlocal_builds(name):
   learner = train.create_learner(config, config.data.synthetic_examples, 10)
   assert learner.method.name == config.method
   assert train.total_steps(config, config.data.synthetic_examples) >= 20
-
-
-@pytest.mark.parametrize("name,variant", TRAINED_VARIANTS)
-def test_method_config_runlocal_trains_20_steps(name, variant, tmp_path):
-  """Each method's `:runlocal` trains 20 steps (MoCo v1/v2 48) on 8 CPU
-  devices: finite losses that go down (mean of the last third below the
-  first third, after the steps that fill a MoCo queue: the random initial
-  queue makes the first losses low). For DINO the quantity is `kl`, the
-  loss minus the teacher's entropy, which the teacher-temperature warm-up
-  and the centring raise on their own."""
-  _, config = _load(name, variant)
-  config.log_every = 1
-  config.eval.knn_ks = ()
-  config.probe.enabled = False
-  results = train.train_and_evaluate(config, str(tmp_path / "wd"))
-  history = json.load(open(tmp_path / "wd" / "results.json"))["history"]
-  assert results["steps"] >= 20 and len(history) == results["steps"]
-  key = "kl" if config.method == "dino" else "loss"
-  losses = np.array([h[key] for h in history])
-  assert np.all(np.isfinite(losses))
-  if config.method == "moco":
-    losses = losses[config.loss.queue_size // config.batch_size:]
-  third = len(losses) // 3
-  assert losses[-third:].mean() < losses[:third].mean(), losses
 
 
 def test_parse_arg_types_and_errors():
