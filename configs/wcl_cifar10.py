@@ -9,7 +9,7 @@ the paper's widths, 512 → 2048 → 2048 → 128, τ 0.1 for both losses, the
 rate outside the momentum, trust 0.001, biases and BatchNorm excluded. No
 augmentation schedule (`augment.early_epochs=0`): at colour strength 0.5
 MoCo v2's augmentation differs from these views only in its 0.2 minimum
-crop area.
+crop area and its blur (p 0.5, which 32 px images do without).
 
 COMMAND (one GPU; TFDS cifar10, or the JPEG zip with the two last flags):
   python -m jaxssl.main --config=configs/wcl_cifar10.py \

@@ -77,8 +77,9 @@ def lars(
 
   `trust_ratio='larc'` is NVIDIA apex's `LARC(clip=False)` as SwAV uses
   it: `r = trust_coefficient·‖p‖/(‖g‖ + weight_decay·‖p‖ + 1e-8)` with
-  the norm of the gradient BEFORE the decay is added (1 where ‖p‖ or that
-  ‖g‖ is 0); 'lars' divides by ‖g + weight_decay·p‖.
+  the norm of the gradient BEFORE the decay is added; where ‖p‖ or that
+  ‖g‖ is 0, r = 1 and no decay is added (apex skips the parameter); 'lars'
+  divides by ‖g + weight_decay·p‖.
 
   Args:
     learning_rate: a float or a schedule of the update count (0 at the first
@@ -124,7 +125,10 @@ def lars(
         if trust_ratio == "larc":
           g_norm = jnp.linalg.norm(g)
           denominator = g_norm + wd * p_norm + 1e-8
-        g = g + wd * p32
+          # apex adds the decay only where it scales (‖p‖, ‖g‖ > 0).
+          g = jnp.where((p_norm > 0) & (g_norm > 0), g + wd * p32, g)
+        else:
+          g = g + wd * p32
         if trust_ratio == "lars":
           g_norm = denominator = jnp.linalg.norm(g)
         trust = jnp.where(

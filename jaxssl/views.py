@@ -79,7 +79,16 @@ def config_early_views(
   with early.unlocked():
     early.augment.color_strength = aug.early_color_strength
     early.augment.min_crop_area = aug.early_min_crop_area
-  return config_view_groups(early, method_views)
+  groups = config_view_groups(early, method_views)
+  if groups == config_view_groups(config, method_views):
+    raise ValueError(
+        f"config.augment.early_epochs={aug.early_epochs} changes nothing: "
+        f"preset {aug.preset!r} with early_color_strength="
+        f"{aug.early_color_strength} and early_min_crop_area="
+        f"{aug.early_min_crop_area} makes the same views (the colour strength "
+        "applies to the SimCLR and multicrop presets; global/local_crop_area "
+        "override the minimum area)")
+  return groups
 
 
 def _needs(groups, group: str, preset: str, key: str) -> None:

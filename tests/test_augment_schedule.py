@@ -2,6 +2,7 @@
 augmentation for its first epochs): which views each step makes."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -75,3 +76,30 @@ def test_early_views_must_have_the_same_shapes():
              for g, specs in learner.views.items()}
   with pytest.raises(ValueError, match="early views need the groups and sizes"):
     dataclasses.replace(learner, early_views=smaller)
+
+
+def test_early_epochs_that_change_nothing_are_refused():
+  """BYOL's preset ignores the colour strength; with the early minimum crop
+  area equal to the late one, an early phase would be a silent no-op."""
+  _, config = config_files.load("byol_cifar10", "runlocal")
+  config.augment.early_epochs = 1.0
+  config.augment.min_crop_area = 0.2
+  config.augment.early_min_crop_area = 0.2
+  config.probe.enabled = False
+  with pytest.raises(ValueError, match="early_epochs=1.0 changes nothing"):
+    train.create_learner(config, config.data.synthetic_examples)
+
+
+def test_micro_batched_step_trains_across_the_switch(tmp_path):
+  """The GradCache pass on 8 devices with the schedule: 8 steps, the
+  switch after step 4, finite losses on both sides."""
+  config = _config(1.0)
+  config.epochs = 2
+  config.train.microbatches = 2
+  config.log_every = 1
+  config.eval.knn_ks = ()
+  assert train.create_learner(config, 256).early_steps == 4
+  results = train.train_and_evaluate(config, str(tmp_path / "wd"))
+  history = json.load(open(tmp_path / "wd" / "results.json"))["history"]
+  assert results["steps"] == len(history) >= 8
+  assert np.all(np.isfinite([h["loss"] for h in history]))

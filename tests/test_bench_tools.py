@@ -180,8 +180,8 @@ def test_bench_learners_are_the_reference_configs(config_name, method, model):
 
 
 def test_multicrop_rows_name_model_and_views():
-  """Rows name the encoder and the crops (their train step is the configs',
-  by the test above; tools/gpu_bench.sh SMOKE=1 runs them)."""
+  """Rows name the encoder and the crops (the learners have the configs'
+  train state by the test above; tools/gpu_bench.sh SMOKE=1 runs them)."""
   vit = dict(arch="vit", vit_variant="small", patch_size=16)
   assert bench_step.describe("dino", depth=50, image_size=224,
                              model=dict(vit, local_crops=10)) == {

@@ -462,3 +462,15 @@ def test_larc_trust_ratio_is_apexs():
   assert differ > 1e-2
   with pytest.raises(ValueError, match="trust_ratio"):
     optim.lars(lr, weight_decay=wd, trust_ratio="clip")
+
+
+def test_larc_skips_a_zero_gradient_entirely():
+  """apex LARC leaves a parameter whose gradient is 0 alone: no decay."""
+  params = _random_tree(22)
+  grads = jax.tree.map(np.zeros_like, params)
+  tx = optim.lars(0.3, weight_decay=0.5, lr_in_momentum=False,
+                  mask=lambda p: jax.tree.map(lambda _: True, p),
+                  trust_ratio="larc")
+  (updates,), _ = _run(tx, params, [grads])
+  for leaf in jax.tree.leaves(updates):
+    np.testing.assert_array_equal(np.asarray(leaf), 0.0)

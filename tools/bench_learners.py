@@ -3,7 +3,10 @@
 No config files and no ml-collections (a bare GPU image has neither): each
 method is put together from its module's config-free pieces
 (`methods.dino.build`, `methods.swav.build`, `simclr.objective`, ...) with
-the settings of its reference ImageNet config:
+the per-step work of its reference ImageNet config (the schedules are
+constants and the frozen parts move after `FROZEN_STEPS`, which changes
+nothing a step costs; DINO is `dino_vit_small`'s whatever the encoder, so
+a ResNet row keeps AdamW, not `dino_resnet50`'s SGD):
 
 * simclr: ResNet, 2-layer head to 128, τ 0.1, LARS; 2 × SimCLR v2 views.
 * byol: ResNet, 4096 → 256 head and predictor, EMA target from its own
