@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+import image_bytes
 from jaxssl import view_presets
 from jaxssl.data import files as files_lib
 from jaxssl.data import host_sources as hs
@@ -33,10 +34,7 @@ def tf():
   return hs.tf_module()
 
 
-def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-  buf = io.BytesIO()
-  image.save(buf, fmt, **kwargs)
-  return buf.getvalue()
+_encode = image_bytes.encode
 
 
 def _write(path, data: bytes) -> None:

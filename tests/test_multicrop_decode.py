@@ -7,13 +7,13 @@ waves with a few flat ellipses and rectangles (sharp edges), slightly
 blurred as a camera's optics would. Every test takes a few seconds at most.
 """
 
-import io
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 import pytest
 
+import image_bytes
 from jaxssl import view_presets
 from jaxssl.data import crops
 from jaxssl.data import host_sources as hs
@@ -27,10 +27,7 @@ def tf():
   return hs.tf_module()
 
 
-def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-  buf = io.BytesIO()
-  image.save(buf, fmt, **kwargs)
-  return buf.getvalue()
+_encode = image_bytes.encode
 
 
 def _scene(k: int, height: int = _H, width: int = _W) -> Image.Image:
