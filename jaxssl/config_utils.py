@@ -98,6 +98,13 @@ def base_config() -> ml_collections.ConfigDict:
   # statistics, the (small) heads, logits and losses are float32 always.
   c.model.dtype = "auto"
   c.model.remat = "none"  # 'none' | 'block' | 'dots' (jax.checkpoint per block)
+  # SimCLR v2's SK ResNet (jaxssl.models.selective_kernel): 0 the plain
+  # ResNet; > 0 selective-kernel bottlenecks (mixing layer
+  # max(int(filters · sk_ratio), 32) wide; SimCLR v2: 0.0625), the ResNet-D
+  # stem and average-pool shortcuts. sk_branches: 'split' (the reference's
+  # one 3×3 conv split in two streams) or 'dilated' (SKNet's 3×3 + dilated).
+  c.model.sk_ratio = 0.0
+  c.model.sk_branches = "split"
   # ViT (model.name='vit', jaxssl.models.vit): size 'tiny' | 'small' |
   # 'base', patch side, position embedding 'sincos' (MoCo v3) | 'learned'
   # (DINO; made for vit_image_size px, resampled for other sizes), MoCo v3's

@@ -112,10 +112,26 @@ def torchvision_state_dict(variables: dict, depth: int,
 
   Returns:
     `{key: np.ndarray}` in torchvision's layout.
+
+  Raises:
+    ValueError: for SimCLR v2's SK ResNets (`model.sk_ratio > 0`: selective
+      kernels, ResNet-D stem and shortcuts), which torchvision has no model
+      for.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   params = jax.device_get(variables["params"])
   stats = jax.device_get(variables["batch_stats"])
+  plain = {"conv1", "conv2", "conv3", "bn1", "bn2", "bn3", "proj_conv",
+           "proj_bn"}
+  other = sorted({f"{block}/{layer}" for block in params
+                  if block.startswith("stage")
+                  for layer in params[block] if layer not in plain})
+  if "stem_conv" not in params or other:
+    raise ValueError(
+        "torchvision has no SK ResNet (SimCLR v2, model.sk_ratio > 0: "
+        "selective-kernel convolutions, ResNet-D stem and average-pool "
+        f"shortcuts): {(other or sorted(params))[:3]} have no torchvision "
+        "key; export the flax variables (encoder.msgpack) instead")
   out = {}
 
   def conv(prefix, kernel):

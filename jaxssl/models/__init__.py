@@ -38,7 +38,10 @@ def _resnet(cfg: ml_collections.ConfigDict, axis_name: Optional[str]) -> ResNet:
                 cifar_stem=cfg.cifar_stem, bn_momentum=cfg.bn_momentum,
                 bn_epsilon=cfg.bn_epsilon, axis_name=axis_name,
                 bn_group_size=cfg.bn_group_size or None,
-                dtype=compute_dtype(cfg.dtype), remat=cfg.remat)
+                dtype=compute_dtype(cfg.dtype), remat=cfg.remat,
+                # Absent from configs written before SK ResNets: plain ResNet.
+                sk_ratio=cfg.get("sk_ratio", 0.0),
+                sk_branches=cfg.get("sk_branches", "split"))
 
 
 def _vit(cfg: ml_collections.ConfigDict,

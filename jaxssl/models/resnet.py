@@ -13,11 +13,17 @@ convolution of the bottleneck) of the TF official and SimCLR reference models:
 * for images of 32 px or less, the CIFAR stem: one 3×3 stride-1 convolution
   and no max-pooling (SimCLR appendix B.9).
 
+With `sk_ratio > 0`, the SK ResNet of SimCLR v2 (Chen et al. 2020,
+https://arxiv.org/abs/2006.10029): selective-kernel 3×3 convolutions in the
+bottlenecks, the ResNet-D deep stem and average-pool projection shortcuts
+(`jaxssl.models.selective_kernel`); the CIFAR stem stays one 3×3 conv, and
+basic blocks (ResNet-10/18/34) only get the ResNet-D shortcuts, as in the
+reference's `tf2/resnet.py`.
+
 The network returns the globally average-pooled features (the representation
 `h` of SimCLR), without a classifier.
 """
 
-import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -25,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxssl import precision
-from jaxssl.models import convolution
+from jaxssl.models import selective_kernel as sk
 from jaxssl.models.normalization import batch_norm_factory
 
 STAGE_SIZES = {
@@ -41,67 +47,80 @@ STAGE_SIZES = {
     200: (3, 24, 36, 3),
 }
 
-# Same initialiser as the reference's VarianceScaling(): scale 1, fan-in,
-# truncated normal (flax's lecun_normal).
 REMAT_POLICIES = {
     "none": None,
     "block": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_saveable,
 }
-conv_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+# Same initialiser as the reference's VarianceScaling(): scale 1, fan-in,
+# truncated normal (flax's lecun_normal).
+conv_init = sk.conv_init
 
 
-def _shortcut(x, features, strides, conv, norm):
-  """Identity, or a strided 1×1 projection + BN where the shape changes."""
+def _shortcut(x, features, strides, conv, norm, resnet_d=False):
+  """Identity, or where the shape changes a strided 1×1 projection + BN
+  (ResNet-D: 2×2 average pool, 1×1 projection, BN)."""
   if x.shape[-1] == features and strides == 1:
     return x
+  if resnet_d:
+    return sk.avg_pool_shortcut(x, features, strides, conv, norm)
   x = conv(features, (1, 1), (strides, strides), name="proj_conv")(x)
   return norm(name="proj_bn")(x)
 
 
 class BasicBlock(nn.Module):
-  """Two 3×3 convolutions (ResNet-18/34)."""
+  """Two 3×3 convolutions (ResNet-18/34); `sk_ratio > 0`: ResNet-D shortcut
+  (the reference's basic block has no selective kernel, so `sk_branches` is
+  unused)."""
   filters: int
   strides: int
   norm: Any
   dtype: Any = None
+  sk_ratio: float = 0.0
+  sk_branches: str = "split"
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype,
-        param_dtype=precision.full_dtype(), kernel_init=conv_init,
-        conv_general_dilated=convolution.conv_general_dilated)
+    conv = sk.conv_factory(self.dtype)
     y = conv(self.filters, (3, 3), (self.strides, self.strides),
              padding=((1, 1), (1, 1)), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
     y = self.norm(scale_init=nn.initializers.zeros, name="bn2")(y)
-    return nn.relu(_shortcut(x, self.filters, self.strides, conv, self.norm) + y)
+    shortcut = _shortcut(x, self.filters, self.strides, conv, self.norm,
+                         resnet_d=self.sk_ratio > 0)
+    return nn.relu(shortcut + y)
 
 
 class BottleneckBlock(nn.Module):
-  """1×1 → 3×3 (strided, v1.5) → 1×1 with 4× expansion (ResNet-50+)."""
+  """1×1 → 3×3 (strided, v1.5) → 1×1 with 4× expansion (ResNet-50+);
+  `sk_ratio > 0`: the 3×3 is a selective-kernel convolution (`sk_conv`,
+  with its BN and ReLU inside) and the shortcut ResNet-D's."""
   filters: int
   strides: int
   norm: Any
   dtype: Any = None
+  sk_ratio: float = 0.0
+  sk_branches: str = "split"
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype,
-        param_dtype=precision.full_dtype(), kernel_init=conv_init,
-        conv_general_dilated=convolution.conv_general_dilated)
+    conv = sk.conv_factory(self.dtype)
     y = conv(self.filters, (1, 1), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = conv(self.filters, (3, 3), (self.strides, self.strides),
-             padding=((1, 1), (1, 1)), name="conv2")(y)
-    y = nn.relu(self.norm(name="bn2")(y))
+    if self.sk_ratio > 0:
+      y = sk.SelectiveKernelConv(self.filters, self.strides, self.sk_ratio,
+                                 self.norm, branches=self.sk_branches,
+                                 dtype=self.dtype, name="sk_conv")(y)
+    else:
+      y = conv(self.filters, (3, 3), (self.strides, self.strides),
+               padding=((1, 1), (1, 1)), name="conv2")(y)
+      y = nn.relu(self.norm(name="bn2")(y))
     y = conv(self.filters * 4, (1, 1), name="conv3")(y)
     y = self.norm(scale_init=nn.initializers.zeros, name="bn3")(y)
-    return nn.relu(
-        _shortcut(x, self.filters * 4, self.strides, conv, self.norm) + y)
+    shortcut = _shortcut(x, self.filters * 4, self.strides, conv, self.norm,
+                         resnet_d=self.sk_ratio > 0)
+    return nn.relu(shortcut + y)
 
 
 class ResNet(nn.Module):
@@ -121,6 +140,12 @@ class ResNet(nn.Module):
       pooled output stay in full precision.
     remat: rematerialisation of each block: 'none', 'block' (store only the
       block inputs), 'dots' (also keep convolution outputs).
+    sk_ratio: 0: the plain ResNet. > 0: SimCLR v2's SK ResNet (module
+      docstring), the selective kernels' mixing layer
+      `max(int(filters · sk_ratio), 32)` wide (SimCLR v2: 0.0625).
+    sk_branches: the selective kernel's two streams: 'split' (one 3×3 conv
+      split in two, SimCLR v2's reference) or 'dilated' (a 3×3 and a
+      dilated 3×3, SKNet's).
   """
   depth: int = 50
   width_multiplier: float = 1.0
@@ -131,6 +156,8 @@ class ResNet(nn.Module):
   bn_group_size: Optional[int] = None
   dtype: Any = None
   remat: str = "none"
+  sk_ratio: float = 0.0
+  sk_branches: str = "split"
 
   @property
   def num_features(self) -> int:
@@ -147,6 +174,10 @@ class ResNet(nn.Module):
     norm = batch_norm_factory(
         train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
         axis_name=self.axis_name, group_size=self.bn_group_size, dtype=dtype)
+    if self.sk_ratio < 0 or self.sk_branches not in sk.SK_BRANCHES:
+      raise ValueError(f"sk_ratio={self.sk_ratio} must be >= 0 and "
+                       f"sk_branches={self.sk_branches!r} one of "
+                       f"{list(sk.SK_BRANCHES)}")
     block_cls = BottleneckBlock if self.depth >= 50 else BasicBlock
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r} is not one of "
@@ -164,10 +195,13 @@ class ResNet(nn.Module):
                   name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
     else:
-      x = nn.Conv(width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
-                  use_bias=False, kernel_init=conv_init, dtype=dtype,
-                  param_dtype=full, name="stem_conv")(x)
-      x = nn.relu(norm(name="stem_bn")(x))
+      if self.sk_ratio > 0:
+        x = sk.deep_stem(x, width, sk.conv_factory(dtype), norm)
+      else:
+        x = nn.Conv(width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
+                    use_bias=False, kernel_init=conv_init, dtype=dtype,
+                    param_dtype=full, name="stem_conv")(x)
+        x = nn.relu(norm(name="stem_bn")(x))
       # Explicit 1-pixel padding (with −inf), as torchvision's MaxPool2d:
       # "SAME" would pad only after the last row/column.
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -175,5 +209,6 @@ class ResNet(nn.Module):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = block_cls(width * 2**stage, strides, norm, dtype=dtype,
+                      sk_ratio=self.sk_ratio, sk_branches=self.sk_branches,
                       name=f"stage{stage + 1}_block{block + 1}")(x)
     return jnp.mean(x.astype(full), axis=(1, 2))
