@@ -27,6 +27,11 @@ def downstream_config(*, mode: str, epochs: int, batch_size: int,
   c.head_layers = 0  # fine-tuning: projection-head layers kept
   c.eval_every_epochs = 0
   c.eval_batch_size = 1024
+  # Checkpoints in workdir/checkpoints: a re-run resumes from the newest.
+  c.checkpointing = ml_collections.ConfigDict()
+  c.checkpointing.every_steps = 0
+  c.checkpointing.every_minutes = 10.0
+  c.checkpointing.keep = 2
   c.data = config_utils.base_config().data
   c.data.source = ""
   c.optimizer = config_utils.base_config().optimizer

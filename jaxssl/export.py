@@ -5,6 +5,8 @@ the online encoder and projector; no predictor, target or optimizer state)
 next to `config.json` in the workdir; `load_encoder` reads them back with
 the modules they belong to, for linear evaluation, fine-tuning from a
 projection-head layer (SimCLR v2) and export to other frameworks.
+`save_classifier` / `load_classifier` do the same for a fine-tuned
+classifier, the teacher of `jaxssl.distill`.
 """
 
 from __future__ import annotations
@@ -90,6 +92,62 @@ def load_encoder(path: paths.PathLike, axis_name: Optional[str] = None
     raise ValueError(f"{path} does not hold the variables of the encoder "
                      f"described in {config_path}: {e}") from e
   return network, variables, config
+
+
+CLASSIFIER_FILE = "classifier.msgpack"
+CLASSIFIER_INFO = "classifier.json"
+
+
+def save_classifier(workdir: paths.PathLike, model: Any, variables: dict,
+                    info: dict) -> paths.Path:
+  """Writes a fine-tuned classifier (`jaxssl.downstream.Classifier`):
+  `classifier.msgpack` (its `params` and `batch_stats`) and
+  `classifier.json` (`info`: the pretraining config, `head_layers`,
+  `num_classes`, the fine-tuning data section and seed), on process 0."""
+  del model  # rebuilt from `info` by `load_classifier`
+  workdir = paths.path(workdir)
+  path = workdir / CLASSIFIER_FILE
+  if jax.process_index() == 0:
+    paths.write_bytes(path, flax.serialization.to_bytes(variables))
+    paths.write_text(workdir / CLASSIFIER_INFO, json.dumps(info, indent=1))
+  return path
+
+
+def load_classifier(workdir: paths.PathLike, axis_name: Optional[str] = None
+                    ) -> tuple[Any, dict, dict]:
+  """Reads `save_classifier`'s files from a fine-tuning workdir.
+
+  Returns:
+    `(model, variables, info)`: a `jaxssl.downstream.Classifier`, its
+    `{'params', 'batch_stats'}` and the saved `info` (with
+    `pretrain_config` as an `ml_collections.ConfigDict`).
+  """
+  from jaxssl import downstream  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  workdir = paths.path(workdir)
+  path, info_path = workdir / CLASSIFIER_FILE, workdir / CLASSIFIER_INFO
+  for p in (path, info_path):
+    if not p.exists():
+      raise FileNotFoundError(
+          f"{p} does not exist (expected a finished fine-tuning workdir of "
+          f"`python -m jaxssl.linear_eval --config=configs/finetune.py`, with "
+          f"{CLASSIFIER_FILE} and {CLASSIFIER_INFO})")
+  info = json.loads(info_path.read_text())
+  info["pretrain_config"] = ml_collections.ConfigDict(info["pretrain_config"])
+  network = base.create_network(info["pretrain_config"], axis_name)
+  model = downstream.Classifier(network.encoder, network.projector,
+                                info["head_layers"], info["num_classes"])
+  size = info["pretrain_config"].data.image_size
+  template = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jax.numpy.zeros((1, size, size, 3)), train=False))
+  template = {"params": template["params"],
+              "batch_stats": template.get("batch_stats", {})}
+  try:
+    variables = flax.serialization.from_bytes(template, path.read_bytes())
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"{path} does not hold the classifier described in "
+                     f"{info_path}: {e}") from e
+  return model, variables, info
 
 
 def torchvision_state_dict(variables: dict, depth: int,

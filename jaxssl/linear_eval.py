@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 from absl import app
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -30,13 +29,10 @@ from jax.sharding import Mesh, PartitionSpec as P
 import ml_collections
 import optax
 
-from jaxssl import augment
+from jaxssl import downstream
 from jaxssl import view_presets
 from jaxssl import epochs as epochs_lib
 from jaxssl import export
-from jaxssl import loop
-from jaxssl import metric_writers
-from jaxssl import optim
 from jaxssl import paths
 from jaxssl import progress
 from jaxssl import schedules
@@ -44,7 +40,6 @@ from jaxssl import sharding
 from jaxssl import train
 from jaxssl import views as views_lib
 from jaxssl.data import sources
-from jaxssl.evaluators import knn
 from jaxssl.evaluators import linear_probe
 
 PyTree = Any
@@ -52,19 +47,7 @@ DATA_AXIS = sharding.DATA_AXIS
 MODES = ("linear", "finetune")
 
 
-class Classifier(nn.Module):
-  """Encoder → first `head_layers` projection-head layers → linear logits."""
-  encoder: nn.Module
-  projector: nn.Module
-  head_layers: int
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    h = self.encoder(x, train=train)
-    if self.head_layers:
-      h = self.projector(h, train=train, layers=self.head_layers)
-    return linear_probe.Linear(self.num_classes, name="classifier")(h)
+Classifier = downstream.Classifier
 
 
 @flax.struct.dataclass
@@ -87,6 +70,7 @@ class Task:
   schedule: Any
   spec: view_presets.ViewSpec
   finetune: bool
+  classifier_decay: float = 0.0  # `downstream.classifier_decay_rate`
 
 
 def classifier_step(state: ClassifierState, batch: dict, rng: jax.Array, *,
@@ -108,6 +92,7 @@ def classifier_step(state: ClassifierState, batch: dict, rng: jax.Array, *,
       batch_stats = state.batch_stats
     loss, accuracy = linear_probe.classification_loss(
         logits, batch["label"], axis_name=axis_name)
+    loss = loss + downstream.classifier_decay(params, task.classifier_decay)
     return loss, (batch_stats, accuracy)
 
   (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(
@@ -163,28 +148,10 @@ def evaluate(task: Task, state: ClassifierState, eval_ds, *, mesh: Mesh,
   """Top-1/top-5 on centre crops (eval-mode BatchNorm)."""
   variables = {"params": {**state.frozen, **state.params},
                "batch_stats": state.batch_stats}
-  logits = knn.extract_features(
-      functools.partial(_logits, variables, task=task), eval_ds.images,
-      batch_size=batch_size, mesh=mesh)
-  return linear_probe.top_k_accuracy(logits, eval_ds.labels)
-
-
-@functools.partial(jax.jit, static_argnames="task")
-def _logits(variables, images, *, task: Task):
-  """Eval-mode logits; the weights are an argument, so every evaluation of
-  a run reuses one compilation."""
-  x = augment.center_resize(images, task.spec.size, task.spec.normalize)
-  return task.model.apply(variables, x, train=False)
-
-
-def _data_config(config, pretrain_config) -> ml_collections.ConfigDict:
-  """`config.data`, or the pretraining run's when `config.data.source` is ''."""
-  if config.data.source:
-    return config.data
-  data = ml_collections.ConfigDict(pretrain_config.data.to_dict())
-  with data.unlocked():
-    data.train_fraction = config.data.train_fraction
-  return data
+  return downstream.evaluate(task.model, variables, eval_ds, mesh=mesh,
+                             size=task.spec.size,
+                             normalize=task.spec.normalize,
+                             batch_size=batch_size)
 
 
 def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
@@ -201,7 +168,9 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   network, pretrained, pretrain_config = export.load_encoder(
       config.checkpoint, axis_name=DATA_AXIS)
   run_config = ml_collections.ConfigDict({
-      "data": _data_config(config, pretrain_config).to_dict(),
+      "data": downstream.data_config(
+          config.data, pretrain_config.data,
+          train_fraction=config.data.train_fraction).to_dict(),
       "batch_size": config.batch_size, "seed": config.seed})
   sources.check(run_config.data)
   spec = view_presets.ViewSpec(
@@ -224,8 +193,9 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
       model=Classifier(network.encoder, network.projector,
                        config.head_layers if finetune else 0,
                        train_input.num_classes),
-      tx=optim.from_config(config.optimizer, schedule), schedule=schedule,
-      spec=spec, finetune=finetune)
+      tx=downstream.optimizer(config.optimizer, schedule), schedule=schedule,
+      spec=spec, finetune=finetune,
+      classifier_decay=downstream.classifier_decay_rate(config.optimizer))
   state = create_state(task, pretrained, config.seed, mesh)
   eval_ds = sources.eval_arrays(run_config.data, run_config.data.eval_split,
                                 image_size=spec.size)
@@ -233,7 +203,6 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   print_fn(f"{config.mode} of {config.checkpoint} on "
            f"{train_input.description}: {num_examples} examples, "
            f"{steps} steps")
-  writer = metric_writers.MetricWriter(workdir, print_fn=print_fn)
 
   def on_epoch_end(epoch, state):
     del epoch
@@ -244,10 +213,10 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
                     batch_size=config.eval_batch_size)
 
   start = time.perf_counter()
-  state, history, epochs = loop.train_loop(
-      state, compile_step(task, mesh), train_input.batches(), length=length,
-      log_every=config.log_every, writer=writer, on_epoch_end=on_epoch_end)
-  results = {"mode": config.mode, "steps": steps,
+  state, history, epochs, start_step, writer = downstream.train(
+      state, compile_step(task, mesh), train_input, length=length,
+      config=config, workdir=workdir, on_epoch_end=on_epoch_end)
+  results = {"mode": config.mode, "steps": steps, "start_step": start_step,
              "train_seconds": time.perf_counter() - start,
              "num_examples": num_examples,
              **evaluate(task, state, eval_ds, mesh=mesh,
@@ -257,6 +226,14 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   writer.close()
   print_fn(f"{config.mode} on {eval_ds.name}: top-1 {results['top1']:.4f} | "
            f"top-5 {results['top5']:.4f}")
+  if finetune:  # the teacher of `jaxssl.distill`
+    export.save_classifier(workdir, task.model, jax.device_get(
+        {"params": state.params, "batch_stats": state.batch_stats}), {
+            "pretrained": str(config.checkpoint),
+            "pretrain_config": pretrain_config.to_dict(),
+            "head_layers": config.head_layers,
+            "num_classes": train_input.num_classes,
+            "data": run_config.data.to_dict(), "seed": config.seed})
   if jax.process_index() == 0:
     paths.write_text(workdir / "results.json", json.dumps(
         {"results": results, "history": history, "epochs": epochs}, indent=1))

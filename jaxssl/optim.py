@@ -334,7 +334,8 @@ def cosine_between(start: float, end: float,
 
 
 def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
-                freeze_steps: int = 0) -> optax.GradientTransformation:
+                freeze_steps: int = 0,
+                mask: MaskOrFn = None) -> optax.GradientTransformation:
   """The optimizer of a config section `optimizer` at this rate/schedule.
 
   Weight decay (and LARS's trust ratio) applies to the leaves of
@@ -343,7 +344,8 @@ def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
   (`weight_decay_schedule`: 'constant', or 'cosine' from `weight_decay` to
   `weight_decay_end` over `total_steps`), and the freezing of the
   parameters matching `freeze_pattern` for the first `freeze_steps` updates
-  (the caller converts `freeze_epochs`).
+  (the caller converts `freeze_epochs`). `mask` replaces the 'kernels'
+  mask (e.g. a classifier kept out of LARS's trust ratio).
   """
   extra = {}
   if opt.name in ("lars", "sgd"):
@@ -354,7 +356,12 @@ def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
                  excluded_lr_scale=opt.excluded_lr_scale,
                  trust_ratio=opt.get("trust_ratio", "lars"))
   decay_mask = opt.get("decay_mask", "kernels")
-  if decay_mask == "all":
+  if mask is not None:
+    if decay_mask != "kernels":
+      raise ValueError(f"config.optimizer.decay_mask={decay_mask!r}: this "
+                       "run sets its own mask; use 'kernels'")
+    extra["mask"] = mask
+  elif decay_mask == "all":
     extra["mask"] = lambda params: jax.tree.map(lambda _: True, params)
   elif decay_mask != "kernels":
     raise ValueError(f"config.optimizer.decay_mask={decay_mask!r} is not one "

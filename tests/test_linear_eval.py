@@ -130,3 +130,40 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
   config.checkpoint = str(tmp_path / "nothing")
   with pytest.raises(FileNotFoundError, match="nothing does not exist"):
     linear_eval.run(config, str(tmp_path / "wd"))
+
+
+def test_lars_leaves_the_classifier_out_of_the_trust_ratio():
+  """SimCLR v2's fine-tuning LARS: kernels get the trust ratio
+  η‖p‖/‖g‖, the classifier (`head_supervised` in the reference) plain
+  momentum SGD, its weight decay a loss term wd/2·‖W‖²."""
+  from jaxssl import downstream  # pylint: disable=g-import-not-at-top
+  _, config = config_files.load("finetune", "")
+  opt = config.optimizer
+  assert (opt.name, opt.weight_decay) == ("lars", 0.0)
+  rng = np.random.default_rng(0)
+  params = {"encoder": {"conv": {"kernel": rng.normal(size=(3, 3, 2, 4))},
+                        "bn": {"scale": rng.normal(size=4)}},
+            "classifier": {"head": {"kernel": rng.normal(size=(4, 3)),
+                                    "bias": rng.normal(size=3)}}}
+  params = jax.tree.map(lambda p: p.astype(np.float32), params)
+  grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32),
+                       params)
+  tx = downstream.optimizer(opt, lambda step: 0.5)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for leaf in (("classifier", "head", "kernel"), ("classifier", "head", "bias"),
+               ("encoder", "bn", "scale")):
+    got = updates[leaf[0]][leaf[1]][leaf[2]]
+    np.testing.assert_allclose(got, -0.5 * grads[leaf[0]][leaf[1]][leaf[2]],
+                               rtol=1e-6)
+  p, g = params["encoder"]["conv"]["kernel"], grads["encoder"]["conv"]["kernel"]
+  trust = 1e-3 * np.linalg.norm(p) / np.linalg.norm(g)
+  np.testing.assert_allclose(updates["encoder"]["conv"]["kernel"],
+                             -0.5 * trust * g, rtol=1e-5)
+  with opt.unlocked():
+    opt.weight_decay = 1e-4
+  rate = downstream.classifier_decay_rate(opt)
+  decay = jax.grad(lambda q: downstream.classifier_decay(q, rate))(params)
+  np.testing.assert_allclose(decay["classifier"]["head"]["kernel"],
+                             1e-4 * params["classifier"]["head"]["kernel"],
+                             rtol=1e-6)
+  assert not np.any(decay["classifier"]["head"]["bias"])

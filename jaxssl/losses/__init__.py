@@ -9,7 +9,7 @@ devices (`lax.pmean`) is the single-device loss on the concatenated batch.
 
 Families: `contrastive` (SimCLR's NT-Xent, MoCo's InfoNCE), `regression`
 (BYOL, SimSiam), `redundancy` (Barlow Twins), `clustering` (SwAV's
-Sinkhorn codes), `distillation` (DINO), `supervised` (SupCon, WCL's
+Sinkhorn codes), `distillation` (DINO, SimCLR v2's soft labels), `supervised` (SupCon, WCL's
 nearest-neighbour components); `core` holds their building blocks.
 """
 
@@ -22,6 +22,7 @@ from jaxssl.losses.contrastive import nt_xent
 from jaxssl.losses.contrastive import nt_xent_and_accuracy
 from jaxssl.losses.core import l2_normalize
 from jaxssl.losses.distillation import dino
+from jaxssl.losses.distillation import soft_label_cross_entropy
 from jaxssl.losses.redundancy import barlow_twins
 from jaxssl.losses.redundancy import cross_correlation
 from jaxssl.losses.redundancy import standardize
@@ -38,6 +39,6 @@ __all__ = [
     "info_nce_and_accuracy", "l2_normalize", "local_rows",
     "nearest_neighbour_components", "nearest_neighbours",
     "neighbour_components", "negative_cosine", "nt_xent",
-    "nt_xent_and_accuracy", "regression_loss", "sinkhorn", "standardize",
+    "nt_xent_and_accuracy", "regression_loss", "sinkhorn", "soft_label_cross_entropy", "standardize",
     "supcon", "swav",
 ]

@@ -1,4 +1,5 @@
-"""DINO: self-distillation with a centred, sharpened teacher.
+"""Distillation losses: DINO's centred, sharpened teacher; SimCLR v2's soft
+labels of a fine-tuned teacher (`soft_label_cross_entropy`).
 
 Caron, Touvron, Misra, Jégou, Mairal, Bojanowski & Joulin, "Emerging
 Properties in Self-Supervised Vision Transformers", ICCV 2021
@@ -72,3 +73,50 @@ def dino(student: jax.Array, teacher: jax.Array, center: jax.Array, *,
   new_center = (flat_center * center_momentum
                 + batch_center * (1.0 - center_momentum))
   return loss, lax.stop_gradient(new_center.reshape(center.shape))
+
+
+def soft_label_cross_entropy(student_logits: jax.Array,
+                             teacher_logits: jax.Array, *,
+                             temperature: float = 1.0,
+                             weights: Optional[jax.Array] = None,
+                             axis_name: Optional[str] = None) -> jax.Array:
+  """SimCLR v2's distillation loss on the GLOBAL batch.
+
+  Chen, Kornblith, Swersky, Norouzi & Hinton, "Big Self-Supervised Models
+  are Strong Semi-Supervised Learners", NeurIPS 2020
+  (https://arxiv.org/abs/2006.10029), eq. 2 (after Hinton et al. 2015,
+  https://arxiv.org/abs/1503.02531):
+
+      L = −(1/n) Σ_x Σ_y P_T(y|x; τ) log P_S(y|x; τ),
+      P(y|x; τ) = softmax(logits/τ)_y,
+
+  the teacher's side without gradient. No τ² factor (the paper's form; the
+  reference's distillation colab multiplies by τ², the same at its default
+  τ = 1). Its gradient w.r.t. the student logits is
+  `(P_S − P_T)/(τ·n)`: zero where the student equals the teacher.
+
+  Args:
+    student_logits: `[n, C]` this device's student logits.
+    teacher_logits: `[n, C]` the teacher's logits of the same views.
+    temperature: τ (1: the paper's best for big-to-small distillation).
+    weights: `[n]` optional per-row weights (0 leaves a row out); the mean
+      is over their global sum.
+    axis_name: mapped device axis holding the rest of the batch, or None.
+
+  Returns:
+    The mean over the global batch (the same on every device).
+  """
+  if student_logits.shape != teacher_logits.shape:
+    raise ValueError(f"student logits {student_logits.shape} and teacher "
+                     f"logits {teacher_logits.shape} differ in shape")
+  student = precision.to_full(student_logits) / temperature
+  teacher = lax.stop_gradient(precision.to_full(teacher_logits)) / temperature
+  per_row = -jnp.sum(jax.nn.softmax(teacher, axis=-1)
+                     * jax.nn.log_softmax(student, axis=-1), axis=-1)
+  if weights is None:
+    weights = jnp.ones_like(per_row)
+  weights = precision.to_full(weights)
+  sums = jnp.stack([jnp.sum(per_row * weights), jnp.sum(weights)])
+  if axis_name is not None:
+    sums = lax.psum(sums, axis_name)
+  return sums[0] / jnp.maximum(sums[1], 1e-12)

@@ -1,0 +1,169 @@
+"""Supervised training on a pretrained network, shared by linear evaluation,
+fine-tuning (`jaxssl.linear_eval`) and distillation (`jaxssl.distill`).
+
+* `Classifier`: encoder → first `head_layers` projection-head layers → a
+  zero-initialised linear layer named `classifier` (SimCLR v2's
+  `head_supervised` on `ft_proj_selector` hidden layers).
+* `optimizer`: the config's optimizer with the classifier treated as the
+  SimCLR reference's LARS treats `head_supervised`: no trust ratio, its
+  weight decay an L2 term of the loss (`classifier_decay`).
+* `train`: the resumable loop (orbax checkpoints in `workdir/checkpoints`;
+  a restarted run continues from the newest one, on the input stream's
+  position), and `evaluate`: top-1/top-5 on centre crops.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import ml_collections
+import optax
+
+from jaxssl import augment
+from jaxssl import checkpointing
+from jaxssl import epochs as epochs_lib
+from jaxssl import loop
+from jaxssl import metric_writers
+from jaxssl import optim
+from jaxssl import paths
+from jaxssl import progress
+from jaxssl.data import in_memory
+from jaxssl.data import sources
+from jaxssl.evaluators import knn
+from jaxssl.evaluators import linear_probe
+
+PyTree = Any
+CLASSIFIER = "classifier"
+
+
+class Classifier(nn.Module):
+  """Encoder → first `head_layers` projection-head layers → linear logits."""
+  encoder: nn.Module
+  projector: Optional[nn.Module]
+  head_layers: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    h = self.encoder(x, train=train)
+    if self.head_layers:
+      h = self.projector(h, train=train, layers=self.head_layers)
+    return linear_probe.Linear(self.num_classes, name=CLASSIFIER)(h)
+
+
+def _not_classifier(params: PyTree) -> PyTree:
+  """LARS's mask: kernels outside the classifier."""
+  default = optim.default_lars_mask(params)
+  return {k: (jax.tree.map(lambda _: False, v) if k == CLASSIFIER else v)
+          for k, v in default.items()}
+
+
+def optimizer(opt: ml_collections.ConfigDict, schedule: Callable
+              ) -> optax.GradientTransformation:
+  """`optim.from_config`, where LARS leaves the classifier out of its trust
+  ratio and weight decay (the SimCLR reference's `exclude_from_weight_decay`
+  / `exclude_from_layer_adaptation` hold `head_supervised`; its decay
+  comes back as the loss term `classifier_decay`)."""
+  return optim.from_config(
+      opt, schedule, mask=_not_classifier if opt.name == "lars" else None)
+
+
+def classifier_decay_rate(opt: ml_collections.ConfigDict) -> float:
+  """The weight decay of the classifier kernel as a loss term: LARS's
+  `weight_decay` (the reference's `add_weight_decay` for `head_supervised`),
+  else 0 (the optimizer decays it)."""
+  return float(opt.weight_decay) if opt.name == "lars" else 0.0
+
+
+def classifier_decay(params: PyTree, rate: float) -> jax.Array:
+  """`rate/2·‖W‖²` of the classifier kernel."""
+  if not rate:
+    return jnp.zeros([])
+  kernel = params[CLASSIFIER]["head"]["kernel"]
+  return 0.5 * rate * jnp.sum(jnp.square(kernel))
+
+
+def data_config(data: ml_collections.ConfigDict,
+                pretrain_data: ml_collections.ConfigDict, *,
+                train_fraction: Optional[float] = None
+                ) -> ml_collections.ConfigDict:
+  """`data`, or the pretraining run's data section when `data.source` is ''
+  (with `train_fraction` replaced when given)."""
+  if data.source:
+    return data
+  out = ml_collections.ConfigDict(pretrain_data.to_dict())
+  if train_fraction is not None:
+    with out.unlocked():
+      out.train_fraction = train_fraction
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("model", "size", "normalize"))
+def _logits(variables, images, *, model: nn.Module, size: int,
+            normalize: bool):
+  """Eval-mode logits; the weights are an argument, so every evaluation of
+  a run reuses one compilation."""
+  x = augment.center_resize(images, size, normalize)
+  return model.apply(variables, x, train=False)
+
+
+def logits(model: nn.Module, variables: dict,
+           eval_ds: in_memory.ArrayDataset, *, mesh: Mesh, size: int,
+           normalize: bool, batch_size: int):
+  """Eval-mode logits `[n, C]` of the (centre-cropped) evaluation images."""
+  return knn.extract_features(
+      functools.partial(_logits, variables, model=model, size=size,
+                        normalize=normalize),
+      eval_ds.images, batch_size=batch_size, mesh=mesh)
+
+
+def evaluate(model: nn.Module, variables: dict,
+             eval_ds: in_memory.ArrayDataset, *, mesh: Mesh, size: int,
+             normalize: bool, batch_size: int) -> dict:
+  """`{'top1', 'top5'}` on the (centre-cropped) evaluation images, with
+  eval-mode BatchNorm."""
+  return linear_probe.top_k_accuracy(
+      logits(model, variables, eval_ds, mesh=mesh, size=size,
+             normalize=normalize, batch_size=batch_size), eval_ds.labels)
+
+
+def train(state, step_fn, train_input: sources.TrainInput, *,
+          length: epochs_lib.RunLength, config: ml_collections.ConfigDict,
+          workdir: paths.Path, on_epoch_end: Optional[Callable] = None
+          ) -> tuple:
+  """Runs `step_fn` to the end, resuming from `workdir/checkpoints`.
+
+  Checkpoints every `config.checkpointing.every_steps` steps and
+  `every_minutes` minutes, and at the end (a re-run of a finished stage
+  restores the last state and trains no further). Metrics go to
+  `workdir/metrics.jsonl` (a resumed run keeps the records up to its step).
+
+  Returns:
+    `(state, history, epoch summaries, the step it started from, the
+    metric writer)`.
+  """
+  opts = config.checkpointing
+  checkpointer = checkpointing.Checkpointer(
+      workdir / "checkpoints", every_steps=opts.every_steps, keep=opts.keep,
+      every_minutes=opts.every_minutes, asynchronous=False)
+  loop_state = None
+  if checkpointer.latest_step() is not None:
+    state, loop_state = checkpointer.restore_all(state)
+    progress.print0(f"resumed from {checkpointer.directory} at step "
+                    f"{int(jax.device_get(state.step))}", flush=True)
+  start = int(jax.device_get(state.step))
+  writer = metric_writers.MetricWriter(workdir, start_step=start,
+                                       print_fn=progress.print0)
+  try:
+    state, history, epochs = loop.train_loop(
+        state, step_fn, train_input.batches(start), length=length,
+        log_every=config.log_every, writer=writer, on_epoch_end=on_epoch_end,
+        checkpointer=checkpointer, loop_state=loop_state)
+  finally:
+    checkpointer.close()
+  return state, history, epochs, start, writer
