@@ -115,7 +115,11 @@ def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
   data = config.data
   if data.source in IN_MEMORY_SOURCES:
     dataset = load_in_memory(data, data.train_split)
-    if data.train_fraction:
+    if data.get("labelled_fraction"):
+      dataset = in_memory.partially_labelled(
+          dataset, data.train_fraction, data.labelled_fraction,
+          seed=config.seed)
+    elif data.train_fraction:
       dataset = in_memory.label_subset(dataset, data.train_fraction,
                                        seed=config.seed)
     num_classes = 0 if dataset.labels is None else dataset.num_classes
@@ -125,6 +129,10 @@ def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
             seed=config.seed, start_step=start),
         len(dataset), dataset.name, num_classes=num_classes)
   from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  if data.get("labelled_fraction"):
+    raise NotImplementedError(
+        f"a labelled fraction inside unlabelled data (distillation with "
+        f"alpha < 1) needs an in-memory source, not {data.source!r}")
   data = imagenet_subset(data)
   source = host_source(data, data.train_split, seed=config.seed)
   input_pipeline.check_readable(source)
