@@ -8,8 +8,25 @@ by both frameworks, the JAX / PyTorch images/s ratio. Standard library only.
 """
 
 import json
+import os
 import sys
 from typing import Iterable, List
+
+
+def append_row(path: str, row: str, *, title: str, header: str) -> None:
+  """Appends a Markdown `row` to the table under the `title` heading of
+  `path` (BENCHMARKS.md), creating the heading and `header` where missing;
+  the row goes at the end of that table, wherever the table is."""
+  text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+  if title not in text:
+    text = text.rstrip("\n") + f"\n\n{title}\n\n{header}"
+  start = text.index(title)
+  end = text.find("\n## ", start + len(title))
+  end = len(text) if end < 0 else end + 1
+  table = text[start:end].rstrip("\n") + "\n" + row + "\n"
+  text = text[:start] + table + ("\n" + text[end:] if end < len(text) else "")
+  with open(path, "w") as f:
+    f.write(text)
 
 
 def _fmt(value, spec: str, none: str = "n/a") -> str:

@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_table  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ("simclr", "byol", "simsiam", "barlow_twins", "mocov2",
            "mocov3", "dino", "swav", "wcl", "supcon")
@@ -107,20 +108,6 @@ def plot_curves(workdir: str, pretrain: dict) -> str:
   return path
 
 
-def append_row(path: str, row: str) -> None:
-  text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-  if _TABLE not in text:
-    text = text.rstrip("\n") + f"\n\n{_TABLE}\n\n{_HEADER}"
-  # Rows go at the end of the harness table (it may not be the last one).
-  start = text.index(_TABLE)
-  end = text.find("\n## ", start + len(_TABLE))
-  end = len(text) if end < 0 else end + 1
-  table = text[start:end].rstrip("\n") + "\n" + row + "\n"
-  text = text[:start] + table + ("\n" + text[end:] if end < len(text) else "")
-  with open(path, "w") as f:
-    f.write(text)
-
-
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -164,7 +151,8 @@ def main(argv):
     json.dump(summary, f, indent=1)
   print(row)
   if FLAGS.benchmarks:
-    append_row(FLAGS.benchmarks, row)
+    bench_table.append_row(FLAGS.benchmarks, row, title=_TABLE,
+                           header=_HEADER)
     print(f"appended to {FLAGS.benchmarks}; curves in {curves}")
 
 

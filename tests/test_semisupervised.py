@@ -1,0 +1,90 @@
+"""tools/semisupervised.py end to end: pretrain → fine-tune → distil, its
+table and BENCHMARKS row, and a killed distillation resumed by a re-run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import subprocess_env
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TOOL = os.path.join(_REPO, "tools", "semisupervised.py")
+
+
+def _run(workdir, *extra):
+  args = [sys.executable, _TOOL, "--pretrain=configs/simclr_cifar10.py:runlocal",
+          "--finetune=configs/finetune.py:runlocal",
+          "--distill=configs/distill.py:runlocal",
+          "--fractions=10", f"--workdir={workdir}",
+          f"--benchmarks={workdir}/BENCH.md",
+          "--set=pretrain.probe.enabled=False",
+          "--set=distill.checkpointing.every_steps=4", *extra]
+  out = subprocess.run(args, cwd=str(workdir), capture_output=True, text=True,
+                       env=subprocess_env.cpu_env(8), timeout=900)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+def _results(path):
+  with open(path) as f:
+    return json.load(f)["results"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("semisup")
+  return workdir, _run(workdir)
+
+
+def test_pipeline_writes_every_stage_the_table_and_a_row(pipeline):
+  workdir, stdout = pipeline
+  for stage in ("pretrain", "finetune_10pct", "distill_10pct"):
+    assert os.path.exists(workdir / stage / "results.json"), stage
+  assert os.path.exists(workdir / "finetune_10pct" / "classifier.msgpack")
+  distilled = _results(workdir / "distill_10pct" / "results.json")
+  finetuned = _results(workdir / "finetune_10pct" / "results.json")
+  table = (workdir / "semisupervised.md").read_text()
+  assert f"| distill | 10 % | {distilled['top1']:.4f} |" in table
+  assert f"| finetune | 10 % | {finetuned['top1']:.4f} |" in table
+  assert "pretrained (kNN)" in table and "== distil the 10 % teacher" in stdout
+  bench = (workdir / "BENCH.md").read_text()
+  assert "## Semi-supervised pipeline" in bench
+  assert f"10 %: {distilled['top1']:.4f}" in bench.splitlines()[-1]
+
+
+def test_rerun_resumes_a_killed_distillation(pipeline):
+  """A distillation killed after its step-16 checkpoint: the re-run skips
+  the finished stages, resumes at step 16 and ends with the uninterrupted
+  run's results."""
+  workdir, _ = pipeline
+  stage = workdir / "distill_10pct"
+  before = _results(stage / "results.json")
+  steps = sorted(int(d) for d in os.listdir(stage / "checkpoints")
+                 if d.isdigit())
+  assert steps[-1] == before["steps"] and 16 in steps
+  os.remove(stage / "results.json")
+  for step in steps:
+    if step > 16:
+      shutil.rmtree(stage / "checkpoints" / str(step))
+  stdout = _run(workdir, "--benchmarks=")
+  assert "== pretrain: done" in stdout
+  assert "== fine-tune on 10 % of the labels: done" in stdout
+  assert "resumed from" in stdout and "at step 16" in stdout
+  after = _results(stage / "results.json")
+  assert after["start_step"] == 16
+  for key in ("top1", "top5", "steps", "num_examples"):
+    assert after[key] == before[key], key
+
+
+def test_bad_override_names_the_key(tmp_path):
+  out = subprocess.run(
+      [sys.executable, _TOOL, "--pretrain=configs/simclr_cifar10.py:runlocal",
+       f"--workdir={tmp_path}", "--set=finetune.optimizer.bse_lr=1"],
+      cwd=_REPO, capture_output=True, text=True,
+      env=subprocess_env.cpu_env(1), timeout=300)
+  assert out.returncode != 0
+  assert "'bse_lr' is not one of" in out.stderr
