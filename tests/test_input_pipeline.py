@@ -461,6 +461,11 @@ def test_center_crop_resize(tf):
   out_t = ip.center_crop_resize(tf, tf.constant(image.transpose(1, 0, 2)),
                                 42).numpy()
   np.testing.assert_array_equal(out_t, image[3:45, 11:53].transpose(1, 0, 2))
+  # An odd margin (SimCLR's `center_crop`: the extra pixel goes before the
+  # crop): 48 x 63, side 42, y0 = 6 // 2 = 3, x0 = (21 + 1) // 2 = 11.
+  odd = image[:, :63]
+  out = ip.center_crop_resize(tf, tf.constant(odd), 42).numpy()
+  np.testing.assert_array_equal(out, odd[3:45, 11:53])
 
 
 def test_center_crop_small_targets_only_resize(tf):

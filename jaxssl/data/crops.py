@@ -149,6 +149,10 @@ def crop_views(tf, image_bytes, specs: Sequence[view_presets.ViewSpec],
 def center_crop_resize(tf, image, size: int, proportion: float = 0.875):
   """Eval view: centre crop of `proportion` of the shorter side, resized.
 
+  The standard ImageNet evaluation (256 → 224 is a proportion of 0.875), as
+  the SimCLR reference's `center_crop`: side `round(0.875·min(h, w))`,
+  offsets `(h − side + 1) // 2`, bicubic resize (TF2 half-pixel centres).
+
   Skipped (plain resize) for images of 32 px or less, as SimCLR does on
   CIFAR-10.
   """
@@ -156,8 +160,10 @@ def center_crop_resize(tf, image, size: int, proportion: float = 0.875):
     shape = tf.shape(image)
     side = tf.cast(tf.round(proportion * tf.cast(tf.minimum(shape[0], shape[1]),
                                                  tf.float32)), tf.int32)
-    y = (shape[0] - side) // 2
-    x = (shape[1] - side) // 2
+    # The SimCLR reference's offsets: an odd margin puts the extra pixel
+    # before the crop.
+    y = (shape[0] - side + 1) // 2
+    x = (shape[1] - side + 1) // 2
     image = tf.image.crop_to_bounding_box(image, y, x, side, side)
   shape = tf.shape(image)
   return tf.cond(
