@@ -1,9 +1,18 @@
 r"""Semi-supervised fine-tuning on 1 % or 10 % of the labels (SimCLR v2).
 
-Chen et al. 2020b (https://arxiv.org/abs/2006.10029, §B.3): fine-tune the
-encoder and the first layer of the projection head (`head_layers=1`) with a
-new linear classifier, LARS at 0.005·√B, no weight decay, batch 1024, 60
-epochs for 1 % and 30 for 10 %, random crop + flip, global BatchNorm.
+Chen et al. 2020b (https://arxiv.org/abs/2006.10029, §B.3), with the
+reference's fine-tuning command (google-research/simclr README:
+`--fine_tune_after_block=-1 --zero_init_logits_layer=True
+--ft_proj_selector=1 --optimizer=lars --learning_rate=0.005
+--learning_rate_scaling=sqrt --weight_decay=0 --train_batch_size=1024
+--warmup_epochs=0 --global_bn=True`): fine-tune the encoder and the first
+layer of the projection head (`head_layers=1`, its output after BN + ReLU)
+with a new zero-initialised linear classifier, LARS at 0.005·√B (0.16 at
+B = 1024) on a cosine without warm-up, the classifier outside LARS's trust
+ratio (as `head_supervised` there), no weight decay, batch 1024, 60 epochs
+for 1 % and 30 for 10 %, random crop + flip, global BatchNorm. The run
+checkpoints (`config.checkpointing`) and resumes; it ends by writing
+`classifier.msgpack` for `jaxssl.distill`.
 ImageNet uses TFDS `imagenet2012_subset/1pct` and `/10pct`; other datasets
 a deterministic class-balanced subset of the given fraction.
 
@@ -14,8 +23,11 @@ COMMAND (after pretraining into gs://BUCKET/simclr_r50_v2):
 Variants: `fraction=1` (default) or `fraction=10`, `head_layers=N`,
 `runlocal`.
 
-EXPECTED (SimCLR v2 Table 1, ResNet-50 1×, 3-layer head): 57.9 % top-1 with
-1 % of the labels, 68.4 % with 10 %.
+EXPECTED (SimCLR v2 Table 1 as in the reference README, 3-layer head,
+ImageNet top-1 with 1 % / 10 % of the labels): R50 (1×) 57.9 / 68.4,
+R50 (1×+SK) 64.5 / 72.1, R50 (2×+SK) 70.6 / 77.0, R152 (2×+SK) 74.2 / 79.4,
+R152 (3×+SK) 74.9 / 80.1 (pretrain with `configs/simclr_resnet50.py:v2`
+and its `depth=`, `width=`, `sk` variants).
 
 `:runlocal` trains 2 epochs at batch 16 on the fraction of the pretraining
 data (a CPU smoke run).

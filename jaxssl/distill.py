@@ -24,14 +24,10 @@ checkpoints, top-1/top-5 on centre crops) is `jaxssl.downstream`'s.
 
 import dataclasses
 import functools
-import importlib
-import json
 import re
-import sys
 import time
 from typing import Any
 
-from absl import app
 import flax.struct
 import jax
 from jax import lax
@@ -42,14 +38,12 @@ import numpy as np
 import optax
 
 from jaxssl import downstream
-from jaxssl import epochs as epochs_lib
 from jaxssl import export
 from jaxssl import losses
 from jaxssl import models
 from jaxssl import paths
 from jaxssl import precision
 from jaxssl import progress
-from jaxssl import schedules
 from jaxssl import sharding
 from jaxssl import train
 from jaxssl import view_presets
@@ -253,23 +247,9 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   sharding.check_batch_size(config.batch_size, mesh)
   teacher, teacher_variables, info = export.load_classifier(
       config.teacher, axis_name=DATA_AXIS)
-  run_config = ml_collections.ConfigDict({
-      "data": data_config(config, info).to_dict(),
-      "batch_size": config.batch_size, "seed": config.seed})
-  sources.check(run_config.data)
-  spec = view_presets.ViewSpec(
-      size=run_config.data.image_size, crop_area=(0.08, 1.0), flip_prob=0.5,
-      jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
-      normalize=train.config_view_specs(info["pretrain_config"])[0].normalize)
-  train_input = sources.train_input(run_config, mesh, (spec,))
+  spec, train_input, length, schedule = downstream.training_input(
+      config, data_config(config, info), info["pretrain_config"], mesh)
   num_examples = train_input.num_examples
-  length = epochs_lib.RunLength.create(num_examples, config.batch_size,
-                                      config.epochs, "simclr")
-  schedule = schedules.warmup_cosine(
-      config.optimizer.base_lr, batch_size=config.batch_size,
-      num_examples=num_examples, epochs=config.epochs,
-      warmup_epochs=config.optimizer.warmup_epochs,
-      scaling=config.optimizer.lr_scaling, total_steps=length.total_steps)
   task = create_task(config, teacher, info, spec=spec, schedule=schedule)
   state = create_state(task, teacher_variables, init=config.student.init,
                        seed=config.seed, mesh=mesh)
@@ -322,24 +302,9 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
       f"top-5 {results['top5']:.4f} (teacher {results['teacher_top1']:.4f} "
       f"| {results['teacher_top5']:.4f}; same prediction on "
       f"{results['test_agreement']:.1%})")
-  if jax.process_index() == 0:
-    paths.write_text(workdir / "results.json", json.dumps(
-        {"results": results, "history": history, "epochs": epochs}, indent=1))
+  downstream.write_results(workdir, results, history, epochs)
   return results
 
 
-def main(argv):
-  from jaxssl import main as entry  # pylint: disable=g-import-not-at-top
-  entry.initialize(argv)
-  try:
-    run(entry.FLAGS.config, entry.FLAGS.workdir)
-  except (ValueError, FileNotFoundError, NotImplementedError) as e:
-    raise app.UsageError(str(e)) from e
-
-
 if __name__ == "__main__":
-  # jaxssl.main defines the flags (--config, --workdir, --distributed, ...);
-  # imported here only, so that importing this module defines no flags.
-  _entry = importlib.import_module("jaxssl.main")
-  app.run(main, argv=_entry.resolve_config_argv(sys.argv),
-          flags_parser=_entry.parse_flags)
+  downstream.run_as_main(run)

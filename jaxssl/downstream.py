@@ -15,8 +15,12 @@ fine-tuning (`jaxssl.linear_eval`) and distillation (`jaxssl.distill`).
 from __future__ import annotations
 
 import functools
+import importlib
+import json
+import sys
 from typing import Any, Callable, Optional
 
+from absl import app
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,6 +36,9 @@ from jaxssl import metric_writers
 from jaxssl import optim
 from jaxssl import paths
 from jaxssl import progress
+from jaxssl import schedules
+from jaxssl import train as train_lib
+from jaxssl import view_presets
 from jaxssl.data import in_memory
 from jaxssl.data import sources
 from jaxssl.evaluators import knn
@@ -103,6 +110,38 @@ def data_config(data: ml_collections.ConfigDict,
   return out
 
 
+def training_input(config: ml_collections.ConfigDict,
+                   data: ml_collections.ConfigDict,
+                   pretrain_config: ml_collections.ConfigDict, mesh: Mesh
+                   ) -> tuple:
+  """The supervised runs' views, input, length and learning rate.
+
+  Random crop (area 0.08–1) + flip, normalised as the pretraining views
+  were (SimCLR's fine-tuning and distillation augmentation); the steps
+  rule and the warm-up + cosine schedule of the SimCLR reference.
+
+  Returns:
+    `(spec, train_input, length, schedule)`.
+  """
+  run_config = ml_collections.ConfigDict({
+      "data": data.to_dict(), "batch_size": config.batch_size,
+      "seed": config.seed})
+  sources.check(run_config.data)
+  spec = view_presets.ViewSpec(
+      size=data.image_size, crop_area=(0.08, 1.0), flip_prob=0.5,
+      jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
+      normalize=train_lib.config_view_specs(pretrain_config)[0].normalize)
+  train_input = sources.train_input(run_config, mesh, (spec,))
+  length = epochs_lib.RunLength.create(
+      train_input.num_examples, config.batch_size, config.epochs, "simclr")
+  schedule = schedules.warmup_cosine(
+      config.optimizer.base_lr, batch_size=config.batch_size,
+      num_examples=train_input.num_examples, epochs=config.epochs,
+      warmup_epochs=config.optimizer.warmup_epochs,
+      scaling=config.optimizer.lr_scaling, total_steps=length.total_steps)
+  return spec, train_input, length, schedule
+
+
 @functools.partial(jax.jit, static_argnames=("model", "size", "normalize"))
 def _logits(variables, images, *, model: nn.Module, size: int,
             normalize: bool):
@@ -167,3 +206,31 @@ def train(state, step_fn, train_input: sources.TrainInput, *,
   finally:
     checkpointer.close()
   return state, history, epochs, start, writer
+
+
+def write_results(workdir: paths.Path, results: dict, history: list,
+                  epochs: list) -> None:
+  """`workdir/results.json` (process 0): the results, the per-report
+  history and the epoch summaries; its presence marks the run finished."""
+  if jax.process_index() == 0:
+    paths.write_text(workdir / "results.json", json.dumps(
+        {"results": results, "history": history, "epochs": epochs}, indent=1))
+
+
+def run_as_main(run_fn: Callable[[ml_collections.ConfigDict, str], dict]
+                ) -> None:
+  """Runs `run_fn(config, workdir)` as a program with `jaxssl.main`'s flags
+  (--config, --workdir, --distributed, ...); a bad config or path ends it
+  with a usage error naming the key or file."""
+  # Imported here only, so that importing a module defines no flags.
+  entry = importlib.import_module("jaxssl.main")
+
+  def main(argv):
+    entry.initialize(argv)
+    try:
+      run_fn(entry.FLAGS.config, entry.FLAGS.workdir)
+    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+      raise app.UsageError(str(e)) from e
+
+  app.run(main, argv=entry.resolve_config_argv(sys.argv),
+          flags_parser=entry.parse_flags)

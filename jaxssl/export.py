@@ -86,12 +86,18 @@ def load_encoder(path: paths.PathLike, axis_name: Optional[str] = None
   template = {"params": shapes["params"],
               "batch_stats": {k: shapes.get("batch_stats", {}).get(k, {})
                               for k in EXPORTED}}
-  try:
-    variables = flax.serialization.from_bytes(template, path.read_bytes())
-  except (ValueError, KeyError) as e:
-    raise ValueError(f"{path} does not hold the variables of the encoder "
-                     f"described in {config_path}: {e}") from e
+  variables = _read_variables(path, template,
+                              f"the encoder described in {config_path}")
   return network, variables, config
+
+
+def _read_variables(path: paths.Path, template: PyTree, what: str) -> PyTree:
+  """The msgpack variables of `path` in the structure of `template`."""
+  try:
+    return flax.serialization.from_bytes(template, path.read_bytes())
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"{path} does not hold the variables of {what}: "
+                     f"{e}") from e
 
 
 CLASSIFIER_FILE = "classifier.msgpack"
@@ -142,11 +148,8 @@ def load_classifier(workdir: paths.PathLike, axis_name: Optional[str] = None
       jax.random.key(0), jax.numpy.zeros((1, size, size, 3)), train=False))
   template = {"params": template["params"],
               "batch_stats": template.get("batch_stats", {})}
-  try:
-    variables = flax.serialization.from_bytes(template, path.read_bytes())
-  except (ValueError, KeyError) as e:
-    raise ValueError(f"{path} does not hold the classifier described in "
-                     f"{info_path}: {e}") from e
+  variables = _read_variables(path, template,
+                              f"the classifier described in {info_path}")
   return model, variables, info
 
 

@@ -15,13 +15,9 @@ named-axis collectives as pretraining, and `loop.train_loop` runs it.
 
 import dataclasses
 import functools
-import importlib
-import json
-import sys
 import time
 from typing import Any
 
-from absl import app
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -31,11 +27,9 @@ import optax
 
 from jaxssl import downstream
 from jaxssl import view_presets
-from jaxssl import epochs as epochs_lib
 from jaxssl import export
 from jaxssl import paths
 from jaxssl import progress
-from jaxssl import schedules
 from jaxssl import sharding
 from jaxssl import train
 from jaxssl import views as views_lib
@@ -167,28 +161,14 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   finetune = config.mode == "finetune"
   network, pretrained, pretrain_config = export.load_encoder(
       config.checkpoint, axis_name=DATA_AXIS)
-  run_config = ml_collections.ConfigDict({
-      "data": downstream.data_config(
-          config.data, pretrain_config.data,
-          train_fraction=config.data.train_fraction).to_dict(),
-      "batch_size": config.batch_size, "seed": config.seed})
-  sources.check(run_config.data)
-  spec = view_presets.ViewSpec(
-      size=run_config.data.image_size, crop_area=(0.08, 1.0), flip_prob=0.5,
-      jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
-      normalize=train.config_view_specs(pretrain_config)[0].normalize)
-  train_input = sources.train_input(run_config, mesh, (spec,))
+  data = downstream.data_config(config.data, pretrain_config.data,
+                                train_fraction=config.data.train_fraction)
+  spec, train_input, length, schedule = downstream.training_input(
+      config, data, pretrain_config, mesh)
   if train_input.num_classes <= 0:
     raise ValueError(f"{train_input.description} has no labels")
   num_examples = train_input.num_examples
-  length = epochs_lib.RunLength.create(num_examples, config.batch_size,
-                                      config.epochs, "simclr")
   steps = length.total_steps
-  schedule = schedules.warmup_cosine(
-      config.optimizer.base_lr, batch_size=config.batch_size,
-      num_examples=num_examples, epochs=config.epochs,
-      warmup_epochs=config.optimizer.warmup_epochs,
-      scaling=config.optimizer.lr_scaling, total_steps=steps)
   task = Task(
       model=Classifier(network.encoder, network.projector,
                        config.head_layers if finetune else 0,
@@ -197,8 +177,7 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
       spec=spec, finetune=finetune,
       classifier_decay=downstream.classifier_decay_rate(config.optimizer))
   state = create_state(task, pretrained, config.seed, mesh)
-  eval_ds = sources.eval_arrays(run_config.data, run_config.data.eval_split,
-                                image_size=spec.size)
+  eval_ds = sources.eval_arrays(data, data.eval_split, image_size=spec.size)
   print_fn = progress.print0
   print_fn(f"{config.mode} of {config.checkpoint} on "
            f"{train_input.description}: {num_examples} examples, "
@@ -233,25 +212,10 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
             "pretrain_config": pretrain_config.to_dict(),
             "head_layers": config.head_layers,
             "num_classes": train_input.num_classes,
-            "data": run_config.data.to_dict(), "seed": config.seed})
-  if jax.process_index() == 0:
-    paths.write_text(workdir / "results.json", json.dumps(
-        {"results": results, "history": history, "epochs": epochs}, indent=1))
+            "data": data.to_dict(), "seed": config.seed})
+  downstream.write_results(workdir, results, history, epochs)
   return results
 
 
-def main(argv):
-  from jaxssl import main as entry  # pylint: disable=g-import-not-at-top
-  entry.initialize(argv)
-  try:
-    run(entry.FLAGS.config, entry.FLAGS.workdir)
-  except (ValueError, FileNotFoundError, NotImplementedError) as e:
-    raise app.UsageError(str(e)) from e
-
-
 if __name__ == "__main__":
-  # jaxssl.main defines the flags (--config, --workdir, --distributed, ...);
-  # imported here only, so that importing this module defines no flags.
-  _entry = importlib.import_module("jaxssl.main")
-  app.run(main, argv=_entry.resolve_config_argv(sys.argv),
-          flags_parser=_entry.parse_flags)
+  downstream.run_as_main(run)

@@ -1,6 +1,8 @@
 """SimCLR v2 distillation: the loss, the frozen teacher, 1 vs 8 devices."""
 
 import dataclasses
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,12 +12,14 @@ import pytest
 
 import config_files
 import mesh_runs
+import subprocess_env
 from jaxssl import distill
 from jaxssl import downstream
 from jaxssl import losses
 from jaxssl import schedules
 from jaxssl import sharding
 from jaxssl import view_presets
+from jaxssl.data import in_memory
 from jaxssl.models import heads
 from jaxssl.models import resnet
 
@@ -215,7 +219,6 @@ def test_student_model_specs():
 
 
 def test_partially_labelled_keeps_the_labelled_fraction_inside_the_images():
-  from jaxssl.data import in_memory  # pylint: disable=g-import-not-at-top
   data = in_memory.synthetic(400, 8)
   part = in_memory.partially_labelled(data, 0.5, 0.1, seed=0)
   labelled = in_memory.class_balanced_subset(data.labels, 0.1, seed=0)
@@ -229,3 +232,16 @@ def test_partially_labelled_keeps_the_labelled_fraction_inside_the_images():
   everything = in_memory.partially_labelled(data, 0.0, 0.1, seed=0)
   assert len(everything) == 400 and (everything.labels >= 0).sum() == len(
       labelled)
+
+
+def test_command_line_names_a_missing_teacher(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "jaxssl.distill",
+       "--config=configs/distill.py:runlocal",
+       f"--config.teacher={tmp_path}/no_teacher",
+       f"--workdir={tmp_path}/distill"], capture_output=True, text=True,
+      env=subprocess_env.cpu_env(1), timeout=300,
+      cwd=str(tmp_path))
+  assert out.returncode != 0
+  assert "no_teacher/classifier.msgpack does not exist" in out.stderr
+  assert "fine-tuning workdir" in out.stderr
