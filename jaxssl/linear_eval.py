@@ -15,6 +15,7 @@ named-axis collectives as pretraining, and `loop.train_loop` runs it.
 
 import dataclasses
 import functools
+import inspect
 import time
 from typing import Any
 
@@ -148,6 +149,17 @@ def evaluate(task: Task, state: ClassifierState, eval_ds, *, mesh: Mesh,
                              batch_size=batch_size)
 
 
+def check_head_layers(projector, head_layers: int, method: str) -> None:
+  """Fine-tuning from projection-head layer `head_layers` needs a head that
+  can stop after a layer (`ProjectionHead(..., layers=L)`)."""
+  if head_layers and "layers" not in inspect.signature(
+      type(projector).__call__).parameters:
+    raise ValueError(
+        f"config.head_layers={head_layers}: the {method} projection head "
+        f"({type(projector).__name__}) cannot be cut after a layer; "
+        "fine-tune from the encoder (head_layers=0)")
+
+
 def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   """Linear evaluation or fine-tuning as `config` says; writes results.json."""
   if config.mode not in MODES:
@@ -161,6 +173,9 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   finetune = config.mode == "finetune"
   network, pretrained, pretrain_config = export.load_encoder(
       config.checkpoint, axis_name=DATA_AXIS)
+  if finetune:
+    check_head_layers(network.projector, config.head_layers,
+                      pretrain_config.method)
   data = downstream.data_config(config.data, pretrain_config.data,
                                 train_fraction=config.data.train_fraction)
   spec, train_input, length, schedule = downstream.training_input(

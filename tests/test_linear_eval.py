@@ -167,3 +167,16 @@ def test_lars_leaves_the_classifier_out_of_the_trust_ratio():
                              1e-4 * params["classifier"]["head"]["kernel"],
                              rtol=1e-6)
   assert not np.any(decay["classifier"]["head"]["bias"])
+
+
+def test_finetuning_from_a_head_layer_needs_a_cuttable_head():
+  from jaxssl.methods import base  # pylint: disable=g-import-not-at-top
+  _, simclr = config_files.load("simclr_cifar10", "runlocal")
+  linear_eval.check_head_layers(base.create_network(simclr, None).projector,
+                                1, "simclr")
+  _, dino = config_files.load("dino_cifar10", "runlocal")
+  head = base.create_network(dino, None).projector
+  linear_eval.check_head_layers(head, 0, "dino")
+  with pytest.raises(ValueError, match="config.head_layers=1: the dino "
+                     "projection head .DINOHead. cannot be cut"):
+    linear_eval.check_head_layers(head, 1, "dino")
