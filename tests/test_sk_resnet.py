@@ -18,10 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import config_files
 import mesh_runs
 from jaxssl import config_utils
 from jaxssl import export
 from jaxssl import models
+from jaxssl import sharding
+from jaxssl import train
 from jaxssl.models import selective_kernel as sk
 from jaxssl.models.normalization import batch_norm_factory
 from jaxssl.models.resnet import ResNet
@@ -459,4 +462,28 @@ def test_torchvision_export_refuses_sk_resnets(depth, cifar_stem):
   variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables)
   with pytest.raises(ValueError, match="torchvision has no SK ResNet"):
     export.torchvision_state_dict(variables, depth)
+
+
+def test_simclr_config_depth_width_sk_variants():
+  """`configs/simclr_resnet50.py:v2,depth=152,width=3,sk` is SimCLR v2's
+  R152 (3×+SK) with the 3-layer head; other depths and widths are errors
+  naming the variant; `:runlocal` keeps shrinking to the ResNet-18/8 and
+  keeps `sk`."""
+  _, c = config_files.load("simclr_resnet50", "v2,depth=152,width=3,sk")
+  assert (c.model.depth, c.model.width, c.model.sk_ratio, c.model.cifar_stem,
+          c.head.num_layers, c.batch_size) == (152, 3.0, _SK_RATIO, False, 3,
+                                               4096)
+  _, c = config_files.load("simclr_resnet50")
+  assert (c.model.depth, c.model.width, c.model.sk_ratio) == (50, 1.0, 0.0)
+  for variant in ("depth=34", "width=4"):
+    with pytest.raises(ValueError, match=f"config variant {variant} "):
+      config_files.load("simclr_resnet50", variant)
+  _, c = config_files.load("simclr_resnet50", "runlocal,sk,depth=152,width=3")
+  assert (c.model.depth, c.model.width, c.model.cifar_stem,
+          c.model.sk_ratio, c.batch_size) == (18, 0.125, True, _SK_RATIO, 64)
+  train.check_config(c, sharding.data_mesh())
+  encoder = models.create_encoder(c.model, None)
+  params = jax.eval_shape(encoder.init, jax.random.key(0), jax.ShapeDtypeStruct(
+      (1, 32, 32, 3), jnp.float32))["params"]
+  assert "pool_proj_conv" in params["stage2_block1"]
 
