@@ -10,6 +10,11 @@ pixel's window). Large models are only traced (`jax.eval_shape`).
 """
 
 import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 from flax import traverse_util
 import flax.linen as nn
@@ -487,3 +492,56 @@ def test_simclr_config_depth_width_sk_variants():
       (1, 32, 32, 3), jnp.float32))["params"]
   assert "pool_proj_conv" in params["stage2_block1"]
 
+
+# ----------------------------------------------------------------------------
+# Benchmark tools (tools/bench_learners.py, tools/bench_step.py)
+# ----------------------------------------------------------------------------
+
+
+def _bench_learners():
+  spec = importlib.util.spec_from_file_location(
+      "bench_learners", os.path.join(config_files.REPO, "tools",
+                                     "bench_learners.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bench_learner_is_the_simclr_v2_sk_config():
+  """`make_learner('simclr', width=, sk_ratio=, head_layers=3)` has the
+  train state of `configs/simclr_resnet50.py:v2,sk,width=2`, shape for
+  shape."""
+  _, config = config_files.load("simclr_resnet50", "v2,sk,width=2")
+  config.probe.enabled = False  # the online probe is not benchmarked
+  built = train.create_learner(config, num_examples=1_281_167)
+  bench = _bench_learners().make_learner(
+      "simclr", depth=50, width=2.0, sk_ratio=_SK_RATIO, head_layers=3,
+      image_size=224, microbatches=4, microbatch_loop="scan")
+  assert (bench.microbatches, bench.microbatch_loop) == (4, "scan")
+  mesh = sharding.data_mesh(jax.devices()[:1])
+  shapes = [jax.tree.map(
+      lambda x: (x.shape, x.dtype),
+      jax.eval_shape(lambda l=l: train.create_train_state(
+          jax.random.key(0), l, mesh)))
+            for l in (bench, built)]
+  assert shapes[0] == shapes[1]
+
+
+def test_bench_step_memory_only_compiles_without_running(tmp_path):
+  """`--memory_only` prints and writes XLA's estimate of a micro-batched
+  SK step (tiny: ResNet-10/8, 8 px, on the 8 CPU devices)."""
+  out = tmp_path / "rows.jsonl"
+  run = subprocess.run(
+      [sys.executable, os.path.join(config_files.REPO, "tools",
+                                    "bench_step.py"),
+       "--memory_only", "--depth=10", "--width=0.125", "--sk_ratio=0.0625",
+       "--head_layers=3", "--cifar", "--image_size=8", "--augment=false",
+       "--dtype=float32", "--batch_size=32", "--microbatches=2",
+       "--microbatch_loop=scan", "--remat=block", f"--json={out}"],
+      check=True, timeout=600, capture_output=True, text=True)
+  (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+  assert row["model"] == "R10 (0.125×+SK)" and row["device"].startswith("8× ")
+  assert (row["batch_size"], row["microbatches"], row["remat"]) == (32, 2,
+                                                                    "block")
+  assert 0 < row["argument_gib"] <= row["xla_memory_gib"]
+  assert "GiB per device" in run.stdout

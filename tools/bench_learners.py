@@ -8,7 +8,8 @@ constants and the frozen parts move after `FROZEN_STEPS`, which changes
 nothing a step costs; DINO is `dino_vit_small`'s whatever the encoder, so
 a ResNet row keeps AdamW, not `dino_resnet50`'s SGD):
 
-* simclr: ResNet, 2-layer head to 128, τ 0.1, LARS; 2 × SimCLR v2 views.
+* simclr: ResNet, 2-layer head to 128 (`head_layers=3`: SimCLR v2's),
+  τ 0.1, LARS; 2 × SimCLR v2 views.
 * byol: ResNet, 4096 → 256 head and predictor, EMA target from its own
   key, per-view forward, LARS (rate outside the buffer); BYOL's views.
 * dino: ResNet or ViT, DINO head (2048 → 256 → K = 65,536, last layer's
@@ -33,6 +34,7 @@ FROZEN_STEPS = 10
 
 def _encoder(arch: str, *, depth: int, cifar: bool, vit_variant: str,
              patch_size: int, image_size: int, dtype, remat: str,
+             width: float = 1.0, sk_ratio: float = 0.0,
              drop_path: float = 0.0):
   from jaxssl import sharding  # pylint: disable=g-import-not-at-top
   from jaxssl.models import vit  # pylint: disable=g-import-not-at-top
@@ -43,8 +45,9 @@ def _encoder(arch: str, *, depth: int, cifar: bool, vit_variant: str,
                       init_scheme="dino", remat=remat)
   if arch != "resnet":
     raise ValueError(f"arch={arch!r} is not one of {list(ARCHS)}")
-  return ResNet(depth=depth, cifar_stem=cifar, axis_name=sharding.DATA_AXIS,
-                dtype=dtype, remat=remat)
+  return ResNet(depth=depth, width_multiplier=width, cifar_stem=cifar,
+                axis_name=sharding.DATA_AXIS, dtype=dtype, remat=remat,
+                sk_ratio=sk_ratio)
 
 
 def _multicrop(groups, *, local_crops: int, local_size: int):
@@ -67,12 +70,16 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
                  microbatches: int = 1, augment: bool = True,
                  total_steps: int = 1000, arch: str = "resnet",
                  vit_variant: str = "small", patch_size: int = 16,
-                 local_crops: int = -1, local_size: int = 0):
+                 local_crops: int = -1, local_size: int = 0,
+                 width: float = 1.0, sk_ratio: float = 0.0,
+                 head_layers: int = 2, microbatch_loop: str = "auto"):
   """A `train.Learner` of `method` (see the module docstring).
 
   `local_crops` (-1: the preset's, 6 for SwAV and 8 for DINO) and
   `local_size` (0: 96 px at 224, proportional otherwise) shape the
-  multi-crop methods' local group.
+  multi-crop methods' local group. A ResNet is `width` wide, SimCLR v2's SK
+  ResNet with `sk_ratio > 0`; `head_layers` are SimCLR's projection head
+  layers (v2: 3); `microbatch_loop` is `config.train.microbatch_loop`.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -86,7 +93,8 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
   encoder = functools.partial(
       _encoder, arch, depth=depth, cifar=cifar, vit_variant=vit_variant,
       patch_size=patch_size, image_size=image_size,
-      dtype=dtype or jnp.float32, remat=remat)
+      dtype=dtype or jnp.float32, remat=remat, width=width,
+      sk_ratio=sk_ratio)
   preset = {"simclr": "simclr_v2", "byol": "byol", "dino": "dino",
             "swav": "multicrop"}[method]
   groups = view_presets.view_groups(preset, image_size=image_size,
@@ -101,7 +109,7 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
   counts = {g: len(specs) for g, specs in groups.items()}
   schedule = lambda step: 0.1 * jnp.ones([])
   if method == "simclr":
-    head = ProjectionHead(num_layers=2, out_dim=128, axis_name=axis)
+    head = ProjectionHead(num_layers=head_layers, out_dim=128, axis_name=axis)
     m = base.Method(name="simclr", views=counts,
                     network=base.Network(encoder(), head),
                     loss=functools.partial(simclr.objective, temperature=0.1))
@@ -145,4 +153,5 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
                    mask=every, trust_ratio="larc"),
         optim.path_mask("^predictor/"), FROZEN_STEPS)
   return train.Learner(method=m, tx=tx, schedule=schedule, views=groups,
-                       microbatches=microbatches)
+                       microbatches=microbatches,
+                       microbatch_loop=microbatch_loop)

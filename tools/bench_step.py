@@ -16,6 +16,10 @@ ml-collections is needed: it runs on a bare GPU image with jax, flax, optax.
   python tools/bench_step.py --method=dino --arch=vit --vit=small \
       --local_crops=10 --batch_size=128            # DINO ViT-S/16, 2+10 crops
   python tools/bench_step.py --method=swav --batch_size=256   # R50 2+6 crops
+  JAX_PLATFORMS=cpu python tools/bench_step.py --memory_only --depth=152 \
+      --width=3 --sk_ratio=0.0625 --head_layers=3 --augment=false \
+      --batch_size=512 --microbatches=8 --microbatch_loop=scan --remat=block
+                       # SimCLR v2 R152 (3×+SK): XLA's estimate, nothing run
 
 `--augment=false` feeds ready uint8 views (no crop, flip or colour work in
 the step), the same work as `tools/bench_torch.py`.
@@ -32,7 +36,10 @@ the device memory (XLA's buffer assignment: arguments + outputs − donated +
 temporaries), from a secant on that size vs batch, rounded down to a multiple
 of `--granularity`; then runs two steps at that batch to prove it (on an
 accelerator). With `--microbatch_size`, each candidate batch B runs with
-B / microbatch_size micro-batches.
+B / microbatch_size micro-batches. `--memory_only` compiles the step at
+`--batch_size` and prints the same estimate, with no step run (models too
+large for the machine at hand, e.g. on the CPU; one CPU device holds one
+accelerator's share of the batch).
 """
 
 import functools
@@ -56,6 +63,10 @@ flags.DEFINE_enum("method", "simclr", list(bench_learners.METHODS),
                   "Method (tools/bench_learners.py).")
 flags.DEFINE_enum("arch", "resnet", list(bench_learners.ARCHS), "Encoder.")
 flags.DEFINE_integer("depth", 50, "ResNet depth.")
+flags.DEFINE_float("width", 1.0, "ResNet width multiplier.")
+flags.DEFINE_float("sk_ratio", 0.0,
+                   "> 0: SimCLR v2's SK ResNet (selective kernels, ResNet-D).")
+flags.DEFINE_integer("head_layers", 2, "SimCLR projection head layers (v2: 3).")
 flags.DEFINE_string("vit", "small", "ViT variant (tiny, small, base).")
 flags.DEFINE_integer("patch_size", 16, "ViT patch size.")
 flags.DEFINE_integer("local_crops", -1,
@@ -70,6 +81,8 @@ flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
 flags.DEFINE_enum("remat", "none", ["none", "block", "dots"], "Remat policy.")
 flags.DEFINE_integer("microbatches", 1,
                      "Encoder micro-batches per device (GradCache step).")
+flags.DEFINE_enum("microbatch_loop", "auto", ["auto", "scan", "unrolled"],
+                  "config.train.microbatch_loop ('auto': unrolled on CPU).")
 flags.DEFINE_integer("microbatch_size", 0,
                      "With --find_max_batch: micro-batches of this many "
                      "images (0: --microbatches as given).")
@@ -79,6 +92,9 @@ flags.DEFINE_bool("augment", True,
 flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
 flags.DEFINE_bool("find_max_batch", False,
                   "Search the largest batch that fits instead of timing.")
+flags.DEFINE_bool("memory_only", False,
+                  "Compile the step at --batch_size and print XLA's memory "
+                  "estimate; run nothing.")
 flags.DEFINE_integer("granularity", 128, "Batch sizes tried are multiples.")
 flags.DEFINE_integer("max_batch", 0,
                      "With --find_max_batch: try no batch above this (0: no "
@@ -185,6 +201,9 @@ def describe(method: str, *, depth: int, image_size: int,
   """The row's `model` (R50, ViT-S/16) and `views` (2×224+10×96) fields."""
   model = model or {}
   name = f"R{depth}"
+  sk = "+SK" if model.get("sk_ratio", 0) > 0 else ""
+  if model.get("width", 1) != 1 or sk:
+    name += f" ({model.get('width', 1):g}×{sk})"
   if model.get("arch") == "vit":
     name = (f"ViT-{model.get('vit_variant', 'small')[0].upper()}/"
             f"{model.get('patch_size', 16)}")
@@ -240,6 +259,29 @@ def run_benchmark(method, *, depth, cifar, image_size, batch_size, dtype,
                               else peak_bytes / 2**30),
           "xla_memory_gib": predicted / 2**30,
           "model_flops_per_step": flops, "mfu": mfu, "loss": loss}
+
+
+def estimate_memory(method, *, depth, cifar, image_size, batch_size, dtype,
+                    remat, microbatches=1, augment=True, model=None) -> dict:
+  """`compiled_bytes` (per device) of the step compiled, not run, at
+  `batch_size` on the devices, with its arguments and temporaries."""
+  import jax  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  state, batch, step_fn = _setup(
+      method, depth=depth, cifar=cifar, image_size=image_size,
+      batch_size=batch_size, dtype=dtype, remat=remat,
+      microbatches=microbatches, augment=augment, abstract=True, model=model)
+  compiled = step_fn.lower(state, batch).compile()
+  m = compiled.memory_analysis()
+  return {"method": method, **describe(method, depth=depth,
+                                       image_size=image_size, model=model),
+          "batch_size": batch_size, "dtype": dtype, "remat": remat,
+          "microbatches": microbatches,
+          "device": f"{jax.device_count()}× {jax.devices()[0].device_kind}",
+          "xla_memory_gib": compiled_bytes(compiled) / 2**30,
+          "argument_gib": m.argument_size_in_bytes / 2**30,
+          "temp_gib": m.temp_size_in_bytes / 2**30,
+          "compile_s": time.perf_counter() - start}
 
 
 def find_max_batch(method, *, depth, cifar, image_size, dtype, remat,
@@ -328,14 +370,24 @@ def main(argv):
   del argv
   model = dict(arch=FLAGS.arch, vit_variant=FLAGS.vit,
                patch_size=FLAGS.patch_size, local_crops=FLAGS.local_crops,
-               local_size=FLAGS.local_size)
+               local_size=FLAGS.local_size, width=FLAGS.width,
+               sk_ratio=FLAGS.sk_ratio, head_layers=FLAGS.head_layers,
+               microbatch_loop=FLAGS.microbatch_loop)
   common = dict(depth=FLAGS.depth, cifar=FLAGS.cifar,
                 image_size=FLAGS.image_size, dtype=FLAGS.dtype,
                 remat=FLAGS.remat, augment=FLAGS.augment, model=model)
   shape = describe(FLAGS.method, depth=FLAGS.depth,
                    image_size=FLAGS.image_size, model=model)
   shape = f"{shape['model']} {shape['views']}"
-  if FLAGS.find_max_batch:
+  if FLAGS.memory_only:
+    result = estimate_memory(FLAGS.method, batch_size=FLAGS.batch_size,
+                             microbatches=FLAGS.microbatches, **common)
+    print(f"{FLAGS.method} {shape} B{FLAGS.batch_size} {FLAGS.dtype} "
+          f"remat={FLAGS.remat} microbatches={FLAGS.microbatches}: "
+          f"{result['xla_memory_gib']:.2f} GiB per device (arguments "
+          f"{result['argument_gib']:.2f}, temporaries {result['temp_gib']:.2f}"
+          f"; compiled in {result['compile_s']:.0f} s)")
+  elif FLAGS.find_max_batch:
     print(f"largest batch: {FLAGS.method} {shape} "
           f"{FLAGS.dtype} remat={FLAGS.remat} micro-batch size="
           f"{FLAGS.microbatch_size or 'whole batch'}", flush=True)
