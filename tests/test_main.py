@@ -43,9 +43,14 @@ def test_simclr_resnet50_matches_paper_settings():
   assert (c.optimizer.name, c.optimizer.base_lr, c.optimizer.lr_scaling) == (
       "lars", 0.3, "linear")
   assert (c.optimizer.weight_decay, c.loss.temperature) == (1e-6, 0.1)
-  _, c = _load("simclr_resnet50", "sqrt,epochs=1000,v2")
+  _, c = _load("simclr_resnet50", "sqrt,epochs=1000")
   assert (c.optimizer.base_lr, c.optimizer.lr_scaling) == (0.075, "sqrt")
-  assert (c.epochs, c.head.num_layers) == (1000, 3)
+  assert (c.epochs, c.head.num_layers) == (1000, 2)
+  # SimCLR v2 (Appendix B): 6.4 = 0.1·√4096, 5 % warm-up, wd 1e-4.
+  _, c = _load("simclr_resnet50", "v2,epochs=800")
+  assert (c.optimizer.base_lr, c.optimizer.lr_scaling) == (0.1, "sqrt")
+  assert (c.optimizer.weight_decay, c.optimizer.warmup_epochs) == (1e-4, 40.0)
+  assert (c.epochs, c.head.num_layers) == (800, 3)
   with pytest.raises(ValueError, match="unknown config variant 'epoch'"):
     _load("simclr_resnet50", "epoch=1000")
 
