@@ -58,9 +58,9 @@ tests/test_sk_resnet.py checks against `depth`, `width`, `sk`):
   152    2×   -     233     70.2    76.6    81.1    77.4     79.1
   152    2×   SK    354     74.2    79.4    82.9    79.4     80.4
   152    3×   SK    795     74.9    80.1    83.1    79.8     80.5
-(SimCLR v2 pretrains with its own optimizer settings and fine-tunes from the
-head's first layer, configs/finetune.py; this config sets the network and
-head, not those.)
+(`v2` sets SimCLR v2's pretraining recipe; fine-tuning from the head's
+first layer is configs/finetune.py, distillation configs/distill.py, all
+three in one command tools/semisupervised.py.)
 
 `:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
 with a ResNet-18/8 (a CPU smoke run), whatever `depth` and `width`;

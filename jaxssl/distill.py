@@ -204,7 +204,7 @@ def create_state(task: Task, teacher_variables: dict, *, init: str,
   teacher's, replicated over `mesh`."""
   size = task.spec.size
 
-  def make():
+  def make(teacher_variables):
     if init == "teacher":
       variables = teacher_variables
     else:
@@ -217,23 +217,33 @@ def create_state(task: Task, teacher_variables: dict, *, init: str,
         opt_state=task.tx.init(params),
         rng=jax.random.key(seed + 1), teacher=teacher_variables)
 
-  return jax.jit(make, out_shardings=sharding.replicated(mesh))()
+  # The teacher is an argument: closed over, its weights would be compiled
+  # into the program as constants.
+  return jax.jit(make, out_shardings=sharding.replicated(mesh))(
+      teacher_variables)
 
 
 def data_config(config: ml_collections.ConfigDict, info: dict
                 ) -> ml_collections.ConfigDict:
   """The distillation images: `config.data`, or the pretraining run's
   (all the images it saw, '' source). With `alpha < 1` the labels of the
-  fine-tuning fraction are kept (`data.labelled_fraction`), others hidden."""
-  data = downstream.data_config(config.data, info["pretrain_config"].data)
-  with data.unlocked():
-    data.labelled_fraction = 0.0
-    if config.alpha < 1.0:
-      fraction = info["data"].get("train_fraction", 0.0)
-      if not fraction:
-        raise ValueError("config.alpha < 1 mixes in the labelled fraction "
-                         "of the teacher's fine-tuning, which used all labels")
-      data.labelled_fraction = fraction
+  fine-tuning fraction are kept (`data.labelled_fraction`), others hidden.
+  `config` is not changed."""
+  pretrain = info["pretrain_config"]
+  data = ml_collections.ConfigDict(
+      downstream.data_config(config.data, pretrain.data).to_dict())
+  data.labelled_fraction = 0.0
+  # The subsets are drawn as the runs that made them drew theirs: the
+  # images with the pretraining seed, the labelled ones with the
+  # fine-tuning seed (`in_memory.class_balanced_subset`).
+  data.subset_seed = pretrain.seed
+  data.labelled_seed = info["seed"]
+  if config.alpha < 1.0:
+    fraction = info["data"].get("train_fraction", 0.0)
+    if not fraction:
+      raise ValueError("config.alpha < 1 mixes in the labelled fraction "
+                       "of the teacher's fine-tuning, which used all labels")
+    data.labelled_fraction = fraction
   return data
 
 

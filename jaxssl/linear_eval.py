@@ -116,15 +116,16 @@ def create_state(task: Task, pretrained: dict, seed: int,
   """Pretrained encoder/head variables plus a zero-initialised classifier."""
   size = task.spec.size
 
-  def init():
+  def init(pretrained):
     variables = task.model.init(jax.random.key(0),
                                 jnp.zeros((1, size, size, 3)))
-    params = {**pretrained["params"],
-              "classifier": variables["params"]["classifier"]}
-    params = {k: v for k, v in params.items()
-              if k in variables["params"]}  # head dropped if unused
-    batch_stats = {k: v for k, v in pretrained["batch_stats"].items()
-                   if k in variables.get("batch_stats", {})}
+    # The pretrained variables the classifier uses (a head cut after
+    # `head_layers` layers drops the rest), and its new linear layer.
+    params = _like({**pretrained["params"],
+                    "classifier": variables["params"]["classifier"]},
+                   variables["params"])
+    batch_stats = _like(pretrained["batch_stats"],
+                        variables.get("batch_stats", {}))
     if task.finetune:
       trained, frozen = params, {}
     else:
@@ -135,7 +136,15 @@ def create_state(task: Task, pretrained: dict, seed: int,
                            opt_state=task.tx.init(trained),
                            rng=jax.random.key(seed), frozen=frozen)
 
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+  # The weights are an argument: closed over, they would be compiled into
+  # the program as constants.
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(pretrained)
+
+
+def _like(tree: dict, template: dict) -> dict:
+  """The entries of nested dict `tree` that `template` has."""
+  return {k: _like(tree[k], v) if isinstance(v, dict) else tree[k]
+          for k, v in template.items()}
 
 
 def evaluate(task: Task, state: ClassifierState, eval_ds, *, mesh: Mesh,

@@ -176,6 +176,25 @@ def test_teacher_receives_no_gradient():
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
 
 
+def test_a_student_started_from_the_teacher_leaves_the_teacher_alone():
+  """`init='teacher'`: the student's variables start as copies of the
+  teacher's (separate buffers: the donated state's student updates never
+  reach the teacher), train, and the teacher stays bit-identical."""
+  teacher = _classifier(head_layers=1)
+  task = _task(teacher, teacher, alpha=1.0)
+  variables = _teacher_variables(teacher)
+  initial, state, metrics = _run(task, variables, 2, _batches(2, 8),
+                                 init="teacher")
+  for a, b in zip(jax.tree.leaves(initial.params),
+                  jax.tree.leaves(variables["params"])):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(state.teacher), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)
+  moved = max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(state.params), jax.tree.leaves(variables["params"])))
+  assert moved > 1e-4 and np.isfinite(metrics[-1]["loss"])
+
+
 def test_student_equal_to_teacher_has_zero_distillation_gradient():
   """τ = 1, the student initialised as the teacher and applied like it
   (inference-mode BatchNorm) on the teacher's own outputs: the gradient of
@@ -229,6 +248,13 @@ def test_partially_labelled_keeps_the_labelled_fraction_inside_the_images():
   assert visible.sum() == len(labelled)
   np.testing.assert_array_equal(part.labels[visible],
                                 data.labels[np.intersect1d(kept, labelled)])
+  # The labelled subset drawn with its own seed (the fine-tuning run's).
+  other = in_memory.partially_labelled(data, 0.5, 0.1, seed=0,
+                                       labelled_seed=7)
+  np.testing.assert_array_equal(other.images, part.images)
+  seven = in_memory.class_balanced_subset(data.labels, 0.1, seed=7)
+  assert set(kept[other.labels >= 0]) == set(seven) & set(kept)
+  assert set(kept[other.labels >= 0]) != set(kept[visible])
   everything = in_memory.partially_labelled(data, 0.0, 0.1, seed=0)
   assert len(everything) == 400 and (everything.labels >= 0).sum() == len(
       labelled)

@@ -161,6 +161,17 @@ def test_lars_leaves_the_classifier_out_of_the_trust_ratio():
                              -0.5 * trust * g, rtol=1e-5)
   with opt.unlocked():
     opt.weight_decay = 1e-4
+  # With weight decay, LARS still leaves the classifier alone (its decay is
+  # the loss term below) and decays the other kernels.
+  tx = downstream.optimizer(opt, lambda step: 0.5)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["classifier"]["head"]["kernel"],
+                             -0.5 * grads["classifier"]["head"]["kernel"],
+                             rtol=1e-6)
+  g = g + 1e-4 * p
+  trust = 1e-3 * np.linalg.norm(p) / np.linalg.norm(g)
+  np.testing.assert_allclose(updates["encoder"]["conv"]["kernel"],
+                             -0.5 * trust * g, rtol=1e-5)
   rate = downstream.classifier_decay_rate(opt)
   decay = jax.grad(lambda q: downstream.classifier_decay(q, rate))(params)
   np.testing.assert_allclose(decay["classifier"]["head"]["kernel"],

@@ -29,6 +29,16 @@ def _run(workdir, *extra):
   return out.stdout
 
 
+def _train_records(text_or_path):
+  """The `train/*` records of a metrics.jsonl (text or file)."""
+  text = (text_or_path.read_text() if hasattr(text_or_path, "read_text")
+          else text_or_path)
+  records = [json.loads(line) for line in text.splitlines() if line.strip()]
+  return [{k: v for k, v in r.items() if k.startswith("train/")}
+          | {"step": r["step"]} for r in records
+          if any(k.startswith("train/loss") for k in r)]
+
+
 def _results(path):
   with open(path) as f:
     return json.load(f)["results"]
@@ -66,6 +76,7 @@ def test_rerun_resumes_a_killed_distillation(pipeline):
   steps = sorted(int(d) for d in os.listdir(stage / "checkpoints")
                  if d.isdigit())
   assert steps[-1] == before["steps"] and 16 in steps
+  metrics = (stage / "metrics.jsonl").read_text()
   os.remove(stage / "results.json")
   for step in steps:
     if step > 16:
@@ -76,6 +87,10 @@ def test_rerun_resumes_a_killed_distillation(pipeline):
   assert "resumed from" in stdout and "at step 16" in stdout
   after = _results(stage / "results.json")
   assert after["start_step"] == 16
+  # Steps 17.. of the resumed run logged the same metrics (the same
+  # batches, random crops and state) as the uninterrupted run's.
+  assert _train_records(stage / "metrics.jsonl") == _train_records(metrics)
+  assert len(_train_records(metrics)) > 0
   for key in ("top1", "top5", "steps", "num_examples"):
     assert after[key] == before[key], key
 

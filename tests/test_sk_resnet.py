@@ -168,7 +168,10 @@ def test_sk_resnet_shapes_224():
 
 def test_basic_blocks_get_resnet_d_shortcuts_only():
   """ResNet-18 + SK (the reference's tf2 residual block): no selective
-  kernel; projecting blocks average-pool; the CIFAR stem stays one 3×3."""
+  kernel; projecting blocks average-pool; the CIFAR stem stays one 3×3.
+  (One difference from the reference: its first block of stage 1 projects
+  even where the shape does not change; ours keeps the identity there, as
+  our plain ResNet-18 does. No SimCLR v2 table row has basic blocks.)"""
   model = ResNet(depth=18, cifar_stem=True, sk_ratio=_SK_RATIO)
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   p = jax.eval_shape(model.init, jax.random.key(0), x)["params"]

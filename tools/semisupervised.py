@@ -24,8 +24,10 @@ overrides a config key, e.g. `--set=pretrain.model.width=0.125`; values are
 Python literals, else strings. The fine-tuning and distillation data
 sections default to the pretraining run's.
 
-CPU run on the CIFAR-10 zip (README, "Semi-supervised"): see
-`configs/semisupervised_cifar10_cpu.flags`.
+The CPU run of README "Semi-supervised learning" (digits, 7 minutes):
+  python tools/semisupervised.py \
+      --flagfile=configs/semisupervised_digits_cpu.flags \
+      --workdir=/tmp/semisup_digits
 """
 
 import ast
@@ -97,20 +99,31 @@ def load(spec: str, overrides, stage: str, extra: str = ""):
   except config_errors.ConfigError as e:
     raise app.UsageError(f"--{stage}: {e}") from e
   for key, value in overrides:
-    node, *path = key.split(".")
-    parent = config
-    for part in [node, *path][:-1]:
-      if part not in parent:
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+      if part not in node:
         raise app.UsageError(f"--set={stage}.{key}: no key {part!r}")
-      parent = parent[part]
-    last = [node, *path][-1]
-    if last not in parent:
+      node = node[part]
+    if last not in node:
       raise app.UsageError(f"--set={stage}.{key}: {last!r} is not one of "
-                           f"{sorted(parent.keys())}")
-    parent[last] = type(parent[last])(value) if isinstance(
-        parent[last], (int, float)) and not isinstance(
-            parent[last], bool) else value
+                           f"{sorted(node.keys())}")
+    node[last] = _typed(node[last], value, f"--set={stage}.{key}")
   return config
+
+
+def _typed(old, value, where: str):
+  """`value` in the type of the key's current value `old`: an int becomes
+  a float where a float is expected; anything else must match."""
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(
+      value, bool):
+    return float(value)
+  if isinstance(old, tuple) and isinstance(value, list):
+    value = tuple(value)
+  if old is not None and type(value) is not type(old):
+    raise app.UsageError(f"{where}: {value!r} is a {type(value).__name__}, "
+                         f"the key holds a {type(old).__name__} ({old!r})")
+  return value
 
 
 def _done(workdir):
@@ -157,6 +170,9 @@ def main(argv):
   if bool(FLAGS.pretrain) == bool(FLAGS.pretrained):
     raise app.UsageError("give exactly one of --pretrain and --pretrained")
   overrides = parse_overrides(FLAGS.set)
+  if FLAGS.pretrained and overrides["pretrain"]:
+    raise app.UsageError("--set=pretrain.* with --pretrained: a finished "
+                         "pretraining run is only read")
   fractions = [int(f) for f in FLAGS.fractions]
   distil = [int(f) for f in (FLAGS.distill_fractions or FLAGS.fractions)]
   if not set(distil) <= set(fractions):

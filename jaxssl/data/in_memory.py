@@ -180,17 +180,20 @@ def label_subset(dataset: ArrayDataset, fraction: float,
 
 
 def partially_labelled(dataset: ArrayDataset, fraction: float,
-                       labelled_fraction: float, seed: int = 0
-                       ) -> ArrayDataset:
-  """The class-balanced `fraction` (0: all) of a labelled dataset with the
-  labels of all but its class-balanced `labelled_fraction` replaced by −1
+                       labelled_fraction: float, seed: int = 0,
+                       labelled_seed: Optional[int] = None) -> ArrayDataset:
+  """The class-balanced `fraction` (0: all, drawn with `seed`) of a labelled
+  dataset with the labels of all but the class-balanced `labelled_fraction`
+  (drawn with `labelled_seed`, default `seed`) replaced by −1
   (semi-supervised distillation: the fine-tuning subset keeps its labels;
   with the same seed it lies inside any larger fraction's subset)."""
   if dataset.labels is None:
     raise ValueError(f"{dataset.name}: a labelled fraction needs labels")
   idx = (class_balanced_subset(dataset.labels, fraction, seed) if fraction
          else np.arange(len(dataset.labels)))
-  labelled = class_balanced_subset(dataset.labels, labelled_fraction, seed)
+  labelled = class_balanced_subset(
+      dataset.labels, labelled_fraction,
+      seed if labelled_seed is None else labelled_seed)
   labels = np.where(np.isin(idx, labelled), dataset.labels[idx], -1)
   return ArrayDataset(dataset.images[idx], labels.astype(np.int32),
                       name=f"{dataset.name} ({len(idx)} images, "

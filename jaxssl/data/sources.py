@@ -115,13 +115,14 @@ def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
   data = config.data
   if data.source in IN_MEMORY_SOURCES:
     dataset = load_in_memory(data, data.train_split)
+    subset_seed = data.get("subset_seed", config.seed)
     if data.get("labelled_fraction"):
       dataset = in_memory.partially_labelled(
           dataset, data.train_fraction, data.labelled_fraction,
-          seed=config.seed)
+          seed=subset_seed, labelled_seed=data.labelled_seed)
     elif data.train_fraction:
       dataset = in_memory.label_subset(dataset, data.train_fraction,
-                                       seed=config.seed)
+                                       seed=subset_seed)
     num_classes = 0 if dataset.labels is None else dataset.num_classes
     return TrainInput(
         lambda start: in_memory.global_batches(
