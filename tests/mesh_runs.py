@@ -137,6 +137,16 @@ def latest_checkpoint(config, num_examples, num_classes, workdir):
   return state
 
 
+def train_state_shapes(learner):
+  """`(shape, dtype)` of each leaf of `learner`'s train state on one device
+  (nothing is computed)."""
+  mesh = sharding.data_mesh(jax.devices()[:1])
+  return jax.tree.map(
+      lambda x: (x.shape, x.dtype),
+      jax.eval_shape(lambda: train.create_train_state(
+          jax.random.key(0), learner, mesh)))
+
+
 def assert_trees_close(a, b, rtol):
   """Leafwise `|a - b| <= rtol·(|b| + max|b|)`: relative to each leaf's scale
   (with the leaf dtype's `NOISE_FLOOR` as the least absolute tolerance when

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import config_files
+import mesh_runs
 
 
 def _load(name):
@@ -161,8 +162,7 @@ def test_bench_learners_are_the_reference_configs(config_name, method, model):
   """The hand-built benchmark learners (no ml-collections) have the views
   and the whole train state (parameters, BN statistics, teacher, optimizer
   slots, method state) of the ImageNet configs, shape for shape."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
+  from jaxssl import train  # pylint: disable=g-import-not-at-top
   _, config = config_files.load(config_name)
   config.probe.enabled = False  # the online probe is not benchmarked
   built = train.create_learner(config, num_examples=1_281_167)
@@ -170,13 +170,8 @@ def test_bench_learners_are_the_reference_configs(config_name, method, model):
       method, depth=50, image_size=224, **model)
   assert bench.view_specs == built.view_specs
   assert bench.method.views == built.method.views
-  mesh = sharding.data_mesh(jax.devices()[:1])
-  shapes = [jax.tree.map(
-      lambda x: (x.shape, x.dtype),
-      jax.eval_shape(lambda l=l: train.create_train_state(
-          jax.random.key(0), l, mesh)))
-            for l in (bench, built)]
-  assert shapes[0] == shapes[1]
+  assert (mesh_runs.train_state_shapes(bench)
+          == mesh_runs.train_state_shapes(built))
 
 
 def test_multicrop_rows_name_model_and_views():
