@@ -103,3 +103,37 @@ def test_bad_override_names_the_key(tmp_path):
       env=subprocess_env.cpu_env(1), timeout=300)
   assert out.returncode != 0
   assert "'bse_lr' is not one of" in out.stderr
+
+
+def test_overrides_keep_the_key_type_and_pretrained_runs_are_read_only(
+    tmp_path):
+  """`--set` values go through ConfigDict's type check (an int may become a
+  float; a string for a float is a usage error naming the key), and
+  `--set=pretrain.*` with `--pretrained` is refused before any stage."""
+  code = (
+      "import sys; sys.path.insert(0, 'tools'); import semisupervised as s\n"
+      "from absl import app\n"
+      "c = s.load('configs/finetune.py:runlocal', "
+      "[('optimizer.base_lr', 1), ('head_layers', 0)], 'finetune')\n"
+      "print(repr(c.optimizer.base_lr), repr(c.head_layers))\n"
+      "for key, value in [('optimizer.base_lr', 'x'), ('batch_size', 2.5)]:\n"
+      "  try:\n"
+      "    s.load('configs/finetune.py:runlocal', [(key, value)], 'finetune')\n"
+      "  except app.UsageError as e:\n"
+      "    print('refused', e)\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=_REPO,
+                       capture_output=True, text=True,
+                       env=subprocess_env.cpu_env(1), timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.splitlines()
+  assert lines[0] == "1.0 0"
+  assert lines[1].startswith("refused --set=finetune.optimizer.base_lr: ")
+  assert lines[2].startswith("refused --set=finetune.batch_size: ")
+  assert len(lines) == 3
+  out = subprocess.run(
+      [sys.executable, _TOOL, f"--pretrained={tmp_path}/run",
+       f"--workdir={tmp_path}/w", "--set=pretrain.epochs=3"],
+      cwd=_REPO, capture_output=True, text=True,
+      env=subprocess_env.cpu_env(1), timeout=300)
+  assert out.returncode != 0
+  assert "--set=pretrain.* with --pretrained" in out.stderr

@@ -108,22 +108,11 @@ def load(spec: str, overrides, stage: str, extra: str = ""):
     if last not in node:
       raise app.UsageError(f"--set={stage}.{key}: {last!r} is not one of "
                            f"{sorted(node.keys())}")
-    node[last] = _typed(node[last], value, f"--set={stage}.{key}")
+    try:  # ConfigDict checks the type (an int may become a float)
+      node[last] = value
+    except TypeError as e:
+      raise app.UsageError(f"--set={stage}.{key}: {e}") from e
   return config
-
-
-def _typed(old, value, where: str):
-  """`value` in the type of the key's current value `old`: an int becomes
-  a float where a float is expected; anything else must match."""
-  if isinstance(old, float) and isinstance(value, int) and not isinstance(
-      value, bool):
-    return float(value)
-  if isinstance(old, tuple) and isinstance(value, list):
-    value = tuple(value)
-  if old is not None and type(value) is not type(old):
-    raise app.UsageError(f"{where}: {value!r} is a {type(value).__name__}, "
-                         f"the key holds a {type(old).__name__} ({old!r})")
-  return value
 
 
 def _done(workdir):
