@@ -260,6 +260,33 @@ def test_partially_labelled_keeps_the_labelled_fraction_inside_the_images():
       labelled)
 
 
+def test_data_config_draws_subsets_as_the_runs_that_made_them():
+  """The distillation images: the pretraining run's data section ('' source)
+  and its seed; the labelled fraction (α < 1) the fine-tuning run's, with
+  the fine-tuning seed; `config` itself is left as it was."""
+  _, config = config_files.load("distill", "runlocal")
+  _, pretrain = config_files.load("simclr_cifar10", "runlocal")
+  with pretrain.unlocked():
+    pretrain.seed = 3
+  info = {"pretrain_config": pretrain, "seed": 7,
+          "data": {"train_fraction": 0.1}}
+  with config.unlocked():
+    config.alpha = 0.5
+  before = config.to_dict()
+  data = distill.data_config(config, info)
+  assert config.to_dict() == before
+  assert (data.source, data.subset_seed, data.labelled_seed,
+          data.labelled_fraction) == (pretrain.data.source, 3, 7, 0.1)
+  with config.unlocked():
+    config.alpha = 1.0
+  assert distill.data_config(config, info).labelled_fraction == 0.0
+  info["data"] = {"train_fraction": 0.0}
+  with config.unlocked():
+    config.alpha = 0.5
+  with pytest.raises(ValueError, match="used all labels"):
+    distill.data_config(config, info)
+
+
 def test_command_line_names_a_missing_teacher(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "jaxssl.distill",

@@ -98,6 +98,37 @@ def test_linear_eval_state_keeps_pretrained_weights(pretrained):
   assert first == second
 
 
+def test_finetune_state_holds_only_what_the_classifier_uses(pretrained):
+  """Fine-tuning from head layer 1: the state has exactly the classifier's
+  variables (the head's later layers dropped, not carried through the
+  optimizer), the kept ones equal to the pretrained."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  _, variables, _ = export.load_encoder(pretrained)
+  network, _, _ = export.load_encoder(pretrained, axis_name="data")
+  task = linear_eval.Task(
+      model=linear_eval.Classifier(network.encoder, network.projector, 1, 10),
+      tx=linear_eval.optax.sgd(0.5), schedule=lambda s: 0.5,
+      spec=view_presets.ViewSpec(size=32), finetune=True)
+  state = linear_eval.create_state(task, variables, 0,
+                                   linear_eval.sharding.data_mesh())
+  template = jax.eval_shape(task.model.init, jax.random.key(0),
+                            np.zeros((1, 32, 32, 3), np.float32))
+  flat = lambda tree: traverse_util.flatten_dict(jax.device_get(tree))
+  for got, want, source in ((state.params, template["params"],
+                             variables["params"]),
+                            (state.batch_stats, template["batch_stats"],
+                             variables["batch_stats"])):
+    got, want, source = flat(got), flat(want), flat(source)
+    assert set(got) == set(want)
+    for path, value in got.items():
+      if path[0] != "classifier":
+        np.testing.assert_array_equal(value, source[path])
+  # BYOL's 2-layer head: its second dense layer (no BN) is left out.
+  dropped = set(flat(variables["params"])) - set(flat(state.params))
+  assert dropped == {("projector", "dense2", "bias"),
+                     ("projector", "dense2", "kernel")}
+
+
 def test_finetune_on_a_class_balanced_tenth(pretrained, tmp_path):
   _, config = config_files.load("finetune", "runlocal,fraction=10")
   config.checkpoint = pretrained

@@ -119,7 +119,7 @@ def train_input(config: ml_collections.ConfigDict, mesh: Mesh,
     if data.get("labelled_fraction"):
       dataset = in_memory.partially_labelled(
           dataset, data.train_fraction, data.labelled_fraction,
-          seed=subset_seed, labelled_seed=data.labelled_seed)
+          seed=subset_seed, labelled_seed=data.get("labelled_seed"))
     elif data.train_fraction:
       dataset = in_memory.label_subset(dataset, data.train_fraction,
                                        seed=subset_seed)
