@@ -31,7 +31,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"jaxssl-tests-xla-cache-{_RUN}"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# Every program is cached, not only those compiling over 1 s: a training
+# subprocess (kill -9 and resume, SIGTERM, the CLI tests) then loads the
+# dozens of small programs around its step too.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402  (must come after the flags above)
 import pytest  # noqa: E402

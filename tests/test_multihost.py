@@ -107,7 +107,8 @@ def test_sigterm_to_one_process_stops_both(tmp_path):
   both, SIGTERM to process 1 only; both stop at the same step within a few
   steps, save, exit 0, and the checkpoint restores."""
   overrides = ["--config.epochs=10", "--config.checkpoint.every_steps=1000",
-               "--config.eval.every_epochs=1"]
+               "--config.eval.every_epochs=1", "--config.data.image_size=16",
+               "--config.model.width=0.0625"]
   procs = _start_two("byol_resnet50", tmp_path, overrides)
   seen = ""
   deadline = time.time() + 300
@@ -139,6 +140,8 @@ def test_sigterm_to_one_process_stops_both(tmp_path):
   assert checkpoints == [stopped[0]]
   _, config = config_files.load("byol_resnet50", "runlocal")
   config.epochs = 10
+  config.data.image_size = 16
+  config.model.width = 0.0625
   state = mesh_runs.latest_checkpoint(config, 256, 10, str(tmp_path))
   assert int(state.step) == stopped[0]
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))

@@ -20,6 +20,7 @@ before the first source is built.
 """
 
 import dataclasses
+import sys
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -36,11 +37,15 @@ def tf_module():
 
 
 def hide_accelerators(tf=None) -> None:
-  """Keeps TensorFlow off GPUs/TPUs so JAX owns all accelerator memory."""
+  """Keeps TensorFlow off GPUs/TPUs so JAX owns all accelerator memory.
+
+  Without `tf`: TensorFlow if it is already imported, else nothing (it is
+  not imported for this: a run on in-memory or synthetic data never loads
+  it, and `tf_module`, the only way jaxssl imports it, hides it on import).
+  """
   if tf is None:
-    try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    except ImportError:
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
       return
   try:
     tf.config.set_visible_devices([], "GPU")
