@@ -59,7 +59,8 @@ def _batches():
 @pytest.fixture(scope="module")
 def dino_runs():
   with mesh_runs.float64():
-    learner = train.create_learner(_config(), NUM_EXAMPLES)
+    learner = mesh_runs.cropped_learner(
+        train.create_learner(_config(), NUM_EXAMPLES))
     runs = {n: mesh_runs.run_steps(learner, n, _batches()) for n in (1, 8)}
   return learner, runs
 

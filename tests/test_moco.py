@@ -196,7 +196,8 @@ def moco_runs():
   """MoCo v2 for 3 steps on 1 and on 8 devices (float64): states after each
   step and the metrics, and the learner."""
   with mesh_runs.float64():
-    learner = train.create_learner(_config("moco"), NUM_EXAMPLES)
+    learner = mesh_runs.cropped_learner(
+        train.create_learner(_config("moco"), NUM_EXAMPLES))
     runs = {n: mesh_runs.run_steps(learner, n, _batches(3)) for n in (1, 8)}
   return learner, runs
 
@@ -302,7 +303,8 @@ def test_moco_v3_matches_on_1_and_8_devices_and_tau_is_shifted():
   """Loss, parameters, optimizer state, BN statistics and the momentum
   encoder over 2 steps; τ(t) = m(t + 1) of the reference's cosine."""
   with mesh_runs.float64():
-    learner = train.create_learner(_config("mocov3"), NUM_EXAMPLES)
+    learner = mesh_runs.cropped_learner(
+        train.create_learner(_config("mocov3"), NUM_EXAMPLES))
     (states1, m1), (states8, m8) = (
         mesh_runs.run_steps(learner, n, _batches(2)) for n in (1, 8))
   mesh_runs.assert_metrics_close(
@@ -392,9 +394,9 @@ def test_shuffle_bn_matters_only_with_per_device_bn():
   with mesh_runs.float64():
     for group in (1, 0):
       for shuffle in (False, True):
-        learner = train.create_learner(
+        learner = mesh_runs.cropped_learner(train.create_learner(
             _config("moco", **{"model.bn_group_size": group,
-                               "target.shuffle_bn": shuffle}), NUM_EXAMPLES)
+                               "target.shuffle_bn": shuffle}), NUM_EXAMPLES))
         _, _, metrics = mesh_runs.run(learner, 8, _batches(1))
         losses_by[group, shuffle] = metrics[0]["loss"]
   assert abs(losses_by[1, True] - losses_by[1, False]) > 1e-4, losses_by

@@ -36,6 +36,9 @@ IMAGE_SIZE = 8
 GROUPS = view_presets.view_groups("simclr_cifar", image_size=IMAGE_SIZE,
                              color_strength=0.5, blur=True)
 
+# The step tests' views (`mesh_runs.crop_and_flip`).
+STEP_GROUPS = mesh_runs.crop_and_flip(GROUPS)
+
 
 def _learner(tx, bn_axis=sharding.DATA_AXIS):
   network = base.Network(
@@ -46,7 +49,8 @@ def _learner(tx, bn_axis=sharding.DATA_AXIS):
                        loss=functools.partial(simclr.objective,
                                               temperature=0.2))
   return train.Learner(method=method, tx=tx,
-                       schedule=lambda step: 0.1 + 0.05 * step, views=GROUPS)
+                       schedule=lambda step: 0.1 + 0.05 * step,
+                       views=STEP_GROUPS)
 
 
 def _batches():
@@ -219,7 +223,8 @@ def test_multicrop_views_of_two_sizes_on_1_and_8_devices():
   method = base.Method(name="toy_multicrop", views={"global": 2, "local": 6},
                        network=network, loss=_multicrop_objective)
   learner = train.Learner(method=method, tx=optax.sgd(0.1),
-                          schedule=lambda step: 0.1, views=groups)
+                          schedule=lambda step: 0.1,
+                          views=mesh_runs.crop_and_flip(groups))
   batches = mesh_runs.random_batches(1, GLOBAL_BATCH, 16, seed=4)
   with mesh_runs.float64():
     init1, state1, m1 = mesh_runs.run(learner, 1, batches)
@@ -274,7 +279,7 @@ def test_method_state_sharded_over_devices_is_updated_after_the_gradient(
   method = base.Method(name="toy_bank", views={"global": 2}, network=network,
                        loss=loss, state=state)
   learner = train.Learner(method=method, tx=optax.sgd(0.1),
-                          schedule=lambda step: 0.1, views=GROUPS)
+                          schedule=lambda step: 0.1, views=STEP_GROUPS)
   batches = _batches()
   with mesh_runs.float64():
     _, state1, _ = mesh_runs.run(learner, 1, batches)
@@ -289,7 +294,8 @@ def test_method_state_sharded_over_devices_is_updated_after_the_gradient(
       # The step's first-view embeddings, from the parameters before it.
       view_rng = jax.random.split(jax.random.fold_in(state8.rng,
                                                      state8.step))[0]
-      views = train.make_views({"image": images}, view_rng, groups=GROUPS,
+      views = train.make_views({"image": images}, view_rng,
+                               groups=STEP_GROUPS,
                                axis_name=None)["global"][:GLOBAL_BATCH]
       zs.append(network.apply({"params": jax.device_get(state8.params)},
                               views, train=False)["z"])

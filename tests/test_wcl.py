@@ -334,7 +334,8 @@ def test_method_matches_on_1_and_8_devices(method, keys):
   """Loss, monitors, parameters, optimizer state and BN statistics after 2
   steps on labelled batches (WCL: per-view BN in both heads)."""
   with mesh_runs.float64():
-    learner = train.create_learner(_config(method), NUM_EXAMPLES, 3)
+    learner = mesh_runs.cropped_learner(
+        train.create_learner(_config(method), NUM_EXAMPLES, 3))
     batches = mesh_runs.random_batches(STEPS, GLOBAL_BATCH, IMAGE_SIZE,
                                        seed=11)
     runs = {n: mesh_runs.run_steps(learner, n, batches, _labels())
