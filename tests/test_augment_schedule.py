@@ -96,6 +96,11 @@ def test_micro_batched_step_trains_across_the_switch(tmp_path):
   config = _config(1.0)
   config.epochs = 2
   config.train.microbatches = 2
+  # A ResNet-10/16 on 16 px: the pass and the switch, not the encoder, are
+  # under test.
+  config.model.depth = 10
+  config.model.width = 0.0625
+  config.data.image_size = 16
   config.log_every = 1
   config.eval.knn_ks = ()
   assert train.create_learner(config, 256).early_steps == 4

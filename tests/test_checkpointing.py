@@ -25,10 +25,10 @@ from jaxssl import sharding
 from jaxssl import train
 
 
-# A smaller network than :runlocal's (16 px, width 1/16): these tests are
-# about the state, not the model. The same as command-line flags:
+# A smaller network than :runlocal's (ResNet-10/16 on 16 px): these tests
+# are about the state, not the model. The same as command-line flags:
 SMALL = ["--config.data.image_size=16", "--config.model.width=0.0625",
-         "--config.eval.knn_ks=()"]
+         "--config.model.depth=10", "--config.eval.knn_ks=()"]
 
 
 def _config():
@@ -38,6 +38,7 @@ def _config():
   c.checkpoint.asynchronous = False
   c.data.image_size = 16
   c.model.width = 0.0625
+  c.model.depth = 10
   c.eval.knn_ks = ()
   return c
 

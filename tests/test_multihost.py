@@ -25,11 +25,12 @@ import subprocess_env
 from jaxssl import train
 
 # The documented pod config's CPU variant with its evaluation on (kNN k=20
-# and the online probe), on 200 synthetic images: batch 64, `floor` steps:
-# 3 steps; each process's 100 held-out images are one padded eval batch.
+# and the online probe), at ResNet-10/16 on 16 px, on 200 synthetic images:
+# batch 64, `floor` steps: 3 steps; each process's 100 held-out images are
+# one padded eval batch.
 CONFIG = "simclr_resnet50"
 SETTINGS = {"steps_rule": "floor", "epochs": 1, "data.image_size": 16,
-            "model.width": 0.0625,
+            "model.width": 0.0625, "model.depth": 10,
             "data.synthetic_examples": 200, "checkpoint.asynchronous": False}
 OVERRIDES = [f"--config.{k}={v if isinstance(v, str) else repr(v)}"
              for k, v in SETTINGS.items()]
@@ -108,7 +109,7 @@ def test_sigterm_to_one_process_stops_both(tmp_path):
   steps, save, exit 0, and the checkpoint restores."""
   overrides = ["--config.epochs=10", "--config.checkpoint.every_steps=1000",
                "--config.eval.every_epochs=1", "--config.data.image_size=16",
-               "--config.model.width=0.0625"]
+               "--config.model.width=0.0625", "--config.model.depth=10"]
   procs = _start_two("byol_resnet50", tmp_path, overrides)
   seen = ""
   deadline = time.time() + 300
@@ -142,6 +143,7 @@ def test_sigterm_to_one_process_stops_both(tmp_path):
   config.epochs = 10
   config.data.image_size = 16
   config.model.width = 0.0625
+  config.model.depth = 10
   state = mesh_runs.latest_checkpoint(config, 256, 10, str(tmp_path))
   assert int(state.step) == stopped[0]
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
