@@ -187,13 +187,22 @@ def test_quickstart_runlocal_end_to_end(tmp_path):
   assert os.path.exists(tmp_path / "wd" / "encoder.msgpack")
 
 
+def _small(config):
+  """`config` at ResNet-10/16 on 16 px: for the tests of the data sources
+  and the logging, not of the encoder (compiles in half the time)."""
+  config.model.depth = 10
+  config.model.width = 0.0625
+  config.data.image_size = 16
+  return config
+
+
 def test_online_probe_and_evaluations_reach_tensorboard(tmp_path):
   """A `:runlocal` run evaluating every 2 epochs: the online probe's train
   metrics every epoch and its held-out accuracy at epochs 2, 4 and the end
   are in the TensorBoard event files (and metrics.jsonl)."""
   pytest.importorskip("tensorboard")
   from jaxssl import metric_writers  # pylint: disable=g-import-not-at-top
-  _, config = _load("simclr_cifar10", "runlocal")
+  config = _small(_load("simclr_cifar10", "runlocal")[1])
   config.eval.every_epochs = 2
   train.train_and_evaluate(config, str(tmp_path))
   events = metric_writers.read_scalars(str(tmp_path))
@@ -285,10 +294,9 @@ def test_files_source_end_to_end_with_a_corrupt_jpeg(tmp_path):
   """A folder source trains on host crops, skips and counts a bad file."""
   _write_jpeg_folder(tmp_path / "data" / "train", corrupt=1)
   _write_jpeg_folder(tmp_path / "data" / "test", per_class=8)
-  _, config = _load("simclr_cifar10", "runlocal")
+  config = _small(_load("simclr_cifar10", "runlocal")[1])
   config.data.source = "files"
   config.data.path = str(tmp_path / "data")
-  config.data.image_size = 16
   config.batch_size = 32
   config.epochs = 3
   config.log_every = 3
@@ -337,11 +345,10 @@ def test_tfds_source_end_to_end(tmp_path):
       data_dir=str(tmp_path / "tfds"), features=features,
       split_datasets={"train": split(96), "test": split(32)},
   ).download_and_prepare()
-  _, config = _load("simclr_cifar10", "runlocal")
+  config = _small(_load("simclr_cifar10", "runlocal")[1])
   config.data.source = "tfds"
   config.data.name = "jaxssl_colours"
   config.data.data_dir = str(tmp_path / "tfds")
-  config.data.image_size = 16
   config.data.shuffle_buffer = 64
   config.batch_size = 32
   config.epochs = 2
