@@ -118,7 +118,7 @@ def test_model_flops_count_the_whole_global_batch():
   device there, cancels in the difference)."""
   import jax  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 8
-  config = dict(depth=18, cifar=True, image_size=8, dtype="float32",
+  config = dict(depth=10, cifar=True, image_size=8, dtype="float32",
                 augment=False)
 
   def per_device(batch_size):
@@ -140,12 +140,12 @@ def test_step_benchmark_row(monkeypatch):
   monkeypatch.setattr(bench_step.device_peaks, "peak_flops",
                       lambda kind, dtype: 1e12)
   row = bench_step.run_benchmark(
-      "simclr", depth=18, cifar=True, image_size=8, batch_size=16,
+      "simclr", depth=10, cifar=True, image_size=8, batch_size=16,
       dtype="float32", remat="none", steps=1, augment=False)
   assert row["images_per_second"] == pytest.approx(
       16 / (row["step_ms"] / 1000))
   assert row["model_flops_per_step"] == bench_step.model_flops(
-      "simclr", depth=18, cifar=True, image_size=8, batch_size=16,
+      "simclr", depth=10, cifar=True, image_size=8, batch_size=16,
       dtype="float32", augment=False)
   assert row["mfu"] == pytest.approx(
       row["model_flops_per_step"] / (row["step_ms"] / 1000) / (8 * 1e12))
