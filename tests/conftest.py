@@ -46,3 +46,20 @@ def _check_devices():
       "tests expect 8 fake CPU devices; XLA_FLAGS was set too late: "
       f"{os.environ.get('XLA_FLAGS')!r}, got {jax.devices()}")
   yield
+
+
+# The slowest files (by `--durations=0` on a 2-core CPU, 2026-12-06) start
+# first, so that the two pytest-xdist workers (`--dist loadfile` hands out
+# whole files in collection order) finish together instead of one worker
+# starting a minute-long file while the other is idle. The rest keep their
+# order.
+SLOWEST_FIRST = ("test_runlocal_cifar.py", "test_runlocal_imagenet.py",
+                 "test_multihost.py", "test_checkpointing.py",
+                 "test_performance.py", "test_methods.py", "test_moco.py",
+                 "test_train.py", "test_main.py", "test_semisupervised.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+  rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
