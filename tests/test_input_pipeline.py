@@ -821,3 +821,26 @@ def test_early_crops_before_the_switch_position(noise_folder):
   assert np.abs(views["early"].astype(int) - views["late"]).max() > 20
   np.testing.assert_array_equal(views["both"][:4], views["early"][:4])
   np.testing.assert_array_equal(views["both"][4:], views["late"][4:])
+
+
+def test_tensorflow_is_loaded_only_by_tf_module():
+  """A run on synthetic or in-memory data never imports TensorFlow (3 s per
+  process): importing the training modules and `hide_accelerators()` leave
+  it unloaded; `tf_module()` loads it (a fresh interpreter, since this
+  one's tests have imported it)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import subprocess_env  # pylint: disable=g-import-not-at-top
+  code = (
+      "import sys\n"
+      "from jaxssl import main, train\n"
+      "from jaxssl.data import input_pipeline\n"
+      "input_pipeline.hide_accelerators()\n"
+      "print('tensorflow' in sys.modules)\n"
+      "input_pipeline.tf_module()\n"
+      "print('tensorflow' in sys.modules)\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, env=subprocess_env.cpu_env(1), timeout=300,
+                       check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.split() == ["False", "True"], out.stdout
