@@ -22,7 +22,7 @@ CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
 # Trained: one config per method. The ImageNet configs' `:runlocal` differ
 # from these only in hyperparameters; they are built (not trained) in
 # test_main.py, and byol_resnet50 / simclr_resnet50 `:runlocal` train in
-# test_multihost.py. MoCo's, DINO's, SwAV's, SupCon's and WCL's (issues
+# test_multihost.py (at ResNet-10/16 on 16 px). MoCo's, DINO's, SwAV's, SupCon's and WCL's (issues
 # 17–19) all train, with the ViT variants of their CIFAR configs.
 TRAINED_CONFIGS = [n for n in METHOD_CONFIGS if n.endswith("_cifar10")
                    or n.startswith(("moco", "dino", "swav", "supcon", "wcl"))]
