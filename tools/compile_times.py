@@ -53,6 +53,6 @@ def pytest_runtest_protocol(item, nextitem):
   wall = time.perf_counter() - start
   path = os.environ.get("COMPILE_TIMES", "/tmp/compile_times.txt")
   with open(path, "a", encoding="utf-8") as f:
-    f.write(f"{wall:7.1f}  compile {_totals['compile']:6.1f}  "
-            f"trace {_totals['trace']:5.1f}  lower {_totals['lower']:5.1f}  "
+    f.write(f"{wall:7.1f}  compile {_totals['compile']:6.2f}  "
+            f"trace {_totals['trace']:5.2f}  lower {_totals['lower']:5.2f}  "
             f"{item.nodeid}\n")
