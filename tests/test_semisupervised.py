@@ -22,8 +22,8 @@ def _run(workdir, *extra):
           "--fractions=10", f"--workdir={workdir}",
           f"--benchmarks={workdir}/BENCH.md",
           "--set=pretrain.probe.enabled=False",
-          # 16 px at width 1/16: the
-          # pipeline's plumbing, not the encoder, is under test.
+          # 16 px at width 1/16: the pipeline's plumbing, not the encoder,
+          # is under test.
           "--set=pretrain.data.image_size=16",
           "--set=pretrain.model.width=0.0625",
           "--set=distill.checkpointing.every_steps=4", *extra]
