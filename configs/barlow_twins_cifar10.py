@@ -16,7 +16,7 @@ EXPECTED: solo-learn reports ≈ 92.1 % linear top-1 after 1000 epochs (with
 its loss scaled by 0.1, which is not done here).
 
 `:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+with a ResNet-10/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
 trains N epochs of 4 steps.
 """
 

@@ -16,7 +16,7 @@ EXPECTED (paper Table 1, linear evaluation top-1 on ImageNet): 73.2 % after
 1/1000 of the peak.
 
 `:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+with a ResNet-10/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
 trains N epochs of 4 steps.
 """
 

@@ -16,7 +16,7 @@ EXPECTED: solo-learn reports ≈ 92.6 % linear top-1 after 1000 epochs; lightly'
 benchmark (ResNet-18, batch 512) kNN top-1 0.868 after 200 epochs.
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+with a ResNet-10/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
 trains N epochs of 4 steps.
 """
 

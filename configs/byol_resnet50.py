@@ -18,7 +18,7 @@ EXPECTED (paper and reference README, linear evaluation top-1 on ImageNet):
 300 epochs 72.5 %, 1000 epochs 74.3 %.
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+with a ResNet-10/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
 trains N epochs of 4 steps.
 """
 

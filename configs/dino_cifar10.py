@@ -25,7 +25,7 @@ linear top-1 for DINO with a ResNet-18 after 1000 epochs (its own CIFAR
 recipe). The ViT-Tiny variant has no published anchor.
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 (or a 4-block ViT-Tiny at 8×8 patches,
+with a ResNet-10/8 (or a 4-block ViT-Tiny at 8×8 patches,
 `:runlocal,vit`), 2 local crops of 16 px and a 128-wide head.
 """
 

@@ -22,7 +22,7 @@ top-1 on ImageNet (README table; a longer run than this command's 100
 epochs).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8, 2 local crops of 16 px and a 128-wide head.
+with a ResNet-10/8, 2 local crops of 16 px and a 128-wide head.
 """
 
 from jaxssl import config_utils

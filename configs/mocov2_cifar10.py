@@ -25,7 +25,7 @@ head; its kNN uses the 128-d output of the query encoder, ours the
 encoder's features); solo-learn's MoCo V2+ (symmetric, 1000 epochs) ≈ 93 % linear top-1.
 
 `:runlocal` trains 48 steps (12 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8, a 128-wide head, a queue of 256 keys and key momentum
+with a ResNet-10/8, a 128-wide head, a queue of 256 keys and key momentum
 0.99.
 """
 

@@ -27,7 +27,7 @@ EXPECTED (paper, linear top-1 on ImageNet): 67.5 % after 200 epochs, 71.1 %
 after 800 (MoCo v1, 200 epochs: 60.6 %).
 
 `:runlocal` trains 48 steps (12 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8, a 128-wide head, a queue of 256 keys and key momentum
+with a ResNet-10/8, a 128-wide head, a queue of 256 keys and key momentum
 0.99.
 """
 

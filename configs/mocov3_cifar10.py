@@ -29,7 +29,7 @@ ResNet-18 after 1000 epochs; the ViT-Tiny variant is not measured yet
 ResNet-18).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 (or a 4-block ViT-Tiny at 8×8 patches,
+with a ResNet-10/8 (or a 4-block ViT-Tiny at 8×8 patches,
 `:runlocal,vit`) and 128-wide heads.
 """
 

@@ -28,7 +28,7 @@ EXPECTED (reference, linear top-1 on ImageNet): 68.9 % (100 epochs),
 72.8 % (300), 74.6 % (1000).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 and 128-wide heads.
+with a ResNet-10/8 and 128-wide heads.
 """
 
 from jaxssl import config_utils

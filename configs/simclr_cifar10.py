@@ -16,7 +16,7 @@ ResNet-50 at batch 1024 and 1000 epochs; for ResNet-18 at batch 512, lightly's
 benchmark reports kNN top-1 0.848 after 200 epochs.
 
 `:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 (a CPU smoke run); `:runlocal,epochs=N` trains N epochs
+with a ResNet-10/8 (a CPU smoke run); `:runlocal,epochs=N` trains N epochs
 of 4 steps.
 """
 

@@ -63,9 +63,9 @@ first layer is configs/finetune.py, distillation configs/distill.py, all
 three in one command tools/semisupervised.py.)
 
 `:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 (a CPU smoke run), whatever `depth` and `width`;
+with a ResNet-10/8 (a CPU smoke run), whatever `depth` and `width`;
 `:runlocal,epochs=N` trains N epochs of 4 steps; `:runlocal,sk` keeps
-`sk_ratio` on the ResNet-18/8, whose projection shortcuts become ResNet-D's
+`sk_ratio` on the ResNet-10/8, whose projection shortcuts become ResNet-D's
 (a ResNet-18 has no bottleneck to select kernels in: add
 `--config.model.depth=50` to run the selective kernels too).
 """

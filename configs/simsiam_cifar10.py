@@ -14,7 +14,7 @@ Variants: `epochs=N` (default 800), `runlocal`.
 EXPECTED: the paper (app. D) reports 91.8 % on CIFAR-10 after 800 epochs.
 
 `:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
+with a ResNet-10/8 and 128-wide heads (a CPU smoke run); `:runlocal,epochs=N`
 trains N epochs of 4 steps.
 """
 

@@ -29,7 +29,7 @@ a ResNet-50 (SupCon; cross-entropy 95.0 %, SimCLR 93.6 %). Not measured
 with jaxssl; a ResNet-18 is expected to land lower.
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px
-labelled images with a ResNet-18/8 (a CPU smoke run).
+labelled images with a ResNet-10/8 (a CPU smoke run).
 """
 
 from jaxssl import config_utils

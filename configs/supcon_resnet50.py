@@ -29,7 +29,7 @@ reference's README (with a momentum encoder, not implemented here). Not
 measured with jaxssl; with SimCLR's augmentation expect somewhat less.
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic labelled 32
-px images with a ResNet-18/8 (a CPU smoke run).
+px images with a ResNet-10/8 (a CPU smoke run).
 """
 
 from jaxssl import config_utils

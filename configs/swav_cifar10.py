@@ -21,7 +21,7 @@ EXPECTED: not measured in this repository yet; solo-learn reports ≈ 89 %
 linear top-1 for SwAV with a ResNet-18 after 1000 epochs (its own recipe).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8, 2 local crops of 16 px, a 128-wide head and 64
+with a ResNet-10/8, 2 local crops of 16 px, a 128-wide head and 64
 prototypes.
 """
 

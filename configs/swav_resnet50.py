@@ -24,7 +24,7 @@ epochs), 73.9 % (200), 74.6 % (400), 75.3 % (800); batch 256: 72.7 % (200),
 74.3 % (400).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8, 2 local crops of 16 px, a 128-wide head, 64
+with a ResNet-10/8, 2 local crops of 16 px, a 128-wide head, 64
 prototypes and a queue of 4 batches from epoch 2.
 """
 

@@ -25,7 +25,7 @@ ResNet-18); WCL's weak labels should raise it (`purity_1`/`purity_2` in the
 logs show how often the graph joins images of one class).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 and 128-wide heads (a CPU smoke run).
+with a ResNet-10/8 and 128-wide heads (a CPU smoke run).
 """
 
 from jaxssl import config_utils

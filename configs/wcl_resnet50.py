@@ -28,7 +28,7 @@ README. Semi-supervised fine-tuning with 1 % / 10 % of the labels: 65.0 % /
 72.0 % (the paper's abstract). Not measured with jaxssl.
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
-with a ResNet-18/8 and 128-wide heads; the early augmentation covers its
+with a ResNet-10/8 and 128-wide heads; the early augmentation covers its
 first epoch.
 """
 

@@ -475,7 +475,7 @@ def test_torchvision_export_refuses_sk_resnets(depth, cifar_stem):
 def test_simclr_config_depth_width_sk_variants():
   """`configs/simclr_resnet50.py:v2,depth=152,width=3,sk` is SimCLR v2's
   R152 (3×+SK) with the 3-layer head; other depths and widths are errors
-  naming the variant; `:runlocal` keeps shrinking to the ResNet-18/8 and
+  naming the variant; `:runlocal` keeps shrinking to the ResNet-10/8 and
   keeps `sk`."""
   _, c = config_files.load("simclr_resnet50", "v2,depth=152,width=3,sk")
   assert (c.model.depth, c.model.width, c.model.sk_ratio, c.model.cifar_stem,
@@ -488,7 +488,7 @@ def test_simclr_config_depth_width_sk_variants():
       config_files.load("simclr_resnet50", variant)
   _, c = config_files.load("simclr_resnet50", "runlocal,sk,depth=152,width=3")
   assert (c.model.depth, c.model.width, c.model.cifar_stem,
-          c.model.sk_ratio, c.batch_size) == (18, 0.125, True, _SK_RATIO, 64)
+          c.model.sk_ratio, c.batch_size) == (10, 0.125, True, _SK_RATIO, 64)
   train.check_config(c, sharding.data_mesh())
   encoder = models.create_encoder(c.model, None)
   params = jax.eval_shape(encoder.init, jax.random.key(0), jax.ShapeDtypeStruct(
