@@ -7,13 +7,13 @@ rank >= 2. Note that `optax.lars` applies both to *every* parameter unless
 given masks, which is why we pass them explicitly everywhere.
 """
 
-import re
 from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxssl import freezing
 from jaxssl import precision
 
 PyTree = Any
@@ -255,61 +255,6 @@ def create_optimizer(
                           momentum=momentum, **kwargs)
 
 
-class FreezeState(NamedTuple):
-  """State of `freeze`: the update count and the inner state."""
-  count: jax.Array
-  inner: optax.OptState
-
-
-def freeze(inner: optax.GradientTransformation, mask: MaskOrFn,
-           until_step: int) -> optax.GradientTransformation:
-  """`inner`, with the masked-in parameters frozen for the first
-  `until_step` updates: their updates are zero and their slots of the
-  inner state (momenta, Adam moments) do not move, as PyTorch's optimizers
-  skip a parameter whose `.grad` is None (DINO's last layer in epoch 1,
-  SwAV's prototypes). Update counts (Adam's bias correction) still advance.
-  """
-  def init_fn(params):
-    return FreezeState(count=jnp.zeros([], jnp.int32), inner=inner.init(params))
-
-  def update_fn(updates, state, params=None):
-    frozen = state.count < until_step
-    flags = _resolve_mask(mask, params if params is not None else updates)
-    new_updates, new_inner = inner.update(updates, state.inner, params)
-    new_updates = jax.tree.map(
-        lambda u, m: jnp.where(frozen, jnp.zeros_like(u), u) if m else u,
-        new_updates, flags)
-    slot_flags = optax.tree_map_params(
-        inner, lambda _, m: m, new_inner, flags,
-        transform_non_params=lambda v: jax.tree.map(lambda _: False, v))
-    new_inner = jax.tree.map(
-        lambda new, old, m: jnp.where(frozen, old, new) if m else new,
-        new_inner, state.inner, slot_flags)
-    return new_updates, FreezeState(count=state.count + 1, inner=new_inner)
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def path_mask(pattern: str) -> Callable[[PyTree], PyTree]:
-  """True for the parameters whose '/'-joined path (e.g.
-  'projector/last/kernel') matches the regular expression `pattern`
-  (`re.search`)."""
-  regex = re.compile(pattern)
-
-  def mask(params):
-    def one(path, _):
-      return bool(regex.search("/".join(_key_name(k) for k in path)))
-    return jax.tree_util.tree_map_with_path(one, params)
-  return mask
-
-
-def _key_name(key) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def clip_per_parameter(max_norm: float) -> optax.GradientTransformation:
   """Scales each parameter's gradient to norm at most `max_norm`
   (`g·min(1, max_norm / (‖g‖ + 1e-6))`, DINO's `clip_gradients`)."""
@@ -376,16 +321,20 @@ def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
   elif kind != "constant":
     raise ValueError(f"config.optimizer.weight_decay_schedule={kind!r} is "
                      "not one of ['constant', 'cosine']")
-  tx = create_optimizer(opt.name, learning_rate, weight_decay=weight_decay,
-                        momentum=opt.momentum, **extra)
+
+  def make(offset: int) -> optax.GradientTransformation:
+    return create_optimizer(opt.name, freezing.shifted(learning_rate, offset),
+                            weight_decay=freezing.shifted(weight_decay, offset),
+                            momentum=opt.momentum, **extra)
+
+  pattern = opt.get("freeze_pattern", "")
+  if pattern and freeze_steps > 0:
+    tx = freezing.freeze(make, freezing.path_mask(pattern), freeze_steps)
+  else:
+    tx = make(0)
   clips = []
   if opt.get("clip_global_norm", 0.0) > 0:
     clips.append(optax.clip_by_global_norm(opt.clip_global_norm))
   if opt.get("clip_per_parameter", 0.0) > 0:
     clips.append(clip_per_parameter(opt.clip_per_parameter))
-  if clips:
-    tx = optax.chain(*clips, tx)
-  pattern = opt.get("freeze_pattern", "")
-  if pattern and freeze_steps > 0:
-    tx = freeze(tx, path_mask(pattern), freeze_steps)
-  return tx
+  return optax.chain(*clips, tx) if clips else tx

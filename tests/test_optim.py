@@ -16,6 +16,7 @@ import pytest
 
 import lars_trees
 import mesh_runs
+from jaxssl import freezing
 from jaxssl import optim
 
 _SHAPES = lars_trees.SHAPES
@@ -384,7 +385,7 @@ def test_freeze_keeps_matching_parameters_and_their_slots_still():
   # First update after the freeze: a fresh momentum buffer (its slot was
   # held at zero), so a plain step.
   np.testing.assert_allclose(last[2], 1.0 - 0.1 * g, rtol=1e-14)
-  assert optim.path_mask("last")(params) == {
+  assert freezing.path_mask("last")(params) == {
       "projector": {"last": {"kernel": True}, "first": {"kernel": False}}}
 
 
@@ -474,3 +475,76 @@ def test_larc_skips_a_zero_gradient_entirely():
   (updates,), _ = _run(tx, params, [grads])
   for leaf in jax.tree.leaves(updates):
     np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+
+
+_FROZEN_STEPS = 3
+
+
+def _freeze_case(name):
+  """Optimizer config `name` (with its LARS/LARC variant), and the keyword
+  arguments of `create_optimizer` that build the same optimizer."""
+  values = {"adamw": dict(name="adamw", weight_decay=0.04),
+            "sgd": dict(name="sgd", weight_decay=1e-4, momentum=0.9),
+            "lars": dict(name="lars", weight_decay=1e-4, momentum=0.9,
+                         trust_coefficient=0.02, lr_in_momentum=False),
+            "larc": dict(name="lars", weight_decay=1e-4, momentum=0.9,
+                         trust_coefficient=0.02, trust_ratio="larc")}[name]
+  opt = _chain_config(freeze_pattern="^frozen/", **values)
+  kwargs = {"momentum": opt.momentum}
+  if opt.name in ("lars", "sgd"):
+    kwargs["nesterov"] = opt.nesterov
+  if opt.name == "lars":
+    kwargs.update(trust_coefficient=opt.trust_coefficient,
+                  lr_in_momentum=opt.lr_in_momentum,
+                  excluded_lr_scale=opt.excluded_lr_scale,
+                  trust_ratio=opt.get("trust_ratio", "lars"))
+  return opt, kwargs
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "lars", "larc"])
+def test_unfrozen_parameters_start_a_fresh_optimizer(name):
+  """PyTorch skips a parameter without gradient: its AdamW step count,
+  moments and momentum start when it first gets one (DINO's last layer
+  after epoch 1). With `freeze_pattern`, the frozen leaves do not move for
+  `freeze_steps` updates; from then on their updates equal those of a fresh
+  optimizer created at the unfreezing step on them alone, with the
+  learning rate and weight decay of the global step (float64). The other
+  leaves' updates equal one optimizer's on them alone from step 0. A
+  shared AdamW count (bias correction 1 − β^t with t from step 0) would
+  make the first unfrozen AdamW updates 2–5× too large here."""
+  opt, kwargs = _freeze_case(name)
+  lr = lambda t: 0.05 * (1.0 + t) / (2.0 + t)  # changes every step
+  tx = optim.from_config(opt, lr, freeze_steps=_FROZEN_STEPS)
+  rng = np.random.default_rng(7)
+  tree = lambda: {"free": {"kernel": jnp.asarray(rng.normal(size=(3, 2))),
+                           "bias": jnp.asarray(rng.normal(size=(2,)))},
+                  "frozen": {"kernel": jnp.asarray(rng.normal(size=(2, 4))),
+                             "bias": jnp.asarray(rng.normal(size=(4,)))}}
+  params = tree()
+  state = tx.init(params)
+  free_tx = optim.create_optimizer(opt.name, lr, weight_decay=opt.weight_decay,
+                                   **kwargs)
+  free_state = free_tx.init(params["free"])
+  fresh_tx = optim.create_optimizer(
+      opt.name, lambda t: lr(t + _FROZEN_STEPS),
+      weight_decay=opt.weight_decay, **kwargs)
+  fresh_state = None
+  start = params["frozen"]
+  for step in range(_FROZEN_STEPS + 4):
+    grads = tree()
+    updates, state = tx.update(grads, state, params)
+    want, free_state = free_tx.update(grads["free"], free_state,
+                                      params["free"])
+    mesh_runs.assert_trees_close(updates["free"], want, rtol=1e-12)
+    if step < _FROZEN_STEPS:
+      for leaf in jax.tree.leaves(updates["frozen"]):
+        np.testing.assert_array_equal(leaf, 0.0)
+    else:
+      if fresh_state is None:
+        fresh_state = fresh_tx.init(params["frozen"])
+      want, fresh_state = fresh_tx.update(grads["frozen"], fresh_state,
+                                          params["frozen"])
+      mesh_runs.assert_trees_close(updates["frozen"], want, rtol=1e-12)
+    params = optax.apply_updates(params, updates)
+    if step < _FROZEN_STEPS:
+      mesh_runs.assert_trees_close(params["frozen"], start, rtol=0)

@@ -11,6 +11,7 @@ import mesh_runs
 from jaxssl import epochs
 from jaxssl import export
 from jaxssl import methods
+from jaxssl import freezing
 from jaxssl import optim
 from jaxssl.models import vit
 
@@ -227,7 +228,7 @@ def test_vit_config_freezes_exactly_the_patch_projection_for_the_run(
   _, c = config_files.load(name, variant)
   network = methods.METHODS[c.method](c, axis_name=None, total_steps=1).network
   params = _shapes(network, c.data.image_size)["params"]
-  flags = optim.path_mask(c.optimizer.freeze_pattern)(params)
+  flags = freezing.path_mask(c.optimizer.freeze_pattern)(params)
   frozen = sorted("/".join(str(k.key) for k in path)
                   for path, flag in jax.tree_util.tree_leaves_with_path(flags)
                   if flag)

@@ -84,7 +84,7 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from jaxssl import optim, schedules, sharding, train, view_presets  # pylint: disable=g-import-not-at-top
+  from jaxssl import freezing, optim, schedules, sharding, train, view_presets  # pylint: disable=g-import-not-at-top
   from jaxssl.methods import base, byol, dino, simclr, swav  # pylint: disable=g-import-not-at-top
   from jaxssl.models.heads import DINOHead, ProjectionHead  # pylint: disable=g-import-not-at-top
   if method not in METHODS:
@@ -136,11 +136,10 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
         base.Network(encoder(), head()), views=counts, out_dim=65536,
         momentum=schedules.ema_momentum(0.996, total_steps),
         teacher_temperature=lambda step: 0.04 * jnp.ones([]))
-    tx = optim.freeze(
-        optax.chain(optim.clip_per_parameter(3.0),
-                    optim.create_optimizer("adamw", schedule,
-                                           weight_decay=0.04)),
-        optim.path_mask("^projector/last_layer/"), FROZEN_STEPS)
+    tx = optax.chain(optim.clip_per_parameter(3.0), freezing.freeze(
+        lambda offset: optim.create_optimizer(
+            "adamw", freezing.shifted(schedule, offset), weight_decay=0.04),
+        freezing.path_mask("^projector/last_layer/"), FROZEN_STEPS))
   else:
     network = base.Network(
         encoder(), ProjectionHead(num_layers=2, hidden_dim=2048, out_dim=128,
@@ -148,10 +147,11 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
         swav.Prototypes(3000))
     m = swav.build(network, views=counts, axis_name=axis)
     every = lambda params: jax.tree.map(lambda _: True, params)
-    tx = optim.freeze(
-        optim.lars(schedule, weight_decay=1e-6, lr_in_momentum=False,
-                   mask=every, trust_ratio="larc"),
-        optim.path_mask("^predictor/"), FROZEN_STEPS)
+    tx = freezing.freeze(
+        lambda offset: optim.lars(
+            freezing.shifted(schedule, offset), weight_decay=1e-6,
+            lr_in_momentum=False, mask=every, trust_ratio="larc"),
+        freezing.path_mask("^predictor/"), FROZEN_STEPS)
   return train.Learner(method=m, tx=tx, schedule=schedule, views=groups,
                        microbatches=microbatches,
                        microbatch_loop=microbatch_loop)
