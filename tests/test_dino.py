@@ -13,6 +13,7 @@ import pytest
 import mesh_runs
 from jaxssl import config_utils
 from jaxssl import losses
+from jaxssl import optim
 from jaxssl import train
 from jaxssl.methods import base
 from jaxssl.methods import dino
@@ -156,8 +157,29 @@ def test_dino_head_is_weight_normalised_and_l2_bottlenecked():
   free = DINOHead(out_dim=12, hidden_dim=16, bottleneck_dim=8,
                   norm_last_layer=False)
   fv = free.init(jax.random.key(1), x)
-  fv["params"]["last_layer"]["scale"] = 2.0 * jnp.ones(12)
+  fv["params"]["last_layer"]["scale"] = 2.0 * jnp.ones((1, 12))
   np.testing.assert_allclose(free.apply(fv, x), 2.0 * out, rtol=1e-5)
+
+
+def test_free_last_layer_scale_is_weight_decayed_as_the_reference():
+  """With `norm_last_layer=False` the reference's `weight_g` is `[K, 1]`,
+  2-D, so its `get_params_groups` puts it in the regularised group (only
+  biases and 1-D parameters are exempt). Ours is `[1, K]`: under the
+  config's AdamW a zero gradient updates it by −lr·wd·g (float64), while
+  the biases stay put."""
+  free = DINOHead(out_dim=12, hidden_dim=16, bottleneck_dim=8,
+                  norm_last_layer=False)
+  with mesh_runs.float64():
+    params = free.init(jax.random.key(1), jnp.ones((5, 4)))["params"]
+    assert params["last_layer"]["scale"].shape == (1, 12)
+    c = _config()
+    lr = 0.1
+    tx = optim.from_config(c.optimizer, lr, total_steps=10)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["last_layer"]["scale"],
+                             -lr * c.optimizer.weight_decay, rtol=1e-12)
+  np.testing.assert_array_equal(updates["dense1"]["bias"], 0.0)
 
 
 def test_dino_config_errors_name_the_keys():

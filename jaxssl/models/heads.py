@@ -59,7 +59,8 @@ class ProjectionHead(nn.Module):
     kernel_init: 'simclr' (N(0, 0.01²)) or 'fan_in' (LeCun normal).
     bias: dense layers not followed by BatchNorm have a bias (False: no
       layer has one, MoCo v3).
-    bn_momentum, bn_epsilon, axis_name, bn_group_size: as in `ResNet`.
+    bn_momentum, bn_epsilon, axis_name, bn_group_size, bn_num_groups: as
+      in `ResNet`.
     dtype: computation dtype; None: full precision (`jaxssl.precision`),
       which is also the dtype of the parameters and of the output.
   """
@@ -74,6 +75,7 @@ class ProjectionHead(nn.Module):
   bn_epsilon: float = 1e-5
   axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  bn_num_groups: Optional[int] = None
   dtype: Any = None
 
   @nn.compact
@@ -92,7 +94,8 @@ class ProjectionHead(nn.Module):
     dtype = full if self.dtype is None else self.dtype
     norm = batch_norm_factory(
         train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=dtype)
+        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=dtype,
+        num_groups=self.bn_num_groups)
     layers = self.num_layers if layers is None else layers
     if not 0 <= layers <= self.num_layers:
       raise ValueError(f"layers={layers} is not in [0, {self.num_layers}]")
@@ -131,7 +134,8 @@ class DINOHead(nn.Module):
   a `bottleneck_dim` output, L2-normalised, then a weight-normalised linear
   layer without bias to `out_dim`: `W = g·v/‖v‖` per output unit, with
   `g = 1` fixed when `norm_last_layer` (the reference's `weight_g` without
-  gradient), else a parameter `last_layer/scale` starting at 1. Its
+  gradient), else a parameter `last_layer/scale` starting at 1, of shape
+  `[1, K]` (the reference's `[K, 1]`, weight-decayed as there). Its
   parameters are `last_layer/kernel_v` (PyTorch's default init) and
   `scale`, so `^projector/last_layer/` freezes the last layer.
 
@@ -142,7 +146,8 @@ class DINOHead(nn.Module):
     num_layers: MLP layers (3).
     use_bn: BatchNorm after the hidden layers (False; the ResNet option).
     norm_last_layer: fix `g = 1` (True; False for ViT-S/16 long runs).
-    bn_momentum, bn_epsilon, axis_name, bn_group_size: as `ProjectionHead`.
+    bn_momentum, bn_epsilon, axis_name, bn_group_size, bn_num_groups: as
+      `ProjectionHead`.
   """
   out_dim: int = 65536
   hidden_dim: int = 2048
@@ -154,6 +159,7 @@ class DINOHead(nn.Module):
   bn_epsilon: float = 1e-5
   axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  bn_num_groups: Optional[int] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -161,7 +167,8 @@ class DINOHead(nn.Module):
     x = precision.to_full(x)
     norm = batch_norm_factory(
         train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=full)
+        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=full,
+        num_groups=self.bn_num_groups)
     layers = max(self.num_layers, 1)
     for i in range(layers):
       last = i == layers - 1
@@ -193,6 +200,9 @@ class _WeightNormLinear(nn.Module):
                    (x.shape[-1], self.features), full)
     w = v / jnp.linalg.norm(v, axis=0, keepdims=True)
     if not self.fixed_scale:
-      w = w * self.param("scale", nn.initializers.ones, (self.features,),
+      # [1, K]: PyTorch's `weight_g` is [K, 1], a matrix, which the
+      # reference's `get_params_groups` weight-decays (it exempts biases and
+      # 1-D parameters only); the rank-based decay mask does the same here.
+      w = w * self.param("scale", nn.initializers.ones, (1, self.features),
                          full)
     return x @ w
