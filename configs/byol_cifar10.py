@@ -33,10 +33,11 @@ def get_config(arg=None):
   c.log_every = 50
   c.augment.preset = "byol"
   c.augment.blur = False
+  # The reference's MLP: Linear → BN → ReLU → Linear without bias.
   config_utils.set_head(c.head, num_layers=2, hidden_dim=4096, out_dim=256,
-                        last_bn="none")
+                        last_bn="none", bias=False)
   config_utils.set_head(c.predictor, num_layers=2, hidden_dim=4096,
-                        out_dim=256, last_bn="none")
+                        out_dim=256, last_bn="none", bias=False)
   c.target.base_momentum = 0.99
   c.optimizer.name = "lars"
   c.optimizer.lr_in_momentum = False

@@ -39,10 +39,11 @@ def get_config(arg=None):
   c.epochs = arg.epochs
   c.log_every = 100
   c.augment.preset = "byol"
+  # The reference's MLP: Linear → BN → ReLU → Linear without bias.
   config_utils.set_head(c.head, num_layers=2, hidden_dim=4096, out_dim=256,
-                        last_bn="none")
+                        last_bn="none", bias=False)
   config_utils.set_head(c.predictor, num_layers=2, hidden_dim=4096,
-                        out_dim=256, last_bn="none")
+                        out_dim=256, last_bn="none", bias=False)
   c.target.base_momentum = base_tau
   c.optimizer.name = "lars"
   c.optimizer.lr_in_momentum = False

@@ -36,6 +36,8 @@ def get_config(arg=None):
   arg = config_utils.parse_arg(arg, runlocal=False, epochs=200, vit=False)
   c = config_utils.use_cifar10(config_utils.base_config())
   c.method = "dino"
+  # The reference's ResNet starts each block's last BN γ at 1.
+  c.model.zero_init_residual = False
   c.steps_rule = "floor"
   c.batch_size = 256
   c.epochs = arg.epochs

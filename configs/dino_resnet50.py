@@ -32,6 +32,8 @@ def get_config(arg=None):
   arg = config_utils.parse_arg(arg, runlocal=False, epochs=100)
   c = config_utils.use_imagenet(config_utils.base_config())
   c.method = "dino"
+  # The reference's ResNet starts each block's last BN γ at 1.
+  c.model.zero_init_residual = False
   c.steps_rule = "floor"
   c.batch_size = 512
   c.epochs = arg.epochs

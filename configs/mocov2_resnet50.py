@@ -38,6 +38,8 @@ def get_config(arg=None):
   arg = config_utils.parse_arg(arg, runlocal=False, epochs=200, v1=False)
   c = config_utils.use_imagenet(config_utils.base_config())
   c.method = "moco"
+  # The reference's ResNet starts each block's last BN γ at 1.
+  c.model.zero_init_residual = False
   c.steps_rule = "floor"  # the reference's loader drops the last batch
   c.batch_size = 256
   c.epochs = arg.epochs

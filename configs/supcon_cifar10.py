@@ -39,6 +39,8 @@ def get_config(arg=None):
   arg = config_utils.parse_arg(arg, runlocal=False, epochs=1000)
   c = config_utils.use_cifar10(config_utils.base_config())
   c.method = "supcon"
+  # The reference's ResNet starts each block's last BN γ at 1.
+  c.model.zero_init_residual = False
   c.steps_rule = "floor"
   c.batch_size = 1024
   c.epochs = arg.epochs

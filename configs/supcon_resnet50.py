@@ -39,6 +39,8 @@ def get_config(arg=None):
   arg = config_utils.parse_arg(arg, runlocal=False, epochs=350)
   c = config_utils.use_imagenet(config_utils.base_config())
   c.method = "supcon"
+  # The reference's ResNet starts each block's last BN γ at 1.
+  c.model.zero_init_residual = False
   c.steps_rule = "floor"  # int(epochs·N/B), the TF script's
   c.batch_size = 6144
   c.epochs = arg.epochs

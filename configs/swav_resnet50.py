@@ -10,9 +10,11 @@ projection 2048 → 128, 3000 prototypes frozen for the first epoch
 (`freeze_prototypes_niters` = one epoch); τ 0.1, Sinkhorn ε 0.05 with 3
 iterations over the global batch, codes for crops 0 and 1; no queue at
 this batch; crop areas 0.14–1 and 0.05–0.14, SimCLR's colour distortion
-and blur (p 0.5) on every crop; BatchNorm synchronised over all devices.
+and blur (p 0.5) on every crop; BatchNorm statistics over groups of 512
+images (`model.bn_num_groups` = batch / 512: the scripts' `--sync_bn apex`
+groups of 8 GPUs × 64 images); each block's last BN γ starts at 1.
 `bs256`: the batch-256 scripts, rate 0.6 → 0.0006 without warm-up and a
-queue of 3840 embeddings from epoch 15.
+queue of 3840 embeddings from epoch 15, BatchNorm over the whole batch.
 
 COMMAND (a TPU pod; TFDS imagenet2012 in data_dir):
   python -m jaxssl.main --config=configs/swav_resnet50.py:epochs=400 \
@@ -35,8 +37,16 @@ def get_config(arg=None):
   arg = config_utils.parse_arg(arg, runlocal=False, epochs=400, bs256=False)
   c = config_utils.use_imagenet(config_utils.base_config())
   c.method = "swav"
+  # The reference's ResNet starts each block's last BN γ at 1.
+  c.model.zero_init_residual = False
   c.steps_rule = "floor"
   c.batch_size = 256 if arg.bs256 else 4096
+  if not arg.bs256:
+    # `--sync_bn apex` with its default process groups of 8 GPUs of 64
+    # images: BatchNorm statistics over groups of 512 images (a reference
+    # to batch_size: an overridden batch keeps 512 per group; a batch
+    # below 512 is one group). The batch-256 scripts synchronise globally.
+    c.model.bn_num_groups = c.get_ref("batch_size") // 512
   c.epochs = arg.epochs
   c.log_every = 100
   c.augment.preset = "multicrop"

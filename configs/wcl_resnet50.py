@@ -40,6 +40,8 @@ def get_config(arg=None):
                                paper_head=False, multicrop=False)
   c = config_utils.use_imagenet(config_utils.base_config())
   c.method = "wcl"
+  # The reference's ResNet starts each block's last BN γ at 1.
+  c.model.zero_init_residual = False
   c.steps_rule = "floor"
   c.batch_size = 4096
   c.epochs = arg.epochs

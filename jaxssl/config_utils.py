@@ -93,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bn_momentum = 0.9
   c.model.bn_epsilon = 1e-5
   c.model.bn_group_size = 0  # 0: statistics over all devices.
+  # Or over this many consecutive groups of devices, a fixed share of the
+  # global batch whatever the device count (0: all devices). SwAV's 4096
+  # batch in BN groups of 512 images: batch_size // 512, a reference to
+  # batch_size (`get_ref`), so that an overridden batch keeps the groups.
+  c.model.bn_num_groups = 0
   # Mixed precision of the encoder: 'auto' = bfloat16 activations and
   # matmuls on GPU/TPU, float32 on CPU. Parameters, optimizer state, BN
   # statistics, the (small) heads, logits and losses are float32 always.
@@ -105,6 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
   # one 3×3 conv split in two streams) or 'dilated' (SKNet's 3×3 + dilated).
   c.model.sk_ratio = 0.0
   c.model.sk_branches = "split"
+  # Each residual block's last BatchNorm γ starts at 0 (SimCLR, BYOL, MoCo
+  # v3, SimSiam, Barlow Twins) or 1 (torchvision's default: MoCo v1/v2,
+  # SwAV, DINO, WCL, SupCon).
+  c.model.zero_init_residual = True
   # ViT (model.name='vit', jaxssl.models.vit): size 'tiny' | 'small' |
   # 'base', patch side, position embedding 'sincos' (MoCo v3) | 'learned'
   # (DINO; made for vit_image_size px, resampled for other sizes), MoCo v3's

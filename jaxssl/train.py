@@ -110,6 +110,11 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
         f"config.train.microbatches={m} must be a positive divisor of the "
         f"{per_device} images per device (config.batch_size="
         f"{config.batch_size} over {mesh.devices.size} device(s))")
+  groups = config.model.get("bn_num_groups", 0)
+  if groups and mesh.devices.size % groups:
+    raise ValueError(
+        f"config.model.bn_num_groups={groups} BatchNorm groups need a "
+        f"multiple of {groups} devices; the mesh has {mesh.devices.size}")
   if config.epochs <= 0:
     raise ValueError(f"config.epochs={config.epochs} must be positive")
   if config.method not in methods.METHODS:

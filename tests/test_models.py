@@ -454,25 +454,29 @@ def _grouped_input(rng, c=4):
   return x
 
 
-@pytest.mark.parametrize("group_size", [None, 1, 2, 4, 8])
+@pytest.mark.parametrize("group_size,num_groups", [
+    (None, None), (1, None), (2, None), (4, None), (8, None), (None, 4),
+    (None, 1)])
 @mesh_runs.float64()
-def test_sharded_batchnorm_matches_numpy(group_size):
+def test_sharded_batchnorm_matches_numpy(group_size, num_groups):
   """Global BN (group_size None) normalises with the statistics of the whole
-  global batch; group_size=k with those of its k devices' rows. The running
-  stats are the momentum update with the global-batch mean and variance
-  (= mean over groups of the groups' E[x] and E[x²]), identical on every
-  device."""
+  global batch; group_size=k with those of its k devices' rows;
+  num_groups=g with those of 8/g devices' rows (SwAV's groups of 512
+  images). The running stats are the momentum update with the global-batch
+  mean and variance (= mean over groups of the groups' E[x] and E[x²]),
+  identical on every device."""
   rng = np.random.default_rng(3)
   x = _grouped_input(rng)
   c = x.shape[-1]
   bn = BatchNorm(use_running_average=False, axis_name="data",
-                 group_size=group_size)
+                 group_size=group_size, num_groups=num_groups)
   variables = _random_bn_variables(bn.init(jax.random.key(0), x[:3]), rng, c)
   y, stats = _sharded_bn(bn, variables, x)
 
   scale = np.asarray(variables["params"]["scale"], np.float64)
   bias = np.asarray(variables["params"]["bias"], np.float64)
-  rows = (group_size or 8) * _PER_DEVICE
+  devices = group_size or (8 // num_groups if num_groups else 8)
+  rows = devices * _PER_DEVICE
   want = np.concatenate([_np_bn_train(x[i:i + rows], scale, bias)[0]
                          for i in range(0, len(x), rows)])
   assert y.dtype == np.float64
@@ -520,6 +524,10 @@ def test_group_size_not_dividing_devices_is_an_error():
   bn = BatchNorm(use_running_average=False, axis_name="data", group_size=3)
   variables = bn.init(jax.random.key(0), x[:3])
   with pytest.raises(ValueError, match="group_size=3"):
+    _sharded_bn(bn, variables, x)
+  bn = BatchNorm(use_running_average=False, axis_name="data", num_groups=3)
+  with pytest.raises(ValueError, match="bn_num_groups=3 BatchNorm groups "
+                     "need a multiple of 3 devices"):
     _sharded_bn(bn, variables, x)
 
 

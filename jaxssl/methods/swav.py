@@ -10,7 +10,8 @@ Visual Features by Contrasting Cluster Assignments", NeurIPS 2020
   `Prototypes`, the network's `predictor`); outputs `z` (the projection),
   `p` (the prototype scores of the normalised projection);
 * multi-crop: each resolution group encoded together, the heads once over
-  all crops; BatchNorm synchronised over all devices;
+  all crops; BatchNorm synchronised over all devices, or over groups
+  (`model.bn_num_groups`; the batch-4096 scripts' groups of 512 images);
 * the prototypes are L2-normalised after every update (`post_update`; the
   reference normalises them before each forward, the same sequence) and
   start normalised; they are frozen for the first epoch by the optimizer

@@ -38,10 +38,12 @@ def _resnet(cfg: ml_collections.ConfigDict, axis_name: Optional[str]) -> ResNet:
                 cifar_stem=cfg.cifar_stem, bn_momentum=cfg.bn_momentum,
                 bn_epsilon=cfg.bn_epsilon, axis_name=axis_name,
                 bn_group_size=cfg.bn_group_size or None,
+                bn_num_groups=cfg.get("bn_num_groups", 0) or None,
                 dtype=compute_dtype(cfg.dtype), remat=cfg.remat,
                 # Absent from configs written before SK ResNets: plain ResNet.
                 sk_ratio=cfg.get("sk_ratio", 0.0),
-                sk_branches=cfg.get("sk_branches", "split"))
+                sk_branches=cfg.get("sk_branches", "split"),
+                zero_init_residual=cfg.get("zero_init_residual", True))
 
 
 def _vit(cfg: ml_collections.ConfigDict,
@@ -88,7 +90,8 @@ def create_head(head: ml_collections.ConfigDict,
                     norm_last_layer=head.norm_last_layer,
                     bn_momentum=model.bn_momentum,
                     bn_epsilon=model.bn_epsilon, axis_name=axis_name,
-                    bn_group_size=model.bn_group_size or None)
+                    bn_group_size=model.bn_group_size or None,
+                    bn_num_groups=model.get("bn_num_groups", 0) or None)
   if kind != "mlp":
     raise ValueError(f"head kind={kind!r} is not one of ['mlp', 'dino']")
   return ProjectionHead(num_layers=head.num_layers, hidden_dim=head.hidden_dim,
@@ -97,4 +100,5 @@ def create_head(head: ml_collections.ConfigDict,
                         bias=head.get("bias", True),
                         bn_momentum=model.bn_momentum,
                         bn_epsilon=model.bn_epsilon, axis_name=axis_name,
-                        bn_group_size=model.bn_group_size or None)
+                        bn_group_size=model.bn_group_size or None,
+                    bn_num_groups=model.get("bn_num_groups", 0) or None)

@@ -37,6 +37,9 @@ class BatchNorm(nn.Module):
     axis_name: mapped device axis to aggregate over; None for local stats.
     group_size: aggregate within groups of this many consecutive devices
       along `axis_name`; None for all devices.
+    num_groups: or split the devices into this many consecutive groups
+      (a fixed share of the global batch per group whatever the device
+      count: SwAV's 512 of 4096 images is 8 groups); None: `group_size`.
     use_bias, use_scale: learn β, γ.
     scale_init: initialiser of γ (zeros for the last BN of a residual block).
     dtype: output dtype; statistics, γ and β are in full precision
@@ -47,6 +50,7 @@ class BatchNorm(nn.Module):
   epsilon: float = 1e-5
   axis_name: Optional[str] = None
   group_size: Optional[int] = None
+  num_groups: Optional[int] = None
   use_bias: bool = True
   use_scale: bool = True
   scale_init: Initializer = nn.initializers.ones
@@ -69,11 +73,11 @@ class BatchNorm(nn.Module):
       stats = jnp.stack([jnp.mean(xf, axes), jnp.mean(jnp.square(xf), axes)])
       if self.axis_name is None or self.is_initializing():
         local = global_ = stats
-      elif self.group_size is None:
+      elif self.group_size is None and self.num_groups is None:
         local = global_ = lax.pmean(stats, self.axis_name)
       else:
-        local, global_ = _group_and_global_mean(stats, self.axis_name,
-                                                self.group_size)
+        local, global_ = _group_and_global_mean(
+            stats, self.axis_name, self.group_size, self.num_groups)
       mean = local[0]
       var = jnp.maximum(local[1] - jnp.square(local[0]), 0.0)
       if not self.is_initializing():
@@ -89,10 +93,20 @@ class BatchNorm(nn.Module):
     return y.astype(x.dtype if self.dtype is None else self.dtype)
 
 
-def _group_and_global_mean(stats, axis_name, group_size):
+def _group_and_global_mean(stats, axis_name, group_size, num_groups=None):
   """Mean of `stats` over this device's group, and over all devices."""
   gathered = lax.all_gather(stats, axis_name)  # [num_devices, 2, C]
   num_devices = gathered.shape[0]
+  if num_groups is not None:
+    if group_size is not None:
+      raise ValueError(f"BatchNorm group_size={group_size} and num_groups="
+                       f"{num_groups}: set one")
+    if num_groups < 1 or num_devices % num_groups:
+      raise ValueError(
+          f"config.model.bn_num_groups={num_groups} BatchNorm groups need a "
+          f"multiple of {num_groups} devices; axis {axis_name!r} has "
+          f"{num_devices}")
+    group_size = num_devices // num_groups
   if num_devices % group_size:
     raise ValueError(
         f"BatchNorm group_size={group_size} does not divide the "
@@ -105,8 +119,11 @@ def _group_and_global_mean(stats, axis_name, group_size):
 
 def batch_norm_factory(*, train: bool, momentum: float, epsilon: float,
                        axis_name: Optional[str], group_size: Optional[int],
-                       dtype: Any = None) -> Callable[..., BatchNorm]:
+                       dtype: Any = None,
+                       num_groups: Optional[int] = None
+                       ) -> Callable[..., BatchNorm]:
   """`BatchNorm` with a model's shared settings; per-layer kwargs still apply."""
   return functools.partial(
       BatchNorm, use_running_average=not train, momentum=momentum,
-      epsilon=epsilon, axis_name=axis_name, group_size=group_size, dtype=dtype)
+      epsilon=epsilon, axis_name=axis_name, group_size=group_size,
+      num_groups=num_groups, dtype=dtype)

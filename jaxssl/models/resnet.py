@@ -68,6 +68,12 @@ def _shortcut(x, features, strides, conv, norm, resnet_d=False):
   return norm(name="proj_bn")(x)
 
 
+def _residual_scale_init(zero: bool):
+  """The last BatchNorm γ of a residual branch: 0 (each block starts as the
+  identity; Goyal et al. 2017, https://arxiv.org/abs/1706.02677) or 1."""
+  return nn.initializers.zeros if zero else nn.initializers.ones
+
+
 class BasicBlock(nn.Module):
   """Two 3×3 convolutions (ResNet-18/34); `sk_ratio > 0`: ResNet-D shortcut
   (the reference's basic block has no selective kernel, so `sk_branches` is
@@ -78,6 +84,7 @@ class BasicBlock(nn.Module):
   dtype: Any = None
   sk_ratio: float = 0.0
   sk_branches: str = "split"
+  zero_init_residual: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -86,7 +93,8 @@ class BasicBlock(nn.Module):
              padding=((1, 1), (1, 1)), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
-    y = self.norm(scale_init=nn.initializers.zeros, name="bn2")(y)
+    y = self.norm(scale_init=_residual_scale_init(self.zero_init_residual),
+                  name="bn2")(y)
     shortcut = _shortcut(x, self.filters, self.strides, conv, self.norm,
                          resnet_d=self.sk_ratio > 0)
     return nn.relu(shortcut + y)
@@ -102,6 +110,7 @@ class BottleneckBlock(nn.Module):
   dtype: Any = None
   sk_ratio: float = 0.0
   sk_branches: str = "split"
+  zero_init_residual: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -117,7 +126,8 @@ class BottleneckBlock(nn.Module):
                padding=((1, 1), (1, 1)), name="conv2")(y)
       y = nn.relu(self.norm(name="bn2")(y))
     y = conv(self.filters * 4, (1, 1), name="conv3")(y)
-    y = self.norm(scale_init=nn.initializers.zeros, name="bn3")(y)
+    y = self.norm(scale_init=_residual_scale_init(self.zero_init_residual),
+                  name="bn3")(y)
     shortcut = _shortcut(x, self.filters * 4, self.strides, conv, self.norm,
                          resnet_d=self.sk_ratio > 0)
     return nn.relu(shortcut + y)
@@ -135,6 +145,8 @@ class ResNet(nn.Module):
     axis_name: device axis for global BatchNorm statistics, None for local.
     bn_group_size: aggregate BatchNorm statistics over groups of this many
       devices (None: all devices).
+    bn_num_groups: or over this many consecutive groups of devices (a
+      share of the global batch whatever the device count).
     dtype: computation dtype; None: full precision (`jaxssl.precision`).
       With bfloat16 (mixed precision) the parameters, BN statistics and the
       pooled output stay in full precision.
@@ -146,6 +158,9 @@ class ResNet(nn.Module):
     sk_branches: the selective kernel's two streams: 'split' (one 3×3 conv
       split in two, SimCLR v2's reference) or 'dilated' (a 3×3 and a
       dilated 3×3, SKNet's).
+    zero_init_residual: each block's last BatchNorm γ starts at 0 (SimCLR,
+      BYOL, MoCo v3, SimSiam, Barlow Twins references) instead of 1
+      (torchvision's default, kept by MoCo v1/v2, SwAV, DINO, WCL, SupCon).
   """
   depth: int = 50
   width_multiplier: float = 1.0
@@ -154,10 +169,12 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  bn_num_groups: Optional[int] = None
   dtype: Any = None
   remat: str = "none"
   sk_ratio: float = 0.0
   sk_branches: str = "split"
+  zero_init_residual: bool = True
 
   @property
   def num_features(self) -> int:
@@ -173,7 +190,8 @@ class ResNet(nn.Module):
     dtype = full if self.dtype is None else self.dtype
     norm = batch_norm_factory(
         train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=dtype)
+        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=dtype,
+        num_groups=self.bn_num_groups)
     if self.sk_ratio < 0 or self.sk_branches not in sk.SK_BRANCHES:
       raise ValueError(f"sk_ratio={self.sk_ratio} must be >= 0 and "
                        f"sk_branches={self.sk_branches!r} one of "
@@ -210,5 +228,6 @@ class ResNet(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = block_cls(width * 2**stage, strides, norm, dtype=dtype,
                       sk_ratio=self.sk_ratio, sk_branches=self.sk_branches,
+                      zero_init_residual=self.zero_init_residual,
                       name=f"stage{stage + 1}_block{block + 1}")(x)
     return jnp.mean(x.astype(full), axis=(1, 2))
