@@ -23,6 +23,8 @@ Variants: `epochs=N` (default 200), `vit`, `runlocal`.
 EXPECTED: not measured in this repository yet; solo-learn reports ≈ 89 %
 linear top-1 for DINO with a ResNet-18 after 1000 epochs (its own CIFAR
 recipe). The ViT-Tiny variant has no published anchor.
+kNN, the online probe and the exported encoder use the teacher, as the
+reference evaluates it (`eval.network=online`: the student).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
 with a ResNet-10/8 (or a 4-block ViT-Tiny at 8×8 patches,

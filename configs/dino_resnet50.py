@@ -20,6 +20,9 @@ Variants: `epochs=N` (default 100), `runlocal`.
 EXPECTED: the released DINO ResNet-50 reaches 75.3 % linear and 67.5 % kNN
 top-1 on ImageNet (README table; a longer run than this command's 100
 epochs).
+These figures are the teacher's (the reference evaluates and releases it:
+`--checkpoint_key teacher`): kNN, the online probe and the exported
+encoder here use the teacher too (`eval.network=online`: the student).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
 with a ResNet-10/8, 2 local crops of 16 px and a 128-wide head.

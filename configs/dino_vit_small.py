@@ -28,6 +28,9 @@ EXPECTED (reference, ImageNet): 100 epochs (batch 512) 69.3 % kNN, 74.0 %
 linear; 300 epochs 73.3 % kNN, 76.0 % linear; 800 epochs 74.5 % kNN, 77.0 %
 linear. The 96 px crops' position embeddings are resampled as DINO does
 (bicubic at scale (6 + 0.1)/14, `jaxssl.models.vit.dino_interpolation`).
+These figures are the teacher's (the reference evaluates and releases it:
+`--checkpoint_key teacher`): kNN, the online probe and the exported
+encoder here use the teacher too (`eval.network=online`: the student).
 
 `:runlocal` trains 20 steps (5 epochs of 4) on 256 synthetic 32 px images
 with a 4-block ViT-Tiny at 8×8 patches, 2 local crops of 16 px and a

@@ -273,6 +273,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.knn_temperature = 0.07
   c.eval.batch_size = 1024
   c.eval.random_init_baseline = False
+  # The network kNN, the online probe and the export use: 'auto' (the
+  # method's reference: DINO's teacher, the online network elsewhere),
+  # 'online' or 'target' (an EMA target: BYOL's, MoCo's key encoder).
+  c.eval.network = "auto"
   return c
 
 

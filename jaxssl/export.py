@@ -1,7 +1,8 @@
 """The pretrained network as a file: flax msgpack plus the run's config.
 
 `save_encoder` writes `encoder.msgpack` (the `params` and `batch_stats` of
-the online encoder and projector; no predictor, target or optimizer state)
+the encoder and projector of the evaluated network, the online one or
+DINO's teacher; no predictor or optimizer state)
 next to `config.json` in the workdir; `load_encoder` reads them back with
 the modules they belong to, for linear evaluation, fine-tuning from a
 projection-head layer (SimCLR v2) and export to other frameworks.
@@ -31,21 +32,26 @@ CONFIG_FILE = "config.json"
 EXPORTED = ("encoder", "projector")
 
 
-def encoder_variables(state) -> dict:
-  """`{'params', 'batch_stats'}` of the online encoder and projector."""
-  return {"params": {k: state.params[k] for k in EXPORTED},
-          "batch_stats": {k: state.batch_stats.get(k, {}) for k in EXPORTED}}
+def encoder_variables(variables: dict) -> dict:
+  """`{'params', 'batch_stats'}` of the encoder and projector of a
+  network's `variables` (the online network's or the target's)."""
+  return {"params": {k: variables["params"][k] for k in EXPORTED},
+          "batch_stats": {k: variables["batch_stats"].get(k, {})
+                          for k in EXPORTED}}
 
 
-def save_encoder(workdir: paths.PathLike, state,
+def save_encoder(workdir: paths.PathLike, variables: dict,
                  config: ml_collections.ConfigDict) -> paths.Path:
-  """Writes `workdir/encoder.msgpack` (and `config.json`) on process 0,
-  whole (never a half-written file), locally or on `gs://`."""
+  """Writes the encoder and projector of `variables` (the evaluated
+  network's, `jaxssl.step.evaluated_variables`: DINO's teacher) to
+  `workdir/encoder.msgpack` (and `config.json`) on process 0, whole (never
+  a half-written file), locally or on `gs://`."""
   workdir = paths.path(workdir)
   path = workdir / ENCODER_FILE
   if jax.process_index() != 0:
     return path
-  data = flax.serialization.to_bytes(jax.device_get(encoder_variables(state)))
+  data = flax.serialization.to_bytes(
+      jax.device_get(encoder_variables(variables)))
   paths.write_bytes(path, data)
   if not (workdir / CONFIG_FILE).exists():
     paths.write_text(workdir / CONFIG_FILE,

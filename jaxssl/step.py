@@ -64,6 +64,8 @@ class Learner:
       sizes as `views`, other crop areas and strengths: WCL's MoCo-v2
       augmentation for its first epochs), or None.
     early_steps: the first step that uses `views` (0: `views` throughout).
+    evaluated: 'online' or 'target': the network that kNN, the online probe
+      and the export use (`base.Method.evaluated`, `config.eval.network`).
   """
   method: base.Method
   tx: optax.GradientTransformation
@@ -75,8 +77,15 @@ class Learner:
   epochs_per_step: float = 0.0
   early_views: Optional[view_presets.ViewGroups] = None
   early_steps: int = 0
+  evaluated: str = "online"
 
   def __post_init__(self):
+    if self.evaluated not in base.EVALUATED:
+      raise ValueError(f"config.eval.network={self.evaluated!r} is not one "
+                       f"of {['auto', *base.EVALUATED]}")
+    if self.evaluated == "target" and self.method.target is None:
+      raise ValueError(f"config.eval.network='target': method "
+                       f"{self.method.name!r} has no target network")
     if self.microbatches < 1:
       raise ValueError(f"config.train.microbatches={self.microbatches} must "
                        "be at least 1")
@@ -109,6 +118,13 @@ class Learner:
     return self.method.network
 
   @property
+  def evaluated_network(self) -> nn.Module:
+    """The module of the evaluated network (`evaluated`)."""
+    if self.evaluated == "target":
+      return self.method.target.network
+    return self.method.network
+
+  @property
   def view_specs(self) -> Tuple[view_presets.ViewSpec, ...]:
     """Every view's spec, in group order (as host pipelines crop them)."""
     return view_presets.flatten(self.views)
@@ -116,6 +132,15 @@ class Learner:
   @property
   def image_size(self) -> int:
     return self.view_specs[0].size
+
+
+def evaluated_variables(state: TrainState, learner: Learner) -> dict:
+  """`{'params', 'batch_stats'}` of `learner.evaluated_network` in `state`:
+  the online network's, or the EMA target's."""
+  if learner.evaluated == "target":
+    return {"params": state.target["params"],
+            "batch_stats": state.target["batch_stats"]}
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def view_sizes(groups: view_presets.ViewGroups) -> dict:
@@ -201,10 +226,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
                               result.aux))
   probe = state.probe
   if learner.probe is not None:
-    views = first["h"].shape[0] // batch["label"].shape[0]
+    # The evaluated network's features (the target's: stop-gradient already).
+    features = first["h"]
+    if learner.evaluated == "target":
+      features = result.target_outputs[next(iter(out))]["h"]
+    views = features.shape[0] // batch["label"].shape[0]
     labels = jnp.tile(batch["label"], views)
     probe, metrics["probe_loss"], metrics["probe_acc"] = linear_probe.update(
-        state.probe, first["h"], labels, tx=learner.probe.tx,
+        state.probe, features, labels, tx=learner.probe.tx,
         num_classes=learner.probe.num_classes, axis_name=axis_name)
   method_state = state.method_state
   if method.state is not None:

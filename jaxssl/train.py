@@ -39,7 +39,7 @@ from jaxssl.evaluators import representation
 from jaxssl.epochs import total_steps  # pylint: disable=unused-import
 from jaxssl.gradcache import microbatched_gradients  # pylint: disable=unused-import
 from jaxssl.gradients import compute_gradients  # pylint: disable=unused-import
-from jaxssl.step import DATA_AXIS, Learner, OnlineProbe, compile_train_step, create_train_state, forward_backward, make_views, train_step  # pylint: disable=unused-import
+from jaxssl.step import DATA_AXIS, Learner, OnlineProbe, compile_train_step, create_train_state, evaluated_variables, forward_backward, make_views, train_step  # pylint: disable=unused-import
 from jaxssl.loop import Preempted, train_loop  # pylint: disable=unused-import
 from jaxssl.train_state import TrainState
 
@@ -77,7 +77,10 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
                        "--config.probe.enabled=False)")
     probe = OnlineProbe(num_classes, optax.adam(config.probe.learning_rate))
   early = views_lib.config_early_views(config, method.views)
+  evaluated = config.eval.get("network", "auto")
   return Learner(method=method, tx=tx, schedule=schedule,
+                 evaluated=method.evaluated if evaluated == "auto"
+                 else evaluated,
                  views=views_lib.config_view_groups(config, method.views),
                  probe=probe, microbatches=config.train.microbatches,
                  microbatch_loop=config.train.microbatch_loop,
@@ -162,10 +165,6 @@ def prepare_workdir(workdir: paths.PathLike) -> paths.Path:
   return wd
 
 
-def _variables(state: TrainState) -> dict:
-  return {"params": state.params, "batch_stats": state.batch_stats}
-
-
 def create_evaluator(config: ml_collections.ConfigDict, learner: Learner,
                      mesh: Mesh
                      ) -> Optional[representation.RepresentationEvaluator]:
@@ -183,7 +182,7 @@ def create_evaluator(config: ml_collections.ConfigDict, learner: Learner,
     bank = eval_input.eval_input(config, config.data.train_split, mesh,
                                  trained_subset=True, **kwargs)
   return representation.RepresentationEvaluator(
-      learner.network, image_size=learner.image_size,
+      learner.evaluated_network, image_size=learner.image_size,
       normalize=learner.view_specs[0].normalize, bank_input=bank,
       eval_input=eval_input.eval_input(config, config.data.eval_split, mesh,
                                        **kwargs),
@@ -251,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         int(jax.device_get(state.step)), config.eval.every_epochs):
       return {}  # the last epoch is evaluated below
     start = time.perf_counter()
-    out = evaluator(_variables(state), _probe_params(state))
+    out = evaluator(evaluated_variables(state, learner), _probe_params(state))
     eval_seconds[0] += time.perf_counter() - start
     return out
 
@@ -281,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                    / train_seconds),
              "final_loss": history[-1]["loss"] if history else float("nan"),
              **_skipped_images(train_input)}
-  export.save_encoder(workdir, state, config)
+  export.save_encoder(workdir, evaluated_variables(state, learner), config)
   if evaluator is not None:
     results.update(_final_evaluation(config, evaluator, learner, mesh,
                                      state, rng, writer))
@@ -338,7 +337,7 @@ def _final_evaluation(config: ml_collections.ConfigDict,
                       writer: metric_writers.MetricWriter) -> dict:
   """The held-out evaluation of the trained (written as `eval/*` at the
   last step) and, if asked, the randomly initialised network."""
-  final = evaluator(_variables(state), _probe_params(state))
+  final = evaluator(evaluated_variables(state, learner), _probe_params(state))
   writer.write_scalars(int(jax.device_get(state.step)),
                        {f"eval/{k}": v for k, v in final.items()})
   out = dict(final)
@@ -347,7 +346,7 @@ def _final_evaluation(config: ml_collections.ConfigDict,
   progress.print0(f"pretrained on {evaluator.name}: {_describe(final)}")
   if config.eval.random_init_baseline:
     init = create_train_state(rng, learner, mesh)
-    baseline = evaluator(_variables(init))
+    baseline = evaluator(evaluated_variables(init, learner))
     out.update({f"random_init_{k}": v for k, v in baseline.items()})
     if config.eval.knn_ks:
       out["knn_random_init"] = baseline[f"knn_top1_k{config.eval.knn_ks[0]}"]

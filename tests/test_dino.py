@@ -57,12 +57,23 @@ def _batches():
   return mesh_runs.random_batches(STEPS, GLOBAL_BATCH, IMAGE_SIZE, seed=11)
 
 
+NUM_CLASSES = 4
+
+
+def _labels():
+  return np.random.default_rng(12).integers(0, NUM_CLASSES,
+                                            (STEPS, GLOBAL_BATCH))
+
+
 @pytest.fixture(scope="module")
 def dino_runs():
+  """The runs on 1 and 8 devices, with the online probe (on the teacher's
+  features, DINO's evaluated network)."""
   with mesh_runs.float64():
-    learner = mesh_runs.cropped_learner(
-        train.create_learner(_config(), NUM_EXAMPLES))
-    runs = {n: mesh_runs.run_steps(learner, n, _batches()) for n in (1, 8)}
+    learner = mesh_runs.cropped_learner(train.create_learner(
+        _config(**{"probe.enabled": True}), NUM_EXAMPLES, NUM_CLASSES))
+    runs = {n: mesh_runs.run_steps(learner, n, _batches(), _labels())
+            for n in (1, 8)}
   return learner, runs
 
 
@@ -76,7 +87,7 @@ def test_dino_matches_on_1_and_8_devices(dino_runs):
       m1, m8, ("loss", "kl", "grad_norm", "teacher_entropy", "teacher_temp",
                "tau"))
   for part in ("params", "opt_state", "batch_stats", "target",
-               "method_state"):
+               "method_state", "probe"):
     mesh_runs.assert_trees_close(getattr(states1[-1], part),
                                  getattr(states8[-1], part),
                                  rtol=mesh_runs.RTOL)
@@ -188,3 +199,55 @@ def test_dino_config_errors_name_the_keys():
   with pytest.raises(ValueError, match="local_size is set but "
                      "config.augment.preset='byol' makes no 'local' crops"):
     train.create_learner(_config(**{"augment.preset": "byol"}), NUM_EXAMPLES)
+
+
+def test_teacher_is_evaluated_probed_and_exported(dino_runs, tmp_path):
+  """As the reference (`eval_knn.py`, `eval_linear.py`: --checkpoint_key
+  teacher), DINO's evaluated network is the teacher: the online probe's
+  update at step 2 is `linear_probe.update` on the teacher's features of
+  the global crops (float64, recomputed on one device; at step 0 they are
+  the student's), `evaluated_variables`
+  are the teacher's, and the exported encoder is the teacher's (the
+  student's differs). `eval.network='online'` picks the student; a method
+  without a target refuses 'target'."""
+  from jaxssl import export  # pylint: disable=import-outside-toplevel
+  from jaxssl.evaluators import linear_probe  # pylint: disable=import-outside-toplevel
+  learner, runs = dino_runs
+  states, _ = runs[8]
+  assert learner.evaluated == "target"
+  assert learner.evaluated_network is learner.method.target.network
+  t = 2  # at step 0 the teacher is the student's copy: same features
+  state = states[t]
+  with mesh_runs.float64():
+    view_rng, _ = jax.random.split(jax.random.fold_in(
+        jax.device_put(state.rng), t))
+    views = train.make_views({"image": jnp.asarray(_batches()[t])}, view_rng,
+                             groups=learner.views, axis_name=None)
+    local = dino.create(_config(), axis_name=None, total_steps=8)
+    teacher, _ = base.Forward()(local.target.network, state.target,
+                                {"global": views["global"]}, {"global": 2})
+    probe, _, _ = linear_probe.update(
+        state.probe, teacher["global"]["h"], jnp.tile(_labels()[t], 2),
+        tx=learner.probe.tx, num_classes=NUM_CLASSES)
+  mesh_runs.assert_trees_close(states[t + 1].probe.params, probe.params,
+                               rtol=1e-9)
+  last = states[-1]
+  variables = train.evaluated_variables(last, learner)
+  assert variables["params"] is last.target["params"]
+  export.save_encoder(tmp_path, variables, _config())
+  _, exported, _ = export.load_encoder(tmp_path)
+  mesh_runs.assert_trees_close(exported["params"]["encoder"],
+                               last.target["params"]["encoder"], rtol=0)
+  student = last.params["encoder"]["stem_conv"]["kernel"]
+  assert np.abs(exported["params"]["encoder"]["stem_conv"]["kernel"]
+                - student).max() > 1e-6
+  online = train.create_learner(_config(**{"eval.network": "online"}),
+                                NUM_EXAMPLES)
+  assert online.evaluated == "online"
+  assert online.evaluated_network is online.method.network
+  c = mesh_runs.finish_config(mesh_runs.tiny_config(
+      "simclr", batch_size=GLOBAL_BATCH, image_size=IMAGE_SIZE),
+                              {"eval.network": "target"})
+  with pytest.raises(ValueError, match="config.eval.network='target': "
+                     "method 'simclr' has no target network"):
+    train.create_learner(c, NUM_EXAMPLES)

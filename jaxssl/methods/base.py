@@ -296,6 +296,12 @@ class Method:
     needs_labels: the loss reads `ctx.label` (SupCon): training data without
       labels is an error before anything compiles
       (`jaxssl.train.create_learner`).
+    evaluated: the network the reference evaluates and releases: 'online'
+      (SimCLR, BYOL, MoCo's query encoder, ...) or 'target' (DINO's
+      teacher, whose kNN and linear figures the paper reports). kNN, the
+      online probe and the exported encoder (so linear evaluation,
+      fine-tuning and distillation) use it; `config.eval.network`
+      overrides it. The checkpoint keeps both.
   """
   name: str
   views: Mapping[str, int]
@@ -307,6 +313,10 @@ class Method:
   post_update: Optional[Callable[[PyTree, StepContext], PyTree]] = None
   embedding: str = "z"
   needs_labels: bool = False
+  evaluated: str = "online"
+
+
+EVALUATED = ("online", "target")
 
 
 class Network(nn.Module):

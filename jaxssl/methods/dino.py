@@ -151,4 +151,7 @@ def build(student: base.Network, teacher: base.Network, *,
           init=lambda: {"center": jnp.zeros((1, out_dim))},
           update=functools.partial(update_center,
                                    center_momentum=center_momentum),
-          specs=PartitionSpec()))
+          specs=PartitionSpec()),
+      # The reference evaluates and releases the teacher (`eval_knn.py`,
+      # `eval_linear.py`: --checkpoint_key teacher).
+      evaluated="target")
