@@ -12,6 +12,8 @@ ResNet-18 (default): the reference's ResNet recipe, SGD (momentum 0.9) at
 `:vit` — ViT-Tiny/4 (64 tokens, learned positions, resampled for the 16 px
 local crops), the reference's ViT recipe: AdamW at 5e-4·B/256, weight decay
 0.04 → 0.4, drop-path 0.1.
+Each residual block's last BatchNorm γ starts at 1, as the reference's
+ResNet (`model.zero_init_residual=False`).
 
 COMMAND (one GPU; TFDS cifar10, or the JPEG zip with the two last flags):
   python -m jaxssl.main --config=configs/dino_cifar10.py \

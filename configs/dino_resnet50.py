@@ -11,6 +11,8 @@ head without BatchNorm, 2048 → 256 → 65,536, last layer normalised; teacher
 momentum 0.996 → 1, temperatures 0.04 (teacher) and 0.1 (student);
 multi-crop 2 × 224 (area 0.14–1) + 8 × 96 (0.05–0.14); BatchNorm synchronised
 over all devices (the reference converts it to SyncBatchNorm).
+Each residual block's last BatchNorm γ starts at 1, as the reference's
+ResNet (`model.zero_init_residual=False`).
 
 COMMAND (a TPU VM or GPU host; TFDS imagenet2012 in data_dir):
   python -m jaxssl.main --config=configs/dino_resnet50.py \

@@ -11,6 +11,8 @@ BatchNorm) where the demo has a linear one; the demo's augmentation
 flip, no blur) at 32 px. BatchNorm is global here (the demo splits it in 8
 and shuffles: `--config.model.bn_group_size=1
 --config.target.shuffle_bn=True` on 8 devices).
+Each residual block's last BatchNorm γ starts at 1, as the reference's
+ResNet (`model.zero_init_residual=False`).
 
 COMMAND (one GPU; TFDS cifar10, or the JPEG zip with the two last flags):
   python -m jaxssl.main --config=configs/mocov2_cifar10.py \

@@ -12,9 +12,11 @@ BatchNorm here is global (SyncBN, as solo-learn's MoCo v2+; see
 `jaxssl.methods.moco` on why the reference shuffles); the reference's
 per-GPU BatchNorm with its shuffle is
 `--config.model.bn_group_size=1 --config.target.shuffle_bn=True`.
-Known deviations: each residual block's last BatchNorm γ starts at zero
-(torchvision's default, used by the reference, starts it at one); the v1
-variant jitters with p 0.8 at strength 0.5 (v1: always, hue 0.4).
+Each residual block's last BatchNorm γ starts at one (torchvision's
+default, used by the reference) and the views are ImageNet
+mean/std-normalised (`augment.normalize='imagenet'`), as the reference's
+`transforms.Normalize`. Known deviation: the v1 variant jitters with p 0.8
+at strength 0.5 (v1: always, hue 0.4).
 
 COMMAND (a TPU VM or GPU host; TFDS imagenet2012 prepared in data_dir):
   python -m jaxssl.main --config=configs/mocov2_resnet50.py \
@@ -45,6 +47,7 @@ def get_config(arg=None):
   c.epochs = arg.epochs
   c.log_every = 100
   c.augment.preset = "simclr_v2"
+  c.augment.normalize = "imagenet"  # the reference's transforms.Normalize
   c.augment.color_strength = 0.5
   c.augment.blur = not arg.v1
   c.augment.min_crop_area = 0.2

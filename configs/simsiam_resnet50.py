@@ -4,6 +4,8 @@ SGD (momentum 0.9, weight decay 1e-4 on kernels), rate 0.05·B/256 on a cosine
 without warm-up, projector 3 × 2048 ending in BN without affine, predictor
 2048 → 512 → 2048, stop-gradient on the projections, MoCo v2 augmentations
 (crop area 0.2–1, jitter 0.4/0.4/0.4/0.1, blur, grayscale).
+Views are ImageNet mean/std-normalised (`augment.normalize='imagenet'`), as
+the reference's `transforms.Normalize`.
 
 COMMAND (TPU v3-8 VM or 8 GPUs):
   python -m jaxssl.main --config=configs/simsiam_resnet50.py \
@@ -31,6 +33,7 @@ def get_config(arg=None):
   c.epochs = arg.epochs
   c.log_every = 100
   c.augment.preset = "simclr_v1"
+  c.augment.normalize = "imagenet"  # the reference's transforms.Normalize
   c.augment.color_strength = 0.5
   c.augment.min_crop_area = 0.2
   config_utils.set_head(c.head, num_layers=3, hidden_dim=2048, out_dim=2048,

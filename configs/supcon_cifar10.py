@@ -16,6 +16,8 @@ BatchNorm over the global batch (the reference's `DataParallel` splits it
 per GPU); the reference sets its cosine per epoch over the whole run (the
 warm-up ends at that curve's epoch-10 value), here per step over the
 epochs after the warm-up; full batches only (`steps_rule='floor'`).
+Each residual block's last BatchNorm γ starts at 1, as the reference's
+ResNet (`model.zero_init_residual=False`).
 
 COMMAND (one GPU; TFDS cifar10, or the JPEG zip with the two last flags):
   python -m jaxssl.main --config=configs/supcon_cifar10.py \

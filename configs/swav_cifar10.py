@@ -9,6 +9,8 @@ Sinkhorn ε 0.05 × 3 over the global batch; crop areas 0.14–1 and 0.05–0.14
 SimCLR's colour distortion at strength 0.5, no blur; no queue (50k images:
 the queue is for small batches of large datasets; set loss.queue_size and
 loss.queue_start_epoch to use one).
+Each residual block's last BatchNorm γ starts at 1, as the reference's
+ResNet (`model.zero_init_residual=False`).
 
 COMMAND (one GPU; TFDS cifar10, or the JPEG zip with the two last flags):
   python -m jaxssl.main --config=configs/swav_cifar10.py \

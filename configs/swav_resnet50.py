@@ -15,6 +15,9 @@ images (`model.bn_num_groups` = batch / 512: the scripts' `--sync_bn apex`
 groups of 8 GPUs × 64 images); each block's last BN γ starts at 1.
 `bs256`: the batch-256 scripts, rate 0.6 → 0.0006 without warm-up and a
 queue of 3840 embeddings from epoch 15, BatchNorm over the whole batch.
+Views are ImageNet mean/std-normalised (`augment.normalize='imagenet'`), as
+the reference's `transforms.Normalize` (whose std 0.228 for 0.229, a
+quirk, is not copied).
 
 COMMAND (a TPU pod; TFDS imagenet2012 in data_dir):
   python -m jaxssl.main --config=configs/swav_resnet50.py:epochs=400 \
@@ -50,6 +53,7 @@ def get_config(arg=None):
   c.epochs = arg.epochs
   c.log_every = 100
   c.augment.preset = "multicrop"
+  c.augment.normalize = "imagenet"  # the reference's transforms.Normalize
   config_utils.set_head(c.head, num_layers=2, hidden_dim=2048, out_dim=128,
                         last_bn="none")
   c.loss.temperature = 0.1

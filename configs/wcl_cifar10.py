@@ -10,6 +10,8 @@ rate outside the momentum, trust 0.001, biases and BatchNorm excluded. No
 augmentation schedule (`augment.early_epochs=0`): at colour strength 0.5
 MoCo v2's augmentation differs from these views only in its 0.2 minimum
 crop area and its blur (p 0.5, which 32 px images do without).
+Each residual block's last BatchNorm γ starts at 1, as the reference's
+ResNet (`model.zero_init_residual=False`).
 
 COMMAND (one GPU; TFDS cifar10, or the JPEG zip with the two last flags):
   python -m jaxssl.main --config=configs/wcl_cifar10.py \

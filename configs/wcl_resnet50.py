@@ -10,6 +10,10 @@ from 0 then cosine to 0 over the rest; BatchNorm over the global batch
 (`SyncBatchNorm`); MoCo v2's augmentation (colour 0.5, crop area 0.2–1,
 blur) for the first 10 epochs, SimCLR's (colour 1.0, crop area 0.08–1,
 blur) after; full batches only (`drop_last`: `steps_rule='floor'`).
+Views are ImageNet mean/std-normalised (`augment.normalize='imagenet'`), as
+the reference's `transforms.Normalize`.
+Each residual block's last BatchNorm γ starts at 1, as the reference's
+ResNet (`model.zero_init_residual=False`).
 
 COMMAND (TPU v3-32 / v4-32 VM, all hosts):
   python -m jaxssl.main --distributed --config=configs/wcl_resnet50.py \
@@ -47,6 +51,7 @@ def get_config(arg=None):
   c.epochs = arg.epochs
   c.log_every = 100
   c.augment.preset = "simclr_v2"
+  c.augment.normalize = "imagenet"  # the reference's transforms.Normalize
   c.augment.color_strength = 1.0
   c.augment.blur = True
   c.augment.early_epochs = 10.0

@@ -84,6 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.local_size = 0
   c.augment.global_crop_area = (0.0, 0.0)
   c.augment.local_crop_area = (0.0, 0.0)
+  # The views' ImageNet mean/std normalisation: 'preset' (the preset's:
+  # BYOL's and DINO's normalise, SimCLR's do not), 'imagenet' (the
+  # torchvision references': MoCo v2, SwAV, WCL, SimSiam) or 'none'.
+  c.augment.normalize = "preset"
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet"

@@ -27,8 +27,8 @@ DATA_AXIS = sharding.DATA_AXIS
 
 def config_views(config: ml_collections.ConfigDict) -> view_presets.ViewGroups:
   """The views of config section `augment` at `data.image_size`:
-  `augment.preset`, with its local crops' number and size and each
-  group's crop area overridden where the config says so."""
+  `augment.preset`, with its local crops' number and size, each group's
+  crop area and the normalisation overridden where the config says so."""
   aug = config.augment
   groups = view_presets.view_groups(
       aug.preset, image_size=config.data.image_size,
@@ -62,7 +62,18 @@ def config_views(config: ml_collections.ConfigDict) -> view_presets.ViewGroups:
     specs = groups.pop(view_presets.LOCAL)
     if local_crops:
       groups[view_presets.LOCAL] = specs[:1] * local_crops
+  normalize = aug.get("normalize", "preset")
+  if normalize not in NORMALIZE:
+    raise ValueError(f"config.augment.normalize={normalize!r} is not one of "
+                     f"{list(NORMALIZE)}")
+  if NORMALIZE[normalize] is not None:
+    groups = {g: tuple(dataclasses.replace(s, normalize=NORMALIZE[normalize])
+                       for s in specs) for g, specs in groups.items()}
   return groups
+
+
+# config.augment.normalize → ViewSpec.normalize (None: the preset's).
+NORMALIZE = {"preset": None, "imagenet": True, "none": False}
 
 
 def config_early_views(

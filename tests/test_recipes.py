@@ -96,3 +96,39 @@ def test_swav_batchnorm_groups_of_512_images():
   with pytest.raises(ValueError, match="bn_num_groups=4 BatchNorm groups "
                      "need a multiple of 4 devices; the mesh has 2"):
     train.check_config(c, sharding.data_mesh(jax.devices()[:2]))
+
+
+# ImageNet mean/std normalisation of the pretraining views, by reference:
+# every torchvision reference (`transforms.Normalize`) and BYOL (after the
+# augmentation, `dataset.normalize_images`); not SimCLR (pixels in [0, 1])
+# nor SupContrast (no ImageNet recipe; CIFAR statistics on CIFAR).
+NORMALISED = {"simclr": False, "supcon": False, "byol": True, "mocov2": True,
+              "mocov3": True, "simsiam": True, "barlow_twins": True,
+              "dino": True, "swav": True, "wcl": True}
+IMAGENET_CONFIGS = [n for n in runlocal_configs.CONFIGS
+                    if n.endswith(("_resnet50", "_vit_small"))]
+
+
+@pytest.mark.parametrize("name", IMAGENET_CONFIGS)
+def test_imagenet_views_are_normalised_as_the_reference(name):
+  """Every view of the ImageNet config is ImageNet-normalised exactly when
+  its reference's are (so are its evaluation images: they follow the
+  first view's spec)."""
+  from jaxssl import train  # pylint: disable=import-outside-toplevel
+  _, c = config_files.load(name)
+  want = NORMALISED[next(m for m in NORMALISED if name.startswith(m + "_"))]
+  specs = train.config_view_specs(c)
+  assert [s.normalize for s in specs] == [want] * len(specs), name
+
+
+def test_normalize_key_overrides_the_preset_and_names_itself():
+  from jaxssl import train  # pylint: disable=import-outside-toplevel
+  _, c = config_files.load("simclr_resnet50")
+  with c.unlocked():
+    c.augment.normalize = "imagenet"
+  assert all(s.normalize for s in train.config_view_specs(c))
+  with c.unlocked():
+    c.augment.normalize = "mean"
+  with pytest.raises(ValueError, match="config.augment.normalize='mean' is "
+                     "not one of"):
+    train.config_view_specs(c)
