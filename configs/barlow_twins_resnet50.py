@@ -4,6 +4,8 @@ Projector 8192-8192-8192, λ = 5e-3, cross-correlation over the global batch,
 LARS (rate outside the buffer, biases and BN excluded from decay and trust
 ratio) at 0.2·B/256 for kernels and 0.0048·B/256 for biases and BN, weight
 decay 1.5e-6, 10 warm-up epochs then cosine, BYOL augmentations.
+Linear evaluation: `configs/linear_eval.py:protocol=barlow_twins`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (TPU v3-32 / v4-32 VM, all hosts):
   python -m jaxssl.main --distributed --config=configs/barlow_twins_resnet50.py \

@@ -5,6 +5,8 @@ target = EMA of the online encoder + projector with τ from `base` to 1 on a
 cosine, LARS with the rate applied to the momentum buffer (biases and BN
 excluded from decay and trust ratio), rate base·B/256 with 10 warm-up
 epochs then cosine, E·N//B steps, the asymmetric BYOL augmentations.
+Linear evaluation: `configs/linear_eval.py:protocol=byol`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (TPU v3-32 / v4-32 VM, all hosts):
   python -m jaxssl.main --distributed --config=configs/byol_resnet50.py \

@@ -13,6 +13,8 @@ multi-crop 2 × 224 (area 0.14–1) + 8 × 96 (0.05–0.14); BatchNorm synchroni
 over all devices (the reference converts it to SyncBatchNorm).
 Each residual block's last BatchNorm γ starts at 1, as the reference's
 ResNet (`model.zero_init_residual=False`).
+Linear evaluation: `configs/linear_eval.py:protocol=dino`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (a TPU VM or GPU host; TFDS imagenet2012 in data_dir):
   python -m jaxssl.main --config=configs/dino_resnet50.py \

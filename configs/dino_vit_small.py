@@ -17,6 +17,8 @@ position embeddings (resampled for the 96 px crops). Per epoch budget:
 
 (100: the README's vanilla run; 300: its "boosted" run; 800: the released
 checkpoint's setting, which also ends the rate at 1e-5 and does not clip.)
+Linear evaluation: `configs/linear_eval.py:protocol=dino`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (a TPU pod; TFDS imagenet2012 in data_dir):
   python -m jaxssl.main --config=configs/dino_vit_small.py:epochs=300 \

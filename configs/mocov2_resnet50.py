@@ -17,6 +17,8 @@ default, used by the reference) and the views are ImageNet
 mean/std-normalised (`augment.normalize='imagenet'`), as the reference's
 `transforms.Normalize`. Known deviation: the v1 variant jitters with p 0.8
 at strength 0.5 (v1: always, hue 0.4).
+Linear evaluation: `configs/linear_eval.py:protocol=moco`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (a TPU VM or GPU host; TFDS imagenet2012 prepared in data_dir):
   python -m jaxssl.main --config=configs/mocov2_resnet50.py \

@@ -14,6 +14,8 @@ none after the predictor; BYOL's asymmetric augmentation with crop area
   100      0.6         1e-6           0.99
   300      0.3         1e-6           0.99
   1000     0.3         1.5e-6         0.996
+Linear evaluation: `configs/linear_eval.py:protocol=mocov3`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (a TPU pod or 2 nodes of 8 GPUs; TFDS imagenet2012 in data_dir):
   python -m jaxssl.main --config=configs/mocov3_resnet50.py:epochs=300 \

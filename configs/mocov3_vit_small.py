@@ -11,6 +11,8 @@ https://arxiv.org/abs/2104.02057; facebookresearch/moco-v3 CONFIG.md:
 step; τ 0.2; projector 3 layers and predictor 2 layers, 4096 hidden, 256
 out, no biases, last BatchNorm without affine on both; momentum 0.99 → 1
 on a cosine; BYOL's asymmetric augmentation, crop area 0.08–1.
+Linear evaluation: `configs/linear_eval.py:protocol=mocov3_vit`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (a TPU pod; TFDS imagenet2012 in data_dir):
   python -m jaxssl.main --config=configs/mocov3_vit_small.py \

@@ -9,6 +9,8 @@ with output 128. `v2` is SimCLR v2's recipe (Appendix B of the paper): the
 3-layer head, 0.1·√B (6.4 at B = 4096) after a warm-up of 5 % of the
 epochs, weight decay 1e-4. SimCLR v2's MoCo-style memory of 64K negatives
 (≈ +1 % in the paper) is not part of jaxssl's SimCLR.
+Linear evaluation: `configs/linear_eval.py:protocol=simclr`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (TPU v3-32 / v4-32 VM, all hosts):
   python -m jaxssl.main --distributed --config=configs/simclr_resnet50.py \

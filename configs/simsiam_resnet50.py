@@ -6,6 +6,8 @@ without warm-up, projector 3 × 2048 ending in BN without affine, predictor
 (crop area 0.2–1, jitter 0.4/0.4/0.4/0.1, blur, grayscale).
 Views are ImageNet mean/std-normalised (`augment.normalize='imagenet'`), as
 the reference's `transforms.Normalize`.
+Linear evaluation: `configs/linear_eval.py:protocol=simsiam`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (TPU v3-8 VM or 8 GPUs):
   python -m jaxssl.main --config=configs/simsiam_resnet50.py \

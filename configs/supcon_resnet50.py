@@ -16,6 +16,8 @@ decayed here (the TF script decays them); the TF cosine spans the whole run
 (the warm-up overrides its start), here the epochs after the warm-up.
 Each residual block's last BatchNorm γ starts at 1, as the reference's
 ResNet (`model.zero_init_residual=False`).
+Linear evaluation: `configs/linear_eval.py:protocol=simclr` (SupContrast's
+`main_linear.py` is not modelled).
 
 COMMAND (TPU v3-64 / v4-64 VM, all hosts):
   python -m jaxssl.main --distributed --config=configs/supcon_resnet50.py \

@@ -18,6 +18,8 @@ queue of 3840 embeddings from epoch 15, BatchNorm over the whole batch.
 Views are ImageNet mean/std-normalised (`augment.normalize='imagenet'`), as
 the reference's `transforms.Normalize` (whose std 0.228 for 0.229, a
 quirk, is not copied).
+Linear evaluation: `configs/linear_eval.py:protocol=swav`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (a TPU pod; TFDS imagenet2012 in data_dir):
   python -m jaxssl.main --config=configs/swav_resnet50.py:epochs=400 \

@@ -14,6 +14,8 @@ Views are ImageNet mean/std-normalised (`augment.normalize='imagenet'`), as
 the reference's `transforms.Normalize`.
 Each residual block's last BatchNorm γ starts at 1, as the reference's
 ResNet (`model.zero_init_residual=False`).
+Linear evaluation: `configs/linear_eval.py:protocol=wcl`,
+the reference's script behind the EXPECTED figures.
 
 COMMAND (TPU v3-32 / v4-32 VM, all hosts):
   python -m jaxssl.main --distributed --config=configs/wcl_resnet50.py \

@@ -217,9 +217,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.lr_scaling = "linear"
   c.optimizer.warmup_epochs = 10.0
   # Learning rate: 'warmup_cosine' (per step, the SimCLR/BYOL/MoCo v3
-  # references) or 'epoch_cosine' (set at the start of each epoch, no
-  # warm-up: MoCo v1/v2's `adjust_learning_rate`).
+  # references), 'epoch_cosine' (set at the start of each epoch, no
+  # warm-up: MoCo v1/v2's `adjust_learning_rate`) or 'multistep' (×
+  # decay_factor at each of decay_epochs: MoCo's linear classification).
   c.optimizer.schedule = "warmup_cosine"
+  c.optimizer.decay_epochs = ()
+  c.optimizer.decay_factor = 0.1
   # 'warmup_cosine' from warmup_start_lr to the peak, then to final_lr
   # (absolute rates; DINO's min_lr, SwAV's start_warmup and final_lr).
   c.optimizer.warmup_start_lr = 0.0

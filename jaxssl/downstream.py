@@ -54,13 +54,15 @@ class Classifier(nn.Module):
   projector: Optional[nn.Module]
   head_layers: int
   num_classes: int
+  classifier_init: str = "zeros"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     h = self.encoder(x, train=train)
     if self.head_layers:
       h = self.projector(h, train=train, layers=self.head_layers)
-    return linear_probe.Linear(self.num_classes, name=CLASSIFIER)(h)
+    return linear_probe.Linear(self.num_classes, self.classifier_init,
+                               name=CLASSIFIER)(h)
 
 
 def _not_classifier(params: PyTree) -> PyTree:
@@ -75,16 +77,21 @@ def optimizer(opt: ml_collections.ConfigDict, schedule: Callable
   """`optim.from_config`, where LARS leaves the classifier out of its trust
   ratio and weight decay (the SimCLR reference's `exclude_from_weight_decay`
   / `exclude_from_layer_adaptation` hold `head_supervised`; its decay
-  comes back as the loss term `classifier_decay`)."""
-  return optim.from_config(
-      opt, schedule, mask=_not_classifier if opt.name == "lars" else None)
+  comes back as the loss term `classifier_decay`), unless
+  `opt.adapt_classifier` (SimSiam's linear classification: apex LARC over
+  the classifier, `optimizer.decay_mask` as set)."""
+  adapt = opt.name != "lars" or opt.get("adapt_classifier", False)
+  return optim.from_config(opt, schedule,
+                           mask=None if adapt else _not_classifier)
 
 
 def classifier_decay_rate(opt: ml_collections.ConfigDict) -> float:
   """The weight decay of the classifier kernel as a loss term: LARS's
   `weight_decay` (the reference's `add_weight_decay` for `head_supervised`),
-  else 0 (the optimizer decays it)."""
-  return float(opt.weight_decay) if opt.name == "lars" else 0.0
+  else 0 (the optimizer decays it, also LARS with `adapt_classifier`)."""
+  if opt.name == "lars" and not opt.get("adapt_classifier", False):
+    return float(opt.weight_decay)
+  return 0.0
 
 
 def classifier_decay(params: PyTree, rate: float) -> jax.Array:

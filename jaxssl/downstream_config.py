@@ -25,6 +25,9 @@ def downstream_config(*, mode: str, epochs: int, batch_size: int,
   c.epochs = epochs
   c.log_every = 100
   c.head_layers = 0  # fine-tuning: projection-head layers kept
+  # The classifier's kernel at init: 'zeros' (SimCLR) or 'normal' (N(0,
+  # 0.01²), the torchvision references' linear classification).
+  c.classifier_init = "zeros"
   c.eval_every_epochs = 0
   c.eval_batch_size = 1024
   # Checkpoints in workdir/checkpoints: a re-run resumes from the newest.
@@ -42,6 +45,9 @@ def downstream_config(*, mode: str, epochs: int, batch_size: int,
   c.optimizer.warmup_epochs = 0.0
   c.optimizer.momentum = 0.9
   c.optimizer.nesterov = optimizer == "sgd"
+  # LARS: the classifier under the trust ratio and decay too (SimSiam's
+  # LARC); False: excluded, its decay a loss term (SimCLR).
+  c.optimizer.adapt_classifier = False
   if runlocal:
     kept = config_utils.values_of(c, keep)
     c.batch_size = 64

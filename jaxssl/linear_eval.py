@@ -196,7 +196,8 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   task = Task(
       model=Classifier(network.encoder, network.projector,
                        config.head_layers if finetune else 0,
-                       train_input.num_classes),
+                       train_input.num_classes,
+                       config.get("classifier_init", "zeros")),
       tx=downstream.optimizer(config.optimizer, schedule), schedule=schedule,
       spec=spec, finetune=finetune,
       classifier_decay=downstream.classifier_decay_rate(config.optimizer))

@@ -1,7 +1,7 @@
 """Learning-rate (and later momentum/temperature) schedules: plain functions of the step."""
 
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -130,7 +130,27 @@ def epoch_cosine(base_lr: float, *, batch_size: int, num_examples: int,
   return schedule
 
 
-LR_SCHEDULES = ("warmup_cosine", "epoch_cosine")
+def multistep(base_lr: float, *, batch_size: int, num_examples: int,
+              decay_epochs: Sequence[float], factor: float = 0.1,
+              scaling: str = "linear") -> Schedule:
+  """The rate times `factor` at each of `decay_epochs`, set once per epoch:
+  MoCo v1/v2's linear classification (`main_lincls.py`, `--schedule 60 80`,
+  ×0.1). Epochs are counted as `epoch_cosine` does: step `t` is in epoch
+  `e = t // ⌊N/B⌋` and gets `peak·factor^#{d in decay_epochs: e ≥ d}`.
+  """
+  peak = scale_learning_rate(base_lr, batch_size, scaling)
+  steps_per_epoch = max(num_examples // batch_size, 1)
+  bounds = tuple(float(d) for d in decay_epochs)
+
+  def schedule(step):
+    epoch = precision.to_full(jnp.asarray(step) // steps_per_epoch)
+    passed = sum((epoch >= d).astype(epoch.dtype) for d in bounds)
+    return peak * jnp.power(precision.to_full(factor), passed)
+
+  return schedule
+
+
+LR_SCHEDULES = ("warmup_cosine", "epoch_cosine", "multistep")
 
 
 def from_config(opt, *, batch_size: int, num_examples: int, epochs: float,
@@ -152,6 +172,16 @@ def from_config(opt, *, batch_size: int, num_examples: int, epochs: float,
     return epoch_cosine(opt.base_lr, batch_size=batch_size,
                         num_examples=num_examples, epochs=epochs,
                         scaling=opt.lr_scaling)
+  if kind == "multistep":
+    if opt.warmup_epochs:
+      raise ValueError("config.optimizer.schedule='multistep' has no "
+                       "warm-up; set config.optimizer.warmup_epochs=0 (got "
+                       f"{opt.warmup_epochs})")
+    return multistep(opt.base_lr, batch_size=batch_size,
+                     num_examples=num_examples,
+                     decay_epochs=tuple(opt.get("decay_epochs", ())),
+                     factor=opt.get("decay_factor", 0.1),
+                     scaling=opt.lr_scaling)
   raise ValueError(f"config.optimizer.schedule={kind!r} is not one of "
                    f"{list(LR_SCHEDULES)}")
 

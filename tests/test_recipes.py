@@ -132,3 +132,116 @@ def test_normalize_key_overrides_the_preset_and_names_itself():
   with pytest.raises(ValueError, match="config.augment.normalize='mean' is "
                      "not one of"):
     train.config_view_specs(c)
+
+
+# The linear-classification scripts behind each method's quoted figures:
+# (optimizer, rate at the script's batch, batch, epochs, schedule, weight
+# decay, Nesterov, classifier init). moco `main_lincls.py` (lr 30, schedule
+# 60 80); moco-v3 `main_lincls.py` (lr 0.1·B/256, ViT `--lr=3`, cosine by
+# epoch); swav `eval_linear.py` (lr 0.3, wd 1e-6, CosineAnnealingLR);
+# dino `eval_linear.py` (lr 0.001·B/256, 128 × 8); simsiam `main_lincls.py
+# --lars` (LARC 0.001, lr 0.1·B/256, 4096); barlowtwins `evaluate.py`
+# (lr-classifier 0.3, wd 1e-6); WCL `linear_eval.py` (0.2·4096/256,
+# Nesterov, 80 epochs, cosine by iteration).
+LINEAR_SCRIPTS = {
+    "simclr": ("sgd", 0.1 * 4096 / 256, 4096, 90, "warmup_cosine", 0.0,
+               True, "zeros"),
+    "byol": ("sgd", 0.2 * 1024 / 256, 1024, 80, "warmup_cosine", 0.0, True,
+             "zeros"),
+    "moco": ("sgd", 30.0, 256, 100, "multistep", 0.0, False, "normal"),
+    "mocov3": ("sgd", 0.4, 1024, 90, "epoch_cosine", 0.0, False, "normal"),
+    "mocov3_vit": ("sgd", 12.0, 1024, 90, "epoch_cosine", 0.0, False,
+                   "normal"),
+    "swav": ("sgd", 0.3, 256, 100, "epoch_cosine", 1e-6, False, "normal"),
+    "dino": ("sgd", 0.004, 1024, 100, "epoch_cosine", 0.0, False, "normal"),
+    "simsiam": ("lars", 1.6, 4096, 90, "epoch_cosine", 0.0, False, "normal"),
+    "barlow_twins": ("sgd", 0.3, 256, 100, "epoch_cosine", 1e-6, False,
+                     "normal"),
+    "wcl": ("sgd", 3.2, 4096, 80, "warmup_cosine", 0.0, True, "normal"),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(LINEAR_SCRIPTS))
+def test_linear_protocol_is_the_reference_script(protocol):
+  """`configs/linear_eval.py:protocol=P`: the script's optimiser, rate at
+  its batch, batch, epochs, schedule, decay, momentum and classifier init;
+  no warm-up; MoCo's steps at epochs 60 and 80, SimSiam's LARC (η 0.001)
+  over the classifier."""
+  from jaxssl import schedules  # pylint: disable=import-outside-toplevel
+  _, c = config_files.load("linear_eval", f"protocol={protocol}")
+  name, rate, batch, epochs, schedule, wd, nesterov, init = (
+      LINEAR_SCRIPTS[protocol])
+  opt = c.optimizer
+  assert (opt.name, c.batch_size, c.epochs, opt.schedule, opt.weight_decay,
+          opt.nesterov, c.classifier_init, opt.momentum, opt.warmup_epochs
+          ) == (name, batch, epochs, schedule, wd, nesterov, init, 0.9, 0.0)
+  assert schedules.scale_learning_rate(
+      opt.base_lr, c.batch_size, opt.lr_scaling) == pytest.approx(rate)
+  if protocol == "moco":
+    assert (tuple(opt.decay_epochs), opt.decay_factor) == ((60, 80), 0.1)
+  if protocol == "simsiam":
+    assert (opt.trust_ratio, opt.trust_coefficient, opt.adapt_classifier,
+            opt.lr_in_momentum) == ("larc", 1e-3, True, False)
+
+
+@pytest.mark.parametrize("name,protocol", [
+    ("simclr_resnet50", "simclr"), ("byol_resnet50", "byol"),
+    ("mocov2_resnet50", "moco"), ("mocov3_resnet50", "mocov3"),
+    ("mocov3_vit_small", "mocov3_vit"), ("swav_resnet50", "swav"),
+    ("dino_resnet50", "dino"), ("dino_vit_small", "dino"),
+    ("simsiam_resnet50", "simsiam"),
+    ("barlow_twins_resnet50", "barlow_twins"), ("wcl_resnet50", "wcl")])
+def test_method_config_names_its_linear_protocol(name, protocol):
+  doc = config_files.load(name)[0].__doc__
+  assert f"configs/linear_eval.py:protocol={protocol}`" in doc, name
+
+
+def test_multistep_schedule_steps_down_at_the_epochs():
+  """'multistep' (MoCo's `adjust_learning_rate` with `--schedule 60 80`):
+  peak·0.1^k with k the decay epochs reached, epochs of ⌊N/B⌋ steps."""
+  from jaxssl import config_utils  # pylint: disable=import-outside-toplevel
+  from jaxssl import schedules  # pylint: disable=import-outside-toplevel
+  opt = config_utils.base_config().optimizer
+  opt.schedule, opt.warmup_epochs, opt.base_lr = "multistep", 0.0, 30.0
+  opt.decay_epochs, opt.decay_factor = (2, 3), 0.1
+  fn = schedules.from_config(opt, batch_size=256, num_examples=1000,
+                             epochs=4, total_steps=12)  # 3 steps per epoch
+  got = [float(fn(t)) for t in range(12)]
+  want = [30.0] * 6 + [3.0] * 3 + [0.3] * 3
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  opt.warmup_epochs = 1.0
+  with pytest.raises(ValueError, match="'multistep' has no warm-up"):
+    schedules.from_config(opt, batch_size=256, num_examples=1000, epochs=4,
+                          total_steps=12)
+
+
+def test_normal_classifier_init_and_larc_over_the_classifier():
+  """`classifier_init='normal'`: kernel N(0, 0.01²), bias 0; a wrong name
+  names the key. `adapt_classifier`: LARS/LARC scales the classifier's
+  update by its trust ratio η‖W‖/‖g‖ (SimSiam's LARC over `fc`); without
+  it the classifier is outside the ratio (SimCLR's fine-tuning)."""
+  from jaxssl import downstream  # pylint: disable=import-outside-toplevel
+  from jaxssl.evaluators import linear_probe  # pylint: disable=import-outside-toplevel
+  params = linear_probe.Linear(1000, "normal").init(
+      jax.random.key(0), jnp.zeros((1, 512)))["params"]["head"]
+  assert abs(float(np.std(params["kernel"])) - 0.01) < 0.0003
+  np.testing.assert_array_equal(params["bias"], 0.0)
+  with pytest.raises(ValueError, match="config.classifier_init='xavier'"):
+    linear_probe.Linear(10, "xavier").init(jax.random.key(0),
+                                           jnp.zeros((1, 4)))
+  _, c = config_files.load("linear_eval", "protocol=simsiam")
+  tree = {"classifier": {"head": {"kernel": jnp.full((4, 3), 0.5),
+                                  "bias": jnp.zeros((3,))}}}
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 2.0), tree)
+  steps = {}
+  for adapt in (True, False):
+    with c.unlocked():
+      c.optimizer.adapt_classifier = adapt
+      c.optimizer.decay_mask = "all" if adapt else "kernels"
+    tx = downstream.optimizer(c.optimizer, 1.0)
+    updates, _ = tx.update(grads, tx.init(tree), tree)
+    steps[adapt] = np.asarray(updates["classifier"]["head"]["kernel"])
+  p_norm, g_norm = np.sqrt(12 * 0.25), np.sqrt(12 * 4.0)
+  np.testing.assert_allclose(steps[True], -1e-3 * p_norm / (g_norm + 1e-8)
+                             * 2.0, rtol=1e-5)
+  np.testing.assert_allclose(steps[False], -2.0, rtol=1e-6)

@@ -24,13 +24,25 @@ from jaxssl import precision
 PyTree = Any
 
 
+# The classifier's kernel initialisers: 'zeros' (the SimCLR reference's
+# logits layer), 'normal' (N(0, 0.01²), the torchvision references' linear
+# classification: `fc.weight.data.normal_(mean=0.0, std=0.01)`). Biases 0.
+KERNEL_INITS = {"zeros": nn.initializers.zeros,
+                "normal": nn.initializers.normal(0.01)}
+
+
 class Linear(nn.Module):
-  """`h @ W + b`, zero-initialised (the SimCLR reference's logits layer)."""
+  """`h @ W + b`, `W` initialised as `kernel_init` says, `b` at 0."""
   num_classes: int
+  kernel_init: str = "zeros"
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
+    if self.kernel_init not in KERNEL_INITS:
+      raise ValueError(f"config.classifier_init={self.kernel_init!r} is not "
+                       f"one of {list(KERNEL_INITS)}")
+    return nn.Dense(self.num_classes,
+                    kernel_init=KERNEL_INITS[self.kernel_init],
                     param_dtype=precision.full_dtype(),
                     name="head")(precision.to_full(h))
 
