@@ -32,10 +32,12 @@ classifiers start at zero, the PyTorch scripts' at N(0, 0.01²)
 
 Deviations: the PyTorch scripts report the best epoch's validation
 accuracy; this reports the last epoch's (and `eval_every_epochs` the rest).
-DINO's figures for ViT-S use the class tokens of the last 4 blocks
-(`n_last_blocks=4`), and its paper sweeps the rate; here the representation
-is the encoder's output and the rate the script's default. SwAV's
-normalisation std 0.228 is not copied.
+`protocol=dino` reads DINO's features of a ViT (`representation='dino'`:
+ViT-S and smaller the class tokens of the last 4 blocks, `n_last_blocks=4`;
+ViT-B the class token with the averaged patch tokens, its README's ViT-B
+command). DINO's paper sweeps the rate (values not published); the rate
+here is the script's default. SwAV's normalisation std 0.228 is not
+copied.
 
 COMMAND (after pretraining into /tmp/simclr_cifar10):
   python -m jaxssl.linear_eval --config=configs/linear_eval.py \
@@ -92,6 +94,9 @@ def get_config(arg=None):
       runlocal=arg.runlocal, keep=arg.given)
   c.protocol = arg.protocol
   c.classifier_init = init
+  # DINO's features of a ViT (the last 4 class tokens of ViT-S); others:
+  # the encoder's output.
+  c.representation = "dino" if arg.protocol == "dino" else "encoder"
   c.optimizer.schedule = schedule
   c.optimizer.weight_decay = weight_decay
   c.optimizer.nesterov = nesterov

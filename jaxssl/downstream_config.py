@@ -28,6 +28,9 @@ def downstream_config(*, mode: str, epochs: int, batch_size: int,
   # The classifier's kernel at init: 'zeros' (SimCLR) or 'normal' (N(0,
   # 0.01²), the torchvision references' linear classification).
   c.classifier_init = "zeros"
+  # The features the classifier reads: 'encoder' (its output) or 'dino'
+  # (a ViT's features of DINO's eval_linear.py: `linear_eval.linear_encoder`).
+  c.representation = "encoder"
   c.eval_every_epochs = 0
   c.eval_batch_size = 1024
   # Checkpoints in workdir/checkpoints: a re-run resumes from the newest.

@@ -36,6 +36,7 @@ from jaxssl import train
 from jaxssl import views as views_lib
 from jaxssl.data import sources
 from jaxssl.evaluators import linear_probe
+from jaxssl.models import vit
 
 PyTree = Any
 DATA_AXIS = sharding.DATA_AXIS
@@ -169,6 +170,25 @@ def check_head_layers(projector, head_layers: int, method: str) -> None:
         "fine-tune from the encoder (head_layers=0)")
 
 
+REPRESENTATIONS = ("encoder", "dino")
+
+
+def linear_encoder(encoder: Any, config: ml_collections.ConfigDict,
+                   pretrain_config: ml_collections.ConfigDict) -> Any:
+  """The encoder whose features the classifier reads: its own output
+  (`config.representation='encoder'`), or with 'dino' a ViT's features of
+  DINO's `eval_linear.py` (`vit.dino_linear_representation`: ViT-S the
+  class tokens of its last 4 blocks; ResNets: their output)."""
+  kind = config.get("representation", "encoder")
+  if kind not in REPRESENTATIONS:
+    raise ValueError(f"config.representation={kind!r} is not one of "
+                     f"{list(REPRESENTATIONS)}")
+  if kind == "dino" and pretrain_config.model.name == "vit":
+    return encoder.clone(representation=vit.dino_linear_representation(
+        pretrain_config.model.variant))
+  return encoder
+
+
 def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   """Linear evaluation or fine-tuning as `config` says; writes results.json."""
   if config.mode not in MODES:
@@ -194,7 +214,9 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   num_examples = train_input.num_examples
   steps = length.total_steps
   task = Task(
-      model=Classifier(network.encoder, network.projector,
+      model=Classifier(linear_encoder(network.encoder, config,
+                                      pretrain_config),
+                       network.projector,
                        config.head_layers if finetune else 0,
                        train_input.num_classes,
                        config.get("classifier_init", "zeros")),

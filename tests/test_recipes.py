@@ -245,3 +245,41 @@ def test_normal_classifier_init_and_larc_over_the_classifier():
   np.testing.assert_allclose(steps[True], -1e-3 * p_norm / (g_norm + 1e-8)
                              * 2.0, rtol=1e-5)
   np.testing.assert_allclose(steps[False], -2.0, rtol=1e-6)
+
+
+def test_dino_linear_features_of_a_vit():
+  """DINO's `eval_linear.py` features: 'last4_cls' concatenates the class
+  token after the final LayerNorm of each of the last 4 blocks (block i's
+  equals the plain ViT of depth i + 1 on the same parameters),
+  'cls_avgpool' the final class token and the mean of the final patch
+  tokens; `linear_eval.linear_encoder` picks them for protocol=dino (ViT-S:
+  last 4, ViT-B: avgpool), and leaves a ResNet alone."""
+  from jaxssl import linear_eval  # pylint: disable=import-outside-toplevel
+  from jaxssl.models import vit  # pylint: disable=import-outside-toplevel
+  model = vit.create("tiny", depth=5, patch_size=4, pos_embed="learned",
+                     image_size=16, init_scheme="dino")
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  last4 = model.clone(representation="last4_cls").apply(variables, x,
+                                                         train=False)
+  width = model.width
+  assert last4.shape == (2, 4 * width)
+  for k, depth in enumerate(range(2, 6)):
+    want = model.clone(depth=depth).apply(variables, x, train=False)
+    np.testing.assert_allclose(last4[:, k * width:(k + 1) * width], want,
+                               rtol=1e-5, atol=1e-6)
+  both, inter = model.clone(representation="cls_avgpool").apply(
+      variables, x, train=False, capture_intermediates=True)
+  tokens = inter["intermediates"]["norm"]["__call__"][-1]
+  np.testing.assert_allclose(both[:, :width], tokens[:, 0], rtol=1e-6)
+  np.testing.assert_allclose(both[:, width:], tokens[:, 1:].mean(1),
+                             rtol=1e-5, atol=1e-6)
+  assert vit.dino_linear_representation("small") == "last4_cls"
+  assert vit.dino_linear_representation("base") == "cls_avgpool"
+  _, lin = config_files.load("linear_eval", "protocol=dino")
+  _, pre = config_files.load("dino_vit_small")
+  assert linear_eval.linear_encoder(model, lin, pre).representation == (
+      "last4_cls")
+  _, pre = config_files.load("dino_resnet50")
+  resnet = models.create_encoder(pre.model, None)
+  assert linear_eval.linear_encoder(resnet, lin, pre) is resnet

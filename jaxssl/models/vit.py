@@ -198,6 +198,12 @@ class VisionTransformer(nn.Module):
       fans, the patch projection on its [3p², D] fans, class token
       N(0, 1e-6²)) or 'dino' (every dense kernel and the class token
       N(0, 0.02²), the patch projection PyTorch's default Conv2d init).
+    representation: the features returned (`REPRESENTATIONS`): 'cls' the
+      class token after the final LayerNorm; DINO's linear evaluation
+      (`eval_linear.py`) 'last4_cls' (ViT-S: the class tokens of the last 4
+      blocks, each through the final LayerNorm, concatenated) or
+      'cls_avgpool' (ViT-B: the class token and the mean of the patch
+      tokens, after the final LayerNorm).
   """
   width: int = 384
   depth: int = 12
@@ -211,10 +217,11 @@ class VisionTransformer(nn.Module):
   dtype: Any = None
   remat: str = "none"
   init_scheme: str = "mocov3"
+  representation: str = "cls"
 
   @property
   def num_features(self) -> int:
-    return self.width
+    return self.width * REPRESENTATIONS[self.representation]
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -251,11 +258,23 @@ class VisionTransformer(nn.Module):
     block = Block
     if self.remat != "none":
       block = nn.remat(Block, static_argnums=(2,))
+    if self.representation not in REPRESENTATIONS:
+      raise ValueError(f"ViT representation={self.representation!r} is not "
+                       f"one of {list(REPRESENTATIONS)}")
+    norm = _layer_norm("norm")
+    outputs = []
     for i in range(self.depth):
       rate = self.drop_path * i / max(self.depth - 1, 1)
       x = block(self.heads, self.mlp_ratio, rate, dtype, self.init_scheme,
                 name=f"blocks_{i}")(x, train)
-    x = _layer_norm("norm")(x)
+      if self.representation == "last4_cls" and i >= self.depth - 4:
+        outputs.append(norm(x)[:, 0])
+    if self.representation == "last4_cls":
+      return precision.to_full(jnp.concatenate(outputs, axis=-1))
+    x = norm(x)
+    if self.representation == "cls_avgpool":
+      return precision.to_full(jnp.concatenate(
+          [x[:, 0], jnp.mean(x[:, 1:], axis=1)], axis=-1))
     return precision.to_full(x[:, 0])
 
   def _position_embedding(self, gh: int, gw: int, d: int) -> jax.Array:
@@ -276,6 +295,17 @@ class VisionTransformer(nn.Module):
                          table[0, 1:].reshape(grid, grid, d))
     return jnp.concatenate([table[:, :1], patches.reshape(1, gh * gw, d)],
                            axis=1)
+
+
+# representation → features in multiples of the width.
+REPRESENTATIONS = {"cls": 1, "last4_cls": 4, "cls_avgpool": 2}
+
+
+def dino_linear_representation(variant: str) -> str:
+  """DINO's `eval_linear.py` representation for a ViT of `variant`: the
+  last 4 class tokens for ViT-S (and smaller), the class token with the
+  averaged patch tokens for ViT-B (its README's ViT-B command)."""
+  return "cls_avgpool" if variant == "base" else "last4_cls"
 
 
 def dino_interpolation(size_in: int, size_out: int) -> np.ndarray:
