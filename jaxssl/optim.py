@@ -278,6 +278,20 @@ def cosine_between(start: float, end: float,
   return schedule
 
 
+def config_options(opt) -> dict:
+  """The options of `create_optimizer(opt.name, ...)` that config section
+  `optimizer` sets besides the rate, the decay and the masks."""
+  extra = {}
+  if opt.name in ("lars", "sgd"):
+    extra["nesterov"] = opt.nesterov
+  if opt.name == "lars":
+    extra.update(trust_coefficient=opt.trust_coefficient,
+                 lr_in_momentum=opt.lr_in_momentum,
+                 excluded_lr_scale=opt.excluded_lr_scale,
+                 trust_ratio=opt.get("trust_ratio", "lars"))
+  return extra
+
+
 def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
                 freeze_steps: int = 0,
                 mask: MaskOrFn = None) -> optax.GradientTransformation:
@@ -292,14 +306,7 @@ def from_config(opt, learning_rate: ScalarOrSchedule, *, total_steps: int = 0,
   (the caller converts `freeze_epochs`). `mask` replaces the 'kernels'
   mask (e.g. a classifier kept out of LARS's trust ratio).
   """
-  extra = {}
-  if opt.name in ("lars", "sgd"):
-    extra["nesterov"] = opt.nesterov
-  if opt.name == "lars":
-    extra.update(trust_coefficient=opt.trust_coefficient,
-                 lr_in_momentum=opt.lr_in_momentum,
-                 excluded_lr_scale=opt.excluded_lr_scale,
-                 trust_ratio=opt.get("trust_ratio", "lars"))
+  extra = config_options(opt)
   decay_mask = opt.get("decay_mask", "kernels")
   if mask is not None:
     if decay_mask != "kernels":

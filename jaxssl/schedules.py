@@ -164,19 +164,15 @@ def from_config(opt, *, batch_size: int, num_examples: int, epochs: float,
                          scaling=opt.lr_scaling, total_steps=total_steps,
                          start_lr=opt.get("warmup_start_lr", 0.0),
                          end_lr=opt.get("final_lr", 0.0))
+  if kind in ("epoch_cosine", "multistep") and opt.warmup_epochs:
+    raise ValueError(f"config.optimizer.schedule={kind!r} has no warm-up; "
+                     "set config.optimizer.warmup_epochs=0 (got "
+                     f"{opt.warmup_epochs})")
   if kind == "epoch_cosine":
-    if opt.warmup_epochs:
-      raise ValueError("config.optimizer.schedule='epoch_cosine' has no "
-                       "warm-up; set config.optimizer.warmup_epochs=0 (got "
-                       f"{opt.warmup_epochs})")
     return epoch_cosine(opt.base_lr, batch_size=batch_size,
                         num_examples=num_examples, epochs=epochs,
                         scaling=opt.lr_scaling)
   if kind == "multistep":
-    if opt.warmup_epochs:
-      raise ValueError("config.optimizer.schedule='multistep' has no "
-                       "warm-up; set config.optimizer.warmup_epochs=0 (got "
-                       f"{opt.warmup_epochs})")
     return multistep(opt.base_lr, batch_size=batch_size,
                      num_examples=num_examples,
                      decay_epochs=tuple(opt.get("decay_epochs", ())),

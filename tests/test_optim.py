@@ -490,15 +490,7 @@ def _freeze_case(name):
             "larc": dict(name="lars", weight_decay=1e-4, momentum=0.9,
                          trust_coefficient=0.02, trust_ratio="larc")}[name]
   opt = _chain_config(freeze_pattern="^frozen/", **values)
-  kwargs = {"momentum": opt.momentum}
-  if opt.name in ("lars", "sgd"):
-    kwargs["nesterov"] = opt.nesterov
-  if opt.name == "lars":
-    kwargs.update(trust_coefficient=opt.trust_coefficient,
-                  lr_in_momentum=opt.lr_in_momentum,
-                  excluded_lr_scale=opt.excluded_lr_scale,
-                  trust_ratio=opt.get("trust_ratio", "lars"))
-  return opt, kwargs
+  return opt, {"momentum": opt.momentum, **optim.config_options(opt)}
 
 
 @pytest.mark.parametrize("name", ["adamw", "sgd", "lars", "larc"])
