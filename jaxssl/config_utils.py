@@ -308,7 +308,7 @@ def use_cifar10(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.image_size = 32
-  c.model.depth = 10
+  c.model.depth = 18
   c.model.width = 1.0
   c.model.cifar_stem = True
   return c
