@@ -101,6 +101,9 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
                                     color_strength=1.0, blur=not cifar)
   if view_presets.LOCAL in groups:
     groups = _multicrop(groups, local_crops=local_crops, local_size=local_size)
+  if method == "swav":  # the reference's transforms.Normalize, as the config
+    groups = {g: tuple(dataclasses.replace(spec, normalize=True)
+                       for spec in specs) for g, specs in groups.items()}
   if not augment:
     groups = {g: tuple(dataclasses.replace(
         spec, flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
