@@ -46,6 +46,9 @@ flags.DEFINE_float("train_fraction", 0.0,
                    "(0: all); also the kNN bank and the linear-eval set.")
 flags.DEFINE_integer("eval_every", 0, "kNN every N epochs (0: ~10 points).")
 flags.DEFINE_integer("linear_epochs", 90, "Linear-evaluation epochs.")
+flags.DEFINE_enum("eval_network", "auto", ["auto", "online", "target"],
+                  "The network evaluated and exported (config.eval.network; "
+                  "auto: the method's, DINO's teacher).")
 flags.DEFINE_string("benchmarks", "BENCHMARKS.md",
                     "Markdown file the row is appended to ('' : none).")
 flags.mark_flags_as_required(["workdir"])
@@ -81,6 +84,7 @@ def pretrain_config(method: str):
   c.eval.every_epochs = FLAGS.eval_every or max(FLAGS.epochs // 10, 1)
   c.eval.random_init_baseline = True
   c.eval.batch_size = 1024
+  c.eval.network = FLAGS.eval_network
   c.log_every = 20
   return c
 
@@ -139,7 +143,8 @@ def main(argv):
              else 50000)
   command = "python tools/benchmark_cifar10.py " + " ".join(sys.argv[1:])
   row = (f"| {datetime.date.today().isoformat()} | {device_name} | "
-         f"{FLAGS.method} | ResNet-{FLAGS.depth}×{FLAGS.width:g} | "
+         f"{FLAGS.method}{_network_note()} | "
+         f"ResNet-{FLAGS.depth}×{FLAGS.width:g} | "
          f"{FLAGS.epochs} | {FLAGS.batch_size} | {n_train} | "
          f"{results['knn_top1_k20']:.4f} | {results['knn_top1_k200']:.4f} | "
          f"{results['random_init_knn_top1_k20']:.4f} | "
@@ -154,6 +159,11 @@ def main(argv):
     bench_table.append_row(FLAGS.benchmarks, row, title=_TABLE,
                            header=_HEADER)
     print(f"appended to {FLAGS.benchmarks}; curves in {curves}")
+
+
+def _network_note() -> str:
+  """' (online)' / ' (target)' where the evaluated network is overridden."""
+  return "" if FLAGS.eval_network == "auto" else f" ({FLAGS.eval_network})"
 
 
 def linear_eval_config():
