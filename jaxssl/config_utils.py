@@ -11,14 +11,16 @@ the run for a CPU, but a value given explicitly in the variant wins over the
 shrink (400 epochs here).
 """
 
-from typing import Any, Dict, Iterable
 
 import ml_collections
 
 from jaxssl import config_variants
 
-# The variant parser every config calls as `config_utils.parse_arg`.
+# The variant parser and the `:runlocal` shrink every config calls as
+# `config_utils.parse_arg` / `config_utils.shrink_for_cpu`.
 parse_arg = config_variants.parse_arg
+shrink_for_cpu = config_variants.shrink_for_cpu
+values_of = config_variants.values_of
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -355,65 +357,3 @@ def set_dino_head(section: ml_collections.ConfigDict, *, out_dim: int,
   section.out_dim = out_dim
   section.use_bn = use_bn
   section.norm_last_layer = norm_last_layer
-
-
-def values_of(c: ml_collections.ConfigDict, keys: Iterable[str]
-            ) -> Dict[str, Any]:
-  """The values of those `keys` that are top-level keys of `c`."""
-  return {key: c[key] for key in keys if key in c}
-
-
-# `:runlocal` caps MLP widths (Barlow Twins' 8192) so CPU steps stay fast.
-_RUNLOCAL_HEAD_WIDTH = 128
-
-
-def shrink_for_cpu(c: ml_collections.ConfigDict, keep: Iterable[str] = (),
-                   *, epochs: int = 5) -> ml_collections.ConfigDict:
-  """The `:runlocal` shrink: 256 synthetic 32 px images, ResNet-10/8 (a
-  ViT keeps its variant's width with 4 blocks).
-
-  ResNet-10 is ResNet-18's code path (basic blocks, a projection shortcut
-  entering each stage) with one block per stage instead of two: a smoke run
-  that compiles and runs in about two thirds of the time.
-
-  Keeps the method, loss and optimizer of `c` (heads capped at 128 wide) so
-  that the whole code path of the experiment runs on a CPU in about a
-  minute: 5 epochs of 4 steps at batch 64 (20 steps, 21 with the SimCLR
-  `steps_rule`); a queue (MoCo's, SwAV's) holds 4 batches.
-
-  Args:
-    c: the experiment's config, changed in place.
-    keep: top-level keys of `c` that keep their value: the variants given
-      explicitly (`parse_arg(...).given`), so that `:runlocal,epochs=400`
-      trains 400 epochs. Other names are ignored.
-    epochs: epochs of 4 steps.
-
-  Returns:
-    `c`.
-  """
-  kept = values_of(c, keep)
-  c.batch_size = 64
-  c.epochs = epochs
-  c.log_every = 2
-  c.checkpoint.every_steps = 8
-  for section in (c.head, c.predictor):
-    if section.hidden_dim:  # 0 (the input width) stays
-      section.hidden_dim = min(section.hidden_dim, _RUNLOCAL_HEAD_WIDTH)
-    section.out_dim = min(section.out_dim, _RUNLOCAL_HEAD_WIDTH)
-  c.head.bottleneck_dim = min(c.head.bottleneck_dim, _RUNLOCAL_HEAD_WIDTH)
-  if c.loss.queue_size:  # 0 (no queue) stays
-    c.loss.queue_size = 4 * c.batch_size
-  c.data.source = "synthetic"
-  c.data.synthetic_examples = 256
-  c.data.image_size = 32
-  c.augment.blur = False
-  c.model.depth = 10
-  c.model.width = 0.125
-  c.model.cifar_stem = True
-  c.model.vit_depth = 4  # a ViT variant's width and heads, 4 blocks
-  if c.optimizer.schedule == "warmup_cosine":  # 'epoch_cosine' has none
-    c.optimizer.warmup_epochs = 1.0
-  c.eval.knn_ks = (20,)
-  c.eval.batch_size = 256
-  c.update(kept)
-  return c
