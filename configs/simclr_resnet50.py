@@ -7,8 +7,12 @@ LARS (momentum 0.9, trust 1e-3), learning rate 0.3·B/256 ("linear") or
 weight decay 1e-6, temperature 0.1, global BatchNorm, 2-layer projection head
 with output 128. `v2` is SimCLR v2's recipe (Appendix B of the paper): the
 3-layer head, 0.1·√B (6.4 at B = 4096) after a warm-up of 5 % of the
-epochs, weight decay 1e-4. SimCLR v2's MoCo-style memory of 64K negatives
-(≈ +1 % in the paper) is not part of jaxssl's SimCLR.
+epochs, weight decay 1e-4, and SimCLR v2's MoCo-style memory (§2, "≈ 1 %"
+in linear evaluation, Appendix D): 65,536 negatives from a momentum copy of
+encoder and projector (τ 0.999 constant, MoCo's; the paper gives no other),
+`loss.memory=True`, `loss.queue_size=65536`, `jaxssl/methods/simclr.py`;
+`--config.loss.memory=False` trains v2 without it (what the released TF2
+code does: it has no memory).
 Linear evaluation: `configs/linear_eval.py:protocol=simclr`,
 the reference's script behind the EXPECTED figures.
 
@@ -110,6 +114,11 @@ def get_config(arg=None):
     c.optimizer.lr_scaling = "sqrt"
     c.optimizer.weight_decay = 1e-4
     c.optimizer.warmup_epochs = 0.05 * arg.epochs
+    c.loss.memory = True
+    c.loss.queue_size = 65536
+    c.target.base_momentum = 0.999
+    c.target.momentum_schedule = "constant"
+    c.target.init = "copy"
   if arg.runlocal:
     config_utils.shrink_for_cpu(c, keep=arg.given)
   return c

@@ -191,6 +191,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.barlow_lambda = 5e-3  # Barlow Twins' λ.
   # MoCo v1/v2: keys in the queue of negatives (a multiple of batch_size).
   c.loss.queue_size = 65536
+  # SimCLR: SimCLR v2's memory of loss.queue_size negatives from a momentum
+  # network (config.target; K a multiple of batch_size).
+  c.loss.memory = False
   # DINO: loss.temperature is the student's; the teacher's rises from
   # warmup_teacher_temperature over warmup_teacher_epochs; the centre's
   # momentum.

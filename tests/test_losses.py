@@ -349,3 +349,71 @@ def test_accuracy_sharded_uses_global_positive_column():
   want = [_np_nt_xent(z1, z2, 0.5, True, 3 * k, 3 * k + 3)[0]
           for k in range(_NUM_DEVICES)]
   np.testing.assert_allclose(np.asarray(local_loss), want, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# SimCLR v2's memory: the buffered rows are extra negatives of every anchor
+# ----------------------------------------------------------------------------
+
+
+def _np_nt_xent_with_memory(z1, z2, memory, temperature):
+  """float64, written per anchor: each of the 2B embeddings of the global
+  batch is an anchor whose positive is its partner view and whose
+  negatives are the 2B − 2 other in-batch embeddings and the K memory
+  rows; the loss is the mean over view-1 anchors plus the mean over view-2
+  anchors."""
+  z = _np_normalize(np.concatenate([z1, z2]).astype(np.float64))
+  b = len(z1)
+  memory = np.asarray(memory, np.float64)
+  per_anchor = []
+  for i in range(2 * b):
+    partner = (i + b) % (2 * b)
+    others = [j for j in range(2 * b) if j != i]
+    logits = np.concatenate([z[others] @ z[i], memory @ z[i]]) / temperature
+    positive = logits[others.index(partner)]
+    top = logits.max()
+    per_anchor.append(top + np.log(np.sum(np.exp(logits - top))) - positive)
+  return np.mean(per_anchor[:b]) + np.mean(per_anchor[b:])
+
+
+@mesh_runs.float64()
+def test_nt_xent_with_memory_on_4_devices_matches_per_anchor_formula():
+  """`nt_xent(..., queue=M)` over 4 devices (pmean of the local losses):
+  value and gradients equal the float64 per-anchor formula with M's rows as
+  extra negatives (central differences); M receives no gradient; without
+  the memory the loss is lower (the rows only add negatives)."""
+  t, n_local, d, k = 0.3, 2, 5, 6
+  n = n_local * _NUM_DEVICES
+  rng = np.random.default_rng(3)
+  z1, z2 = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+  memory = _np_normalize(rng.normal(size=(k, d)))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:_NUM_DEVICES]), ("data",))
+
+  def global_loss(a, b, m):
+    return lax.pmean(losses.nt_xent(a, b, t, axis_name="data", queue=m),
+                     "data")
+
+  fn = jax.jit(jax.shard_map(
+      jax.value_and_grad(global_loss, argnums=(0, 1, 2)), mesh=mesh,
+      in_specs=(P("data"), P("data"), P()),
+      out_specs=(P(), (P("data"), P("data"), P()))))
+  loss, (g1, g2, gm) = fn(jnp.asarray(z1), jnp.asarray(z2),
+                          jnp.asarray(memory))
+  want = _np_nt_xent_with_memory(z1, z2, memory, t)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-12)
+  for got, wrt in ((g1, 0), (g2, 1)):
+    args = [z1, z2]
+
+    def of(x, wrt=wrt, args=args):
+      moved = list(args)
+      moved[wrt] = x
+      return _np_nt_xent_with_memory(*moved, memory, t)
+
+    want_g = _np_fd_grad(of, args[wrt], 1e-6)
+    np.testing.assert_allclose(np.asarray(got), want_g, rtol=1e-7,
+                               atol=1e-7 * np.abs(want_g).max())
+  np.testing.assert_array_equal(np.asarray(gm), 0.0)
+  assert float(loss) > _np_nt_xent(z1, z2, t)[0] + 0.1
+  with pytest.raises(ValueError, match=r"the memory must be \[K, 5\]"):
+    losses.nt_xent(jnp.asarray(z1), jnp.asarray(z2), t,
+                   queue=jnp.zeros((4, 3)))

@@ -22,6 +22,7 @@ from jaxssl import train
 from jaxssl.methods import base
 from jaxssl.methods import moco
 from jaxssl.methods import mocov3
+from jaxssl.methods import simclr
 
 DATA = sharding.DATA_AXIS
 GLOBAL_BATCH = 16
@@ -402,3 +403,121 @@ def test_shuffle_bn_matters_only_with_per_device_bn():
   assert abs(losses_by[1, True] - losses_by[1, False]) > 1e-4, losses_by
   np.testing.assert_allclose(losses_by[0, True], losses_by[0, False],
                              rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# SimCLR v2's memory: MoCo's queue and momentum network inside SimCLR
+# ----------------------------------------------------------------------------
+
+MEMORY = 48  # 3 global batches: two views a step, the second step wraps
+
+
+def _simclr_memory_config(**overrides):
+  c = mesh_runs.tiny_config("simclr", batch_size=GLOBAL_BATCH,
+                            image_size=IMAGE_SIZE)
+  c.augment.preset = "byol"
+  c.optimizer.warmup_epochs = 0.0
+  config_utils.set_head(c.head, num_layers=2, hidden_dim=16, out_dim=8,
+                        last_bn="plain")
+  c.loss.temperature = 0.2
+  c.loss.memory = True
+  c.loss.queue_size = MEMORY
+  c.target.base_momentum = TAU
+  c.target.momentum_schedule = "constant"
+  c.target.init = "copy"
+  return mesh_runs.finish_config(c, overrides)
+
+
+@pytest.fixture(scope="module")
+def simclr_memory_runs():
+  """SimCLR with the memory for 2 steps on 1 and on 8 devices (float64)."""
+  with mesh_runs.float64():
+    learner = mesh_runs.cropped_learner(
+        train.create_learner(_simclr_memory_config(), NUM_EXAMPLES))
+    runs = {n: mesh_runs.run_steps(learner, n, _batches(2)) for n in (1, 8)}
+  return learner, runs
+
+
+def test_simclr_v2_memory_matches_on_1_and_8_devices(simclr_memory_runs):
+  """Loss, parameters, optimizer state, BN statistics, the momentum network
+  and the memory (same rows, same order) over 2 steps."""
+  _, runs = simclr_memory_runs
+  (states1, m1), (states8, m8) = runs[1], runs[8]
+  mesh_runs.assert_metrics_close(
+      m1, m8, ("loss", "grad_norm", "contrast_acc", "memory_sim"))
+  for part in ("params", "opt_state", "batch_stats", "target", "method_state"):
+    mesh_runs.assert_trees_close(getattr(states1[-1], part),
+                                 getattr(states8[-1], part),
+                                 rtol=mesh_runs.RTOL)
+  assert [int(s.method_state["ptr"]) for s in states8] == [0, 32, 16]
+
+
+def test_simclr_v2_memory_recomputed_from_the_views(simclr_memory_runs):
+  """Each step, recomputed on one device: the logged loss is NT-Xent of the
+  online projections of both views (concatenated) with the memory before
+  the step as extra negatives; afterwards the momentum network's
+  normalised projections (as before the step, both views in one batch) of
+  view 1 then view 2 fill 2·B rows from the pointer (wrapping), and the
+  momentum network moved to τ·old + (1 − τ)·updated online."""
+  learner, runs = simclr_memory_runs
+  states, metrics = runs[8]
+  plain = base.Forward()
+  tracked = base.subtrees("encoder", "projector")
+  with mesh_runs.float64():
+    method = simclr.create(_simclr_memory_config(), axis_name=None,
+                           total_steps=4)
+    for t, images in enumerate(_batches(2)):
+      state = states[t]
+      rng = jax.random.fold_in(state.rng, state.step)
+      view_rng, _ = jax.random.split(rng)
+      views = train.make_views({"image": jnp.asarray(images)}, view_rng,
+                               groups=learner.views, axis_name=None)
+      online, _ = plain(method.network, {"params": state.params,
+                                         "batch_stats": state.batch_stats},
+                        views, {"global": 2})
+      z1, z2 = base.split_views(online["global"]["z"], 2)
+      before = state.method_state["queue"]
+      loss = losses.nt_xent(z1, z2, 0.2, queue=before)
+      np.testing.assert_allclose(metrics[t]["loss"], loss, rtol=1e-9)
+      target, _ = plain(method.target.network, state.target, views,
+                        {"global": 2})
+      written = losses.l2_normalize(target["global"]["z"])
+      start = int(state.method_state["ptr"])
+      rows = (start + np.arange(2 * GLOBAL_BATCH)) % MEMORY
+      after = states[t + 1].method_state["queue"]
+      np.testing.assert_allclose(after[rows], written, rtol=1e-9,
+                                 atol=1e-12)
+      others = np.ones(MEMORY, bool)
+      others[rows] = False
+      np.testing.assert_array_equal(after[others], before[others])
+      want = jax.tree.map(lambda k, q: TAU * k + (1 - TAU) * q,
+                          state.target["params"],
+                          tracked(states[t + 1].params))
+      mesh_runs.assert_trees_close(states[t + 1].target["params"], want,
+                                   rtol=1e-12)
+  mesh_runs.assert_trees_close(states[0].target["params"],
+                               tracked(states[0].params), rtol=0)
+
+
+def test_simclr_v2_config_turns_the_memory_on():
+  """`simclr_resnet50:v2` trains with 65,536 memory rows from a momentum
+  network (τ 0.999, a copy at the start); SimCLR v1 and
+  `--config.loss.memory=False` have neither; a memory that does not take
+  whole batches is an error naming the keys."""
+  import config_files  # pylint: disable=g-import-not-at-top
+  _, v2 = config_files.load("simclr_resnet50", "v2")
+  assert (v2.loss.memory, v2.loss.queue_size) == (True, 65536)
+  assert (v2.target.base_momentum, v2.target.momentum_schedule,
+          v2.target.init) == (0.999, "constant", "copy")
+  assert not config_files.load("simclr_resnet50", "")[1].loss.memory
+  tiny = _simclr_memory_config()
+  method = train.create_learner(tiny, NUM_EXAMPLES).method
+  assert method.target is not None and method.state is not None
+  assert method.evaluated == "online"
+  off = train.create_learner(_simclr_memory_config(**{"loss.memory": False}),
+                             NUM_EXAMPLES).method
+  assert off.target is None and off.state is None
+  with pytest.raises(ValueError, match=r"queue_size=40 must be a positive "
+                     r"multiple of config.batch_size=16"):
+    train.create_learner(_simclr_memory_config(**{"loss.queue_size": 40}),
+                         NUM_EXAMPLES)

@@ -20,6 +20,7 @@ def nt_xent_and_accuracy(
     *,
     normalize: bool = True,
     axis_name: Optional[str] = None,
+    queue: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, jax.Array]:
   """NT-Xent loss and the contrastive top-1 accuracy of the positive.
 
@@ -34,6 +35,7 @@ def nt_xent_and_accuracy(
     normalize: L2-normalise the embeddings first (cosine similarity).
     axis_name: mapped device axis over which the global batch is spread, or
       None for a single device.
+    queue: `[K, d]` extra negatives (SimCLR v2's memory), or None.
 
   Returns:
     `(loss, accuracy)`, scalars for this device.
@@ -42,6 +44,9 @@ def nt_xent_and_accuracy(
     raise ValueError(
         f"nt_xent expects two [n, d] arrays of the same shape; got {z1.shape} "
         f"and {z2.shape}")
+  if queue is not None and (queue.ndim != 2 or queue.shape[1] != z1.shape[1]):
+    raise ValueError(f"nt_xent: the memory must be [K, {z1.shape[1]}]; got "
+                     f"{queue.shape}")
   z1 = precision.to_full(z1)
   z2 = precision.to_full(z2)
   if normalize:
@@ -59,10 +64,15 @@ def nt_xent_and_accuracy(
   logits_aa = z1 @ z1_all.T / temperature - self_mask
   logits_bb = z2 @ z2_all.T / temperature - self_mask
 
-  loss_a = core.cross_entropy(jnp.concatenate([logits_ab, logits_aa], axis=1),
-                          positives)
-  loss_b = core.cross_entropy(jnp.concatenate([logits_ba, logits_bb], axis=1),
-                          positives)
+  memory_a, memory_b = [], []
+  if queue is not None:
+    queue = lax.stop_gradient(precision.to_full(queue))
+    memory_a, memory_b = [z1 @ queue.T / temperature], [z2 @ queue.T /
+                                                        temperature]
+  loss_a = core.cross_entropy(
+      jnp.concatenate([logits_ab, logits_aa, *memory_a], axis=1), positives)
+  loss_b = core.cross_entropy(
+      jnp.concatenate([logits_ba, logits_bb, *memory_b], axis=1), positives)
   return loss_a + loss_b, core.top1(logits_ab, positives)
 
 
@@ -73,6 +83,7 @@ def nt_xent(
     *,
     normalize: bool = True,
     axis_name: Optional[str] = None,
+    queue: Optional[jax.Array] = None,
 ) -> jax.Array:
   """Normalised temperature-scaled cross entropy (NT-Xent).
 
@@ -88,6 +99,12 @@ def nt_xent(
   * `loss_a` is the softmax cross-entropy over `[logits_ab, logits_aa]`,
     averaged over the local anchors; `loss_b` is the same with the views
     swapped; the result is `loss_a + loss_b`.
+  * with a `queue` (SimCLR v2: Chen, Kornblith, Swersky, Norouzi & Hinton,
+    "Big Self-Supervised Models are Strong Semi-Supervised Learners",
+    NeurIPS 2020, https://arxiv.org/abs/2006.10029, §2: MoCo's memory of a
+    momentum network's outputs, "buffered as negative examples"), each
+    anchor's logits also hold its similarity to the K memory rows (already
+    normalised, no gradient): `[logits_ab, logits_aa, z_a·queueᵀ/τ]`.
 
   Gradients flow through the gathered embeddings (the transpose of
   `all_gather` is a reduce-scatter), as in the reference, whose
@@ -100,13 +117,15 @@ def nt_xent(
       paper).
     normalize: L2-normalise first (the reference's `hidden_norm`).
     axis_name: mapped device axis holding the rest of the global batch.
+    queue: `[K, d]` memory of extra negatives (L2-normalised rows), or None.
 
   Returns:
     The scalar loss of this device's anchors. Under `shard_map`, take
     `lax.pmean` over `axis_name` to get the global-batch loss.
   """
   loss, _ = nt_xent_and_accuracy(
-      z1, z2, temperature, normalize=normalize, axis_name=axis_name)
+      z1, z2, temperature, normalize=normalize, axis_name=axis_name,
+      queue=queue)
   return loss
 
 
