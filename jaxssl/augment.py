@@ -74,6 +74,37 @@ def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
   return jnp.stack(rgb, axis=-1)
 
 
+# sRGB (linear) → CIE XYZ, and the D65 white point of the 2° observer:
+# `skimage.color.xyz_from_rgb` and its `illuminants['D65']['2']`.
+_XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
+                 (0.212671, 0.715160, 0.072169),
+                 (0.019334, 0.119193, 0.950227))
+_D65 = (0.95047, 1.0, 1.08883)
+
+
+def rgb_to_lab(images: jax.Array) -> jax.Array:
+  """sRGB in [0, 1] (`[..., 3]`) → CIE Lab (D65, 2° observer), as
+  `skimage.color.rgb2lab` computes it: CMC's view split (L; ab).
+
+  The sRGB transfer function is undone (`c/12.92` up to 0.04045, then
+  `((c + 0.055)/1.055)^2.4`), the linear RGB goes to XYZ, is divided by
+  the white point, and `f(t) = t^(1/3)` above 0.008856 (`7.787·t + 16/116`
+  below) gives `L = 116·f(Y) − 16`, `a = 500·(f(X) − f(Y))`,
+  `b = 200·(f(Y) − f(Z))`: L in [0, 100], a and b in about [−86, 98] and
+  [−108, 94].
+  """
+  rgb = precision.to_full(images)
+  linear = jnp.where(rgb > 0.04045,
+                     ((jnp.maximum(rgb, 0.04045) + 0.055) / 1.055) ** 2.4,
+                     rgb / 12.92)
+  xyz = linear @ jnp.asarray(_XYZ_FROM_RGB, rgb.dtype).T
+  t = xyz / jnp.asarray(_D65, rgb.dtype)
+  f = jnp.where(t > 0.008856, jnp.cbrt(t), 7.787 * t + 16.0 / 116.0)
+  fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
+  return jnp.stack([116.0 * fy - 16.0, 500.0 * (fx - fy),
+                    200.0 * (fy - fz)], axis=-1)
+
+
 def to_grayscale(image: jax.Array) -> jax.Array:
   """Luma (`tf.image.rgb_to_grayscale`) replicated on the three channels."""
   image = precision.to_full(image)

@@ -7,10 +7,12 @@ value computed on N devices is the same as on one device holding the whole
 batch: the per-device losses are means over local anchors, and their mean over
 devices (`lax.pmean`) is the single-device loss on the concatenated batch.
 
-Families: `contrastive` (SimCLR's NT-Xent, MoCo's InfoNCE), `regression`
-(BYOL, SimSiam), `redundancy` (Barlow Twins), `clustering` (SwAV's
-Sinkhorn codes), `distillation` (DINO, SimCLR v2's soft labels), `supervised` (SupCon, WCL's
-nearest-neighbour components); `core` holds their building blocks.
+Families: `contrastive` (SimCLR's NT-Xent, MoCo's InfoNCE), `instance`
+(InstDisc's NCE against a memory bank, InvaSpread's batch criterion),
+`regression` (BYOL, SimSiam), `redundancy` (Barlow Twins), `clustering`
+(SwAV's Sinkhorn codes), `distillation` (DINO, SimCLR v2's soft labels),
+`supervised` (SupCon, WCL's nearest-neighbour components); `core` holds
+their building blocks.
 """
 
 # The public losses, one module per family.
@@ -23,6 +25,9 @@ from jaxssl.losses.contrastive import nt_xent_and_accuracy
 from jaxssl.losses.core import l2_normalize
 from jaxssl.losses.distillation import dino
 from jaxssl.losses.distillation import soft_label_cross_entropy
+from jaxssl.losses.instance import instance_nce
+from jaxssl.losses.instance import invariance_spreading
+from jaxssl.losses.instance import nce_normalizer
 from jaxssl.losses.redundancy import barlow_twins
 from jaxssl.losses.redundancy import cross_correlation
 from jaxssl.losses.redundancy import standardize
@@ -36,9 +41,11 @@ from jaxssl.losses.supervised import supcon
 
 __all__ = [
     "barlow_twins", "cross_correlation", "dino", "info_nce",
-    "info_nce_and_accuracy", "l2_normalize", "local_rows",
+    "info_nce_and_accuracy", "instance_nce", "invariance_spreading",
+    "l2_normalize", "local_rows", "nce_normalizer",
     "nearest_neighbour_components", "nearest_neighbours",
     "neighbour_components", "negative_cosine", "nt_xent",
-    "nt_xent_and_accuracy", "regression_loss", "sinkhorn", "soft_label_cross_entropy", "standardize",
+    "nt_xent_and_accuracy", "regression_loss", "sinkhorn",
+    "soft_label_cross_entropy", "standardize",
     "supcon", "swav",
 ]
