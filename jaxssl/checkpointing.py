@@ -11,7 +11,9 @@ is never listed. A listed checkpoint that cannot be read (truncated or
 missing files: a full disk, a kill during the final write) is moved aside
 to `<directory>_unreadable/` and the newest readable one is restored
 (`Checkpointer.restore_all`). The directory may be local or on GCS (`gs://`,
-through `jaxssl.paths`).
+through `jaxssl.paths`). A checkpoint restores onto any device count: the
+state is replicated but for row-sharded method state (memory banks), whose
+padding to the device count is adjusted on restore (`_restore_args`).
 """
 
 import time
@@ -99,7 +101,7 @@ class Checkpointer:
       return False
     self._last_save = time.monotonic()
     return self._manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(_to_saveable(state)),
+        STATE: ocp.args.PyTreeSave(_to_saveable(state)),
         LOOP: ocp.args.JsonSave(dict(loop_state or {}))}), force=True)
 
   def restore(self, template: TrainState) -> TrainState:
@@ -125,14 +127,17 @@ class Checkpointer:
     steps = self._agreed_steps()
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    template = _to_saveable(template)
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        _to_saveable(template))
+        template)
+    restore_args = jax.tree.map(_restore_args, template)
     failed = []
     for step in sorted(steps, reverse=True):
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(target),
+            STATE: ocp.args.PyTreeRestore(target,
+                                          restore_args=restore_args),
             LOOP: ocp.args.JsonRestore()}))
         error = None
       except Exception as e:  # pylint: disable=broad-except
@@ -181,6 +186,24 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def row_sharded(x: jax.Array) -> bool:
+  """Whether `x` is split by rows over the mesh (a per-example table,
+  `jaxssl.methods.rows`)."""
+  spec = getattr(x.sharding, "spec", None)
+  return bool(spec) and spec[0] is not None
+
+
+def _restore_args(x: jax.Array) -> ocp.ArrayRestoreArgs:
+  """Restores `x` with its template's shape, dtype and sharding. A
+  row-sharded table's length is its rows padded to a multiple of the
+  device count, the rows themselves at the same positions for any count
+  (`jaxssl.methods.rows`): saved on another count it differs only in the
+  zero padding at its end, which `strict=False` adds or cuts. Every other
+  array must match exactly."""
+  return ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
+                              dtype=x.dtype, strict=not row_sharded(x))
 
 
 def _everywhere(ok: bool) -> bool:

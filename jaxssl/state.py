@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxssl.evaluators import linear_probe
+from jaxssl.sharding import DATA_AXIS
 from jaxssl.train_state import TrainState
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ def create_train_state(rng: jax.Array, learner: Learner,
     if method.target is not None:
       target = _init_target(method, variables,
                             jax.random.fold_in(init_rng, 1), dummy)
-    method_state = None if method.state is None else method.state.init()
+    method_state = (None if method.state is None else
+                    method.state.init(mesh.shape[DATA_AXIS]))
     probe = None
     if learner.probe is not None:
       feature_dim = method.network.apply(variables, dummy,

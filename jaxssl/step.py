@@ -203,6 +203,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
     The new state and metrics averaged over devices.
   """
   method = learner.method
+  if method.needs_index and "index" not in batch:
+    raise ValueError(f"method {method.name!r} reads each example's dataset "
+                     "index (a memory bank's row), but the batch has no "
+                     f"'index' (keys: {sorted(batch)})")
   view_rng, method_rng = jax.random.split(rng)
   ctx = base.StepContext(
       step=state.step, epoch=state.step * learner.epochs_per_step,

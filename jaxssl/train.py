@@ -65,7 +65,8 @@ def create_learner(config: ml_collections.ConfigDict, num_examples: int,
   tx = optim.from_config(opt, schedule, total_steps=steps,
                          freeze_steps=length.steps_until(opt.freeze_epochs))
   method = methods.METHODS[config.method](config, axis_name=DATA_AXIS,
-                                          total_steps=steps)
+                                          total_steps=steps,
+                                          num_examples=num_examples)
   if method.needs_labels and num_classes <= 0:
     raise ValueError(f"config.method={config.method!r} trains on class labels; "
                      f"{config.data.source} data has no labels")
@@ -96,8 +97,9 @@ def config_view_specs(
   """Every view of config section `augment` for `config.method`, in group
   order (as host pipelines crop them); `early`: those of the first
   `augment.early_epochs` (None without)."""
+  # The views do not depend on the run's length or the dataset's size.
   method = methods.METHODS[config.method](config, axis_name=DATA_AXIS,
-                                          total_steps=1)
+                                          total_steps=1, num_examples=0)
   if early:
     groups = views_lib.config_early_views(config, method.views)
     return None if groups is None else view_presets.flatten(groups)

@@ -107,7 +107,8 @@ def test_centre_and_teacher_recomputed(dino_runs):
   mesh_runs.assert_trees_close(states[0].target["params"],
                                tracked(states[0].params), rtol=0)
   with mesh_runs.float64():
-    method = dino.create(_config(), axis_name=None, total_steps=8)
+    method = dino.create(_config(), axis_name=None, total_steps=8,
+                         num_examples=64)
     for t, images in enumerate(_batches()):
       state = states[t]
       view_rng, _ = jax.random.split(jax.random.fold_in(state.rng,
@@ -223,7 +224,8 @@ def test_teacher_is_evaluated_probed_and_exported(dino_runs, tmp_path):
         jax.device_put(state.rng), t))
     views = train.make_views({"image": jnp.asarray(_batches()[t])}, view_rng,
                              groups=learner.views, axis_name=None)
-    local = dino.create(_config(), axis_name=None, total_steps=8)
+    local = dino.create(_config(), axis_name=None, total_steps=8,
+                         num_examples=64)
     teacher, _ = base.Forward()(local.target.network, state.target,
                                 {"global": views["global"]}, {"global": 2})
     probe, _, _ = linear_probe.update(

@@ -536,8 +536,12 @@ def test_host_iterator_counts_skipped(tf, bad_folder):
   it = ip.HostIterator(ds, examples_per_epoch=source.num_examples,
                        description=source.description)
   batches = [next(it) for _ in range(7)]  # 14 elements: 6 + 6 + 2
-  assert set(batches[0]) == {"views", "label"}
+  assert set(batches[0]) == {"views", "label", "index"}
   assert batches[0]["views"][0].shape == (2, 8, 8, 3)
+  # The good images' positions in the listing (the bad ones never arrive).
+  assert batches[0]["index"].dtype == np.int32
+  assert all(0 <= i < source.num_examples for b in batches for i in
+             b["index"])
   assert it.counter.skipped_per_epoch[0] == 2
   assert it.counter.skipped_per_epoch[1] == 2
 

@@ -231,7 +231,8 @@ def test_queue_and_loss_recomputed_from_the_views(moco_runs):
   assert moco.QUERY != moco.KEY
   plain = base.Forward()
   with mesh_runs.float64():  # the same networks, outside any mapped axis
-    method = moco.create(_config("moco"), axis_name=None, total_steps=4)
+    method = moco.create(_config("moco"), axis_name=None, total_steps=4,
+                         num_examples=NUM_EXAMPLES)
     for t, images in enumerate(_batches(3)):
       state = states[t]
       rng = jax.random.fold_in(state.rng, state.step)
@@ -465,7 +466,7 @@ def test_simclr_v2_memory_recomputed_from_the_views(simclr_memory_runs):
   tracked = base.subtrees("encoder", "projector")
   with mesh_runs.float64():
     method = simclr.create(_simclr_memory_config(), axis_name=None,
-                           total_steps=4)
+                           total_steps=4, num_examples=NUM_EXAMPLES)
     for t, images in enumerate(_batches(2)):
       state = states[t]
       rng = jax.random.fold_in(state.rng, state.step)

@@ -186,7 +186,7 @@ def _per_example_learner(method, microbatches, loop="auto"):
             tracks=base.subtrees("encoder", "projector"),
             forward=base.Forward(select=moco.KEY)),
         state=base.State(
-            init=lambda: moco.init_queue(jax.random.key(5), 64, 16),
+            init=lambda num_shards: moco.init_queue(jax.random.key(5), 64, 16),
             update=moco.update_queue))
   else:
     m = base.Method(

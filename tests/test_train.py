@@ -272,7 +272,7 @@ def test_method_state_sharded_over_devices_is_updated_after_the_gradient(
       num_layers=1, out_dim=d, use_bn=False, axis_name=sharding.DATA_AXIS))
   loss = functools.partial(simclr.objective, temperature=0.2)
   state = base.State(
-      init=lambda: {"rows": jnp.zeros((GLOBAL_BATCH, d)),
+      init=lambda num_shards: {"rows": jnp.zeros((GLOBAL_BATCH, d)),
                     "steps": jnp.zeros([], jnp.int32)},
       update=_bank_update,
       specs={"rows": P(sharding.DATA_AXIS), "steps": P()})

@@ -226,7 +226,8 @@ def test_vit_config_freezes_exactly_the_patch_projection_for_the_run(
   """The ViT configs: the freeze pattern matches the patch projection's
   kernel and bias and nothing else, for every step of the run."""
   _, c = config_files.load(name, variant)
-  network = methods.METHODS[c.method](c, axis_name=None, total_steps=1).network
+  network = methods.METHODS[c.method](c, axis_name=None, total_steps=1,
+                                      num_examples=1).network
   params = _shapes(network, c.data.image_size)["params"]
   flags = freezing.path_mask(c.optimizer.freeze_pattern)(params)
   frozen = sorted("/".join(str(k.key) for k in path)

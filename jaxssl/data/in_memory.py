@@ -61,7 +61,8 @@ def global_batches(
     process_index: Optional[int] = None,
     process_count: Optional[int] = None,
 ) -> Iterator[dict]:
-  """Endless shuffled global batches `{'image'[, 'label']}` on the mesh.
+  """Endless shuffled global batches `{'image', 'index'[, 'label']}` on the
+  mesh (`index`: each example's position in `dataset`).
 
   The examples stream continuously (`jaxssl.epochs`): epoch e is
   `epoch_permutation(N, seed, e)`, and step s takes positions
@@ -101,7 +102,9 @@ def global_batches(
       del orders[e]
     idx = np.concatenate([orders[e][offset[epoch == e]]
                           for e in sorted(orders) if e <= epoch[-1]])
-    local = {"image": dataset.images[idx]}
+    # 'index': each example's position in `dataset` (its memory-bank row),
+    # not its position in the global batch.
+    local = {"image": dataset.images[idx], "index": idx.astype(np.int32)}
     if dataset.labels is not None:
       local["label"] = dataset.labels[idx].astype(np.int32)
     yield sharding.global_batch(local, mesh)

@@ -262,7 +262,9 @@ class SkipCounter:
 class HostIterator:
   """numpy batches of a tf.data pipeline, with unreadable-image accounting.
 
-  Yields the batches' `views` (and `label`); `counter` holds the skip counts.
+  Yields the batches' `views`, `label` and `index` (int32: each example's
+  position in the whole split, on every process); `counter` holds the skip
+  counts.
   Iterating is done in a background thread (`prefetch` batches ahead) that
   also calls `place` (e.g. assembling global `jax.Array`s), so host work and
   transfers overlap the device step.
@@ -285,7 +287,8 @@ class HostIterator:
     try:
       for batch in self._iterator:
         self.counter.update(batch.pop("epoch"))
-        batch.pop("index", None)
+        # The example's position in the whole split (a memory bank's row).
+        batch["index"] = batch["index"].astype(np.int32)
         self._queue.put(self._place(batch))
     except Exception as e:  # pylint: disable=broad-except
       self._queue.put(e)

@@ -38,9 +38,9 @@ def objective(online, target, method_state, ctx, *, lambd: float):
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """Barlow Twins of config sections `model`, `head`, `loss.barlow_lambda`."""
-  del total_steps
+  del total_steps, num_examples
   return base.Method(
       name="barlow_twins", views={"global": 2},
       network=base.create_network(config, axis_name),

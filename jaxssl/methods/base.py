@@ -1,9 +1,11 @@
 """The method interface shared by all self-supervised methods.
 
-A method is one file whose `create(config, *, axis_name, total_steps)`
-returns a `Method`: which view groups it needs, its online network, how views
-go through it (`Forward`), its loss, and optionally a target network
-(`Target`), method state (`State`) and a post-update hook. The train step
+A method is one file whose `create(config, *, axis_name, total_steps,
+num_examples)` (`num_examples`: the training set's size, a memory bank's
+rows; 0 where only the views are read) returns a `Method`: which view
+groups it needs, its online network, how views go through it (`Forward`),
+its loss, and optionally a target network (`Target`), method state
+(`State`) and a post-update hook. The train step
 (`jaxssl.step.train_step`) runs every method the same way:
 
     views   = {group: [V_g·n, S_g, S_g, 3]}        (`Method.views`, augmented)
@@ -48,8 +50,10 @@ class StepContext:
     rng: this step's key, the same on every device (fold in
       `lax.axis_index` for per-device randomness).
     axis_name: the mapped data axis (None on one device, unmapped).
-    index: `[n]` index of each local example in its dataset, or None when
-      the input has none (InstDisc's memory bank).
+    index: `[n]` int32 DATASET index of each local example (its position
+      in the training set, `0 ≤ index < num_examples`: a memory bank's
+      row), distinct from its position in the global batch (device ·
+      n + row, which seeds its views); None only for hand-made batches.
     label: `[n]` class labels of the local examples, or None (SupCon).
     params: in the loss, the online parameters being differentiated (SwAV
       scores its queue with the current prototypes); None elsewhere.
@@ -249,7 +253,9 @@ class State:
   """Method state beside the parameters: queues, centres, memory banks.
 
   Attributes:
-    init: `() -> state`, the initial state as global arrays.
+    init: `(num_shards) -> state`, the initial state as global arrays;
+      `num_shards` is the data axis's size (a row-sharded table pads its
+      rows to a multiple of it, `jaxssl.methods.rows`).
     update: `(state, online, target, ctx) -> state`, run after the gradient
       (outside `value_and_grad`) with the step's stop-gradient outputs.
     specs: `PartitionSpec` pytree (a prefix of the state) over the data
@@ -296,6 +302,9 @@ class Method:
     needs_labels: the loss reads `ctx.label` (SupCon): training data without
       labels is an error before anything compiles
       (`jaxssl.train.create_learner`).
+    needs_index: the method reads `ctx.index` (a memory bank's rows,
+      InstDisc, CMC): a batch without `'index'` is an error when the step
+      is traced (`jaxssl.step.train_step`). Every input source delivers it.
     evaluated: the network the reference evaluates and releases: 'online'
       (SimCLR, BYOL, MoCo's query encoder, ...) or 'target' (DINO's
       teacher, whose kNN and linear figures the paper reports). kNN, the
@@ -313,6 +322,7 @@ class Method:
   post_update: Optional[Callable[[PyTree, StepContext], PyTree]] = None
   embedding: str = "z"
   needs_labels: bool = False
+  needs_index: bool = False
   evaluated: str = "online"
 
 

@@ -41,8 +41,9 @@ def loss(online: base.Outputs, target: base.Outputs, method_state, *,
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """BYOL of config sections `model`, `head`, `predictor`, `target`."""
+  del num_examples  # no per-example state
   per_view = base.Forward(per_view=True)
   return base.Method(
       name="byol", views={"global": 2},

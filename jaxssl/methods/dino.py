@@ -99,9 +99,10 @@ def _without_drop_path(config: ml_collections.ConfigDict):
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """DINO of config sections `model`, `head` (kind 'dino'), `target`,
   `loss` (temperatures, `center_momentum`) and `augment` (local crops)."""
+  del num_examples  # no per-example state
   if config.head.get("kind", "mlp") != "dino":
     raise ValueError("config.method='dino' needs config.head.kind='dino' "
                      f"(got {config.head.get('kind', 'mlp')!r})")
@@ -148,7 +149,7 @@ def build(student: base.Network, teacher: base.Network, *,
           tracks=base.subtrees("encoder", "projector"), init=target_init,
           forward=base.Forward(per_view=False, groups=("global",))),
       state=base.State(
-          init=lambda: {"center": jnp.zeros((1, out_dim))},
+          init=lambda num_shards: {"center": jnp.zeros((1, out_dim))},
           update=functools.partial(update_center,
                                    center_momentum=center_momentum),
           specs=PartitionSpec()),

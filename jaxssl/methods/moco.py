@@ -166,9 +166,10 @@ class ShuffledForward(base.Forward):
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """MoCo v1/v2 of config sections `model`, `head`, `target`, `loss`
   (`temperature`, `queue_size`)."""
+  del num_examples  # no per-example state
   size, batch = config.loss.queue_size, config.batch_size
   if size <= 0 or size % batch:
     raise ValueError(f"config.loss.queue_size={size} must be a positive "
@@ -194,5 +195,5 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
           tracks=base.subtrees("encoder", "projector"),
           init=config.target.get("init") or "copy", forward=key_forward),
       state=base.State(
-          init=lambda: init_queue(queue_rng, size, out_dim),
+          init=lambda num_shards: init_queue(queue_rng, size, out_dim),
           update=update_queue, specs=PartitionSpec()))

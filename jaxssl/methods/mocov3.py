@@ -67,9 +67,10 @@ def objective(online, target, method_state, ctx, *, temperature: float):
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """MoCo v3 of config sections `model`, `head`, `predictor`, `target`,
   `loss.temperature`."""
+  del num_examples  # no per-example state
   per_view = base.Forward(per_view=True)
   return base.Method(
       name="mocov3", views={"global": 2},

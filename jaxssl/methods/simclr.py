@@ -51,12 +51,13 @@ if TYPE_CHECKING:  # configs are only read here: no runtime dependency
 
 
 def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
-         *, temperature: float, axis_name: Optional[str]):
-  """NT-Xent on `z = [z_view1; z_view2]` of the local batch, with the
-  memory's rows as extra negatives when `method_state` holds one."""
+         *, temperature: float, axis_name: Optional[str],
+         memory: bool = False):
+  """NT-Xent on `z = [z_view1; z_view2]` of the local batch; with `memory`,
+  the rows of `method_state['queue']` are extra negatives."""
   del target
   z1, z2 = base.split_views(online["z"], 2)
-  queue = None if method_state is None else method_state["queue"]
+  queue = method_state["queue"] if memory else None
   value, accuracy = losses.nt_xent_and_accuracy(
       z1, z2, temperature, axis_name=axis_name, queue=queue)
   metrics = {"contrast_acc": accuracy}
@@ -66,9 +67,11 @@ def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
   return value, metrics, method_state
 
 
-def objective(online, target, method_state, ctx, *, temperature: float):
+def objective(online, target, method_state, ctx, *, temperature: float,
+              memory: bool = False):
   value, metrics, _ = loss(online["global"], target, method_state,
-                           temperature=temperature, axis_name=ctx.axis_name)
+                           temperature=temperature, axis_name=ctx.axis_name,
+                           memory=memory)
   return value, metrics
 
 
@@ -82,9 +85,10 @@ def update_memory(method_state, online, target, ctx):
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """SimCLR of config sections `model`, `head`, `loss` (`temperature`;
   `memory` with `queue_size` and `target`: SimCLR v2's memory)."""
+  del num_examples  # no per-example state
   target = state = None
   if config.loss.get("memory", False):
     size, batch = config.loss.queue_size, config.batch_size
@@ -102,12 +106,12 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
     memory_rng = jax.random.fold_in(jax.random.key(config.seed), 0x6d656d)
     out_dim = config.head.out_dim
     state = base.State(
-        init=lambda: moco.init_queue(memory_rng, size, out_dim),
+        init=lambda num_shards: moco.init_queue(memory_rng, size, out_dim),
         update=update_memory, specs=PartitionSpec())
   return base.Method(
       name="simclr", views={"global": 2},
       network=base.create_network(config, axis_name),
       forward=base.Forward(per_view=False),
-      loss=functools.partial(objective,
-                             temperature=config.loss.temperature),
+      loss=functools.partial(objective, temperature=config.loss.temperature,
+                             memory=state is not None),
       target=target, state=state)

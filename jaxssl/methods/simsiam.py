@@ -33,9 +33,9 @@ def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """SimSiam of config sections `model`, `head`, `predictor`."""
-  del total_steps
+  del total_steps, num_examples
   return base.Method(
       name="simsiam", views={"global": 2},
       network=base.create_network(config, axis_name, predictor=True),

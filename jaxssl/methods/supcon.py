@@ -85,10 +85,10 @@ def objective(online: base.GroupOutputs, target, method_state,
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """SupCon of config sections `model`, `head`, `loss.temperature` and
   `loss.base_temperature` (0: no τ/τ_base factor)."""
-  del total_steps
+  del total_steps, num_examples
   return base.Method(
       name="supcon", views={"global": 2},
       network=base.create_network(config, axis_name),

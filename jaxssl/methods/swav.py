@@ -139,11 +139,11 @@ def queue_length(config: ml_collections.ConfigDict) -> int:
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """SwAV of config sections `model`, `head`, `loss` (`temperature`,
   `num_prototypes`, `sinkhorn_epsilon`, `sinkhorn_iters`, `queue_size`,
   `queue_start_epoch`) and `augment` (multi-crop)."""
-  del total_steps
+  del total_steps, num_examples
   counts = views_lib.group_counts(config)
   if counts.get("global") != 2:
     raise ValueError(f"SwAV assigns codes to 2 global crops; "
@@ -174,7 +174,7 @@ def build(network: base.Network, *, views: Dict[str, int],
   state = None
   if queue_length:
     state = base.State(
-        init=lambda: {"queue": jnp.zeros((len(CROPS_FOR_ASSIGN),
+        init=lambda num_shards: {"queue": jnp.zeros((len(CROPS_FOR_ASSIGN),
                                           queue_length, queue_dim))},
         update=functools.partial(update_queue, start_epoch=queue_start_epoch),
         specs={"queue": PartitionSpec(None, axis_name)})

@@ -203,10 +203,10 @@ def create_network(config: ml_collections.ConfigDict,
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
-           total_steps: int) -> base.Method:
+           total_steps: int, num_examples: int) -> base.Method:
   """WCL of config sections `model`, `head` (both heads), `loss`
   (`temperature`, `knn_multicrop`, `knn_positives`) and `augment`."""
-  del total_steps
+  del total_steps, num_examples
   views = {"global": 2}
   knn_positives = 0
   if config.loss.knn_multicrop:
