@@ -49,6 +49,10 @@ flags.DEFINE_integer("linear_epochs", 90, "Linear-evaluation epochs.")
 flags.DEFINE_enum("eval_network", "auto", ["auto", "online", "target"],
                   "The network evaluated and exported (config.eval.network; "
                   "auto: the method's, DINO's teacher).")
+flags.DEFINE_multi_string(
+    "set", [], "Pretraining config override `section.key=value` (the value "
+    "parsed as the key's type), repeatable: an A/B row, e.g. "
+    "`--set=model.zero_init_residual=True`.")
 flags.DEFINE_string("benchmarks", "BENCHMARKS.md",
                     "Markdown file the row is appended to ('' : none).")
 flags.mark_flags_as_required(["workdir"])
@@ -86,7 +90,30 @@ def pretrain_config(method: str):
   c.eval.batch_size = 1024
   c.eval.network = FLAGS.eval_network
   c.log_every = 20
+  for item in FLAGS.set:
+    apply_override(c, item)
   return c
+
+
+def apply_override(c, item: str) -> None:
+  """Sets `section.key=value` in config `c`, `value` of the key's type."""
+  key, sep, text = item.partition("=")
+  section, _, name = key.partition(".")
+  if not sep or section not in c or name not in c[section]:
+    raise app.UsageError(f"--set={item!r}: expected section.key=value with "
+                         "an existing config key")
+  old = c[section][name]
+  if isinstance(old, bool):
+    if text not in ("True", "False"):
+      raise app.UsageError(f"--set={item!r}: {key} is a bool (True|False)")
+    value = text == "True"
+  else:
+    try:
+      value = type(old)(text)
+    except ValueError as e:
+      raise app.UsageError(f"--set={item!r}: {key} is a "
+                           f"{type(old).__name__}") from e
+  c[section][name] = value
 
 
 def plot_curves(workdir: str, pretrain: dict) -> str:
@@ -162,8 +189,11 @@ def main(argv):
 
 
 def _network_note() -> str:
-  """' (online)' / ' (target)' where the evaluated network is overridden."""
-  return "" if FLAGS.eval_network == "auto" else f" ({FLAGS.eval_network})"
+  """' (online)' / ' (target)' where the evaluated network is overridden,
+  and the `--set` overrides."""
+  notes = [] if FLAGS.eval_network == "auto" else [FLAGS.eval_network]
+  notes += FLAGS.set
+  return f" ({', '.join(notes)})" if notes else ""
 
 
 def linear_eval_config():
