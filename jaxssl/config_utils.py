@@ -215,6 +215,14 @@ def base_config() -> ml_collections.ConfigDict:
   # positives are their knn_positives most similar global crops.
   c.loss.knn_multicrop = False
   c.loss.knn_positives = 2
+  # InstDisc: noise rows per example (0: the full softmax over the bank),
+  # the bank's momentum m, one set of noise rows per step for the batch.
+  c.loss.nce_k = 4096
+  c.loss.bank_momentum = 0.5
+  c.loss.shared_noise = False
+  # InvaSpread: the reference's negM, the weight of the negatives in the
+  # denominator and the spreading sum.
+  c.loss.negative_weight = 1.0
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lars"
@@ -228,6 +236,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.schedule = "warmup_cosine"
   c.optimizer.decay_epochs = ()
   c.optimizer.decay_factor = 0.1
+  # 'multistep' with given multipliers of the peak, one per decay epoch
+  # (instead of decay_factor's powers).
+  c.optimizer.decay_values = ()
   # 'warmup_cosine' from warmup_start_lr to the peak, then to final_lr
   # (absolute rates; DINO's min_lr, SwAV's start_warmup and final_lr).
   c.optimizer.warmup_start_lr = 0.0

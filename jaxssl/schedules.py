@@ -132,20 +132,30 @@ def epoch_cosine(base_lr: float, *, batch_size: int, num_examples: int,
 
 def multistep(base_lr: float, *, batch_size: int, num_examples: int,
               decay_epochs: Sequence[float], factor: float = 0.1,
-              scaling: str = "linear") -> Schedule:
+              scaling: str = "linear",
+              values: Sequence[float] = ()) -> Schedule:
   """The rate times `factor` at each of `decay_epochs`, set once per epoch:
   MoCo v1/v2's linear classification (`main_lincls.py`, `--schedule 60 80`,
   ×0.1). Epochs are counted as `epoch_cosine` does: step `t` is in epoch
   `e = t // ⌊N/B⌋` and gets `peak·factor^#{d in decay_epochs: e ≥ d}`.
+  `values` (one per decay epoch) replaces the powers of `factor` by
+  given multipliers of the peak: InvaSpread's ×0.1 at 120, ×0.05 at 160,
+  ×0.01 at 200.
   """
   peak = scale_learning_rate(base_lr, batch_size, scaling)
   steps_per_epoch = max(num_examples // batch_size, 1)
   bounds = tuple(float(d) for d in decay_epochs)
+  if values and len(values) != len(bounds):
+    raise ValueError(f"config.optimizer.decay_values={tuple(values)} needs "
+                     f"one value per decay epoch {bounds}")
+  table = jnp.asarray((1.0, *values) if values else
+                      [factor ** i for i in range(len(bounds) + 1)],
+                      precision.full_dtype())
 
   def schedule(step):
-    epoch = precision.to_full(jnp.asarray(step) // steps_per_epoch)
-    passed = sum((epoch >= d).astype(epoch.dtype) for d in bounds)
-    return peak * jnp.power(precision.to_full(factor), passed)
+    epoch = jnp.asarray(step) // steps_per_epoch
+    passed = sum((epoch >= d).astype(jnp.int32) for d in bounds)
+    return peak * table[passed]
 
   return schedule
 
@@ -177,7 +187,8 @@ def from_config(opt, *, batch_size: int, num_examples: int, epochs: float,
                      num_examples=num_examples,
                      decay_epochs=tuple(opt.get("decay_epochs", ())),
                      factor=opt.get("decay_factor", 0.1),
-                     scaling=opt.lr_scaling)
+                     scaling=opt.lr_scaling,
+                     values=tuple(opt.get("decay_values", ())))
   raise ValueError(f"config.optimizer.schedule={kind!r} is not one of "
                    f"{list(LR_SCHEDULES)}")
 

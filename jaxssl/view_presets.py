@@ -87,6 +87,18 @@ def _dino_view(blur_prob: float, solarize_prob: float, size: int = 224,
                   solarize_prob=solarize_prob, normalize=True)
 
 
+def _instdisc_view(size: int = 224) -> ViewSpec:
+  """InstDisc's (and MoCo v1's, InvaSpread's) torchvision pipeline: crop
+  area 0.2–1, jitter (0.4, 0.4, 0.4, 0.4) always, grayscale 0.2, flip,
+  ImageNet normalisation; no blur. lemniscate's ImageNet script greys
+  before the jitter (on a grey image only brightness and contrast act),
+  its CIFAR script and InvaSpread's after it, as here."""
+  return ViewSpec(size=size, crop_area=(0.2, 1.0), crop_min_covered=0.0,
+                  jitter_prob=1.0, brightness=0.4, contrast=0.4,
+                  saturation=0.4, hue=0.4, multiplicative_brightness=True,
+                  blur_prob=0.0, normalize=True)
+
+
 GLOBAL = "global"
 LOCAL = "local"
 
@@ -106,6 +118,10 @@ VIEW_PRESETS = {
         GLOBAL: (dataclasses.replace(simclr_view(), crop_area=(0.14, 1.0)),) * 2,
         LOCAL: (dataclasses.replace(simclr_view(96), crop_area=(0.05, 0.14),
                                     crop_min_covered=0.0),) * 6},
+    # InstDisc: one view (torchvision jitter 0.4 with hue 0.4).
+    "instdisc": {GLOBAL: (_instdisc_view(),)},
+    # InvaSpread: two such views.
+    "invaspread": {GLOBAL: (_instdisc_view(),) * 2},
     # DINO: 2 global crops (blur 1.0; blur 0.1 + solarise 0.2) + 8 local
     # 96 px crops (blur 0.5).
     "dino": {

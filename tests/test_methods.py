@@ -337,7 +337,11 @@ def test_barlow_twins_identical_whitened_views_give_zero_loss():
     # init; SimSiam: -cos of two views of noise through a fresh network is
     # strictly inside (-1, 0) (exactly -1 would mean a collapsed projector).
     ("barlow_twins", ("bt_diag",), (1.0, np.inf)),
-    ("simsiam", (), (-0.999, 0.0))])
+    ("simsiam", (), (-0.999, 0.0)),
+    # InvaSpread: −log P_ip plus the spreading sum over 30 other rows, both
+    # positive; at τ 0.1 a fresh network's crops of noise put some
+    # negatives nearer than the positive (10.9 measured).
+    ("invaspread", ("positive_sim",), (1.0, 30.0))])
 def test_method_matches_on_1_and_8_devices(method, metric_keys, loss_range):
   """Loss, parameters, optimizer state and BN statistics over 2 steps of the
   whole model (float64, `mesh_runs.RTOL`)."""

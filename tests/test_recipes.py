@@ -209,6 +209,17 @@ def test_multistep_schedule_steps_down_at_the_epochs():
   got = [float(fn(t)) for t in range(12)]
   want = [30.0] * 6 + [3.0] * 3 + [0.3] * 3
   np.testing.assert_allclose(got, want, rtol=1e-6)
+  # Given multipliers (InvaSpread's 0.1, then 0.05): not powers of 0.1.
+  opt.decay_values = (0.1, 0.05)
+  fn = schedules.from_config(opt, batch_size=256, num_examples=1000,
+                             epochs=4, total_steps=12)
+  np.testing.assert_allclose([float(fn(t)) for t in range(12)],
+                             [30.0] * 6 + [3.0] * 3 + [1.5] * 3, rtol=1e-6)
+  opt.decay_values = (0.1,)
+  with pytest.raises(ValueError, match="needs one value per decay epoch"):
+    schedules.from_config(opt, batch_size=256, num_examples=1000, epochs=4,
+                          total_steps=12)
+  opt.decay_values = ()
   opt.warmup_epochs = 1.0
   with pytest.raises(ValueError, match="'multistep' has no warm-up"):
     schedules.from_config(opt, batch_size=256, num_examples=1000, epochs=4,

@@ -1,12 +1,15 @@
 """Self-supervised methods: a network, a loss, optional target and state.
 
 `METHODS` maps `config.method` to the method's `create(config, *, axis_name,
-total_steps) -> base.Method`; adding a method is one file plus this entry.
+total_steps, num_examples) -> base.Method`; adding a method is one file
+plus this entry.
 """
 
 from jaxssl.methods import barlow_twins
 from jaxssl.methods import byol
 from jaxssl.methods import dino
+from jaxssl.methods import instdisc
+from jaxssl.methods import invaspread
 from jaxssl.methods import moco
 from jaxssl.methods import mocov3
 from jaxssl.methods import simclr
@@ -26,4 +29,6 @@ METHODS = {
     "swav": swav.create,
     "supcon": supcon.create,
     "wcl": wcl.create,
+    "instdisc": instdisc.create,
+    "invaspread": invaspread.create,
 }
