@@ -51,17 +51,8 @@ def get_config(arg=None):
   c.loss.temperature = 0.07
   c.loss.nce_k = 0 if arg.softmax else 4096
   c.loss.bank_momentum = 0.5
-  c.optimizer.name = "sgd"
-  c.optimizer.base_lr = 0.03
-  c.optimizer.lr_scaling = "linear"
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = False
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.decay_mask = "all"
-  c.optimizer.schedule = "multistep"
-  c.optimizer.decay_epochs = (120.0, 160.0)
-  c.optimizer.decay_factor = 0.1
-  c.optimizer.warmup_epochs = 0.0
+  config_utils.set_sgd(c.optimizer, base_lr=0.03, weight_decay=1e-4,
+                       schedule="multistep", decay_epochs=(120.0, 160.0))
   c.eval.knn_temperature = 0.07
   if arg.runlocal:
     config_utils.shrink_for_cpu(c, keep=arg.given)

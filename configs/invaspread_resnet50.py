@@ -44,17 +44,8 @@ def get_config(arg=None):
                         last_bn="none", use_bn=False)
   c.loss.temperature = 0.1
   c.loss.negative_weight = 1.0
-  c.optimizer.name = "sgd"
-  c.optimizer.base_lr = 0.06
-  c.optimizer.lr_scaling = "linear"
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = False
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.decay_mask = "all"
-  c.optimizer.schedule = "multistep"
-  c.optimizer.decay_epochs = (120.0, 160.0)
-  c.optimizer.decay_factor = 0.1
-  c.optimizer.warmup_epochs = 0.0
+  config_utils.set_sgd(c.optimizer, base_lr=0.06, weight_decay=1e-4,
+                       schedule="multistep", decay_epochs=(120.0, 160.0))
   c.eval.knn_temperature = 0.1
   if arg.runlocal:
     config_utils.shrink_for_cpu(c, keep=arg.given)

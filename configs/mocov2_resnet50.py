@@ -60,15 +60,8 @@ def get_config(arg=None):
   c.target.base_momentum = 0.999
   c.target.momentum_schedule = "constant"
   c.target.init = "copy"
-  c.optimizer.name = "sgd"
-  c.optimizer.base_lr = 0.03
-  c.optimizer.lr_scaling = "linear"
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = False
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.decay_mask = "all"
-  c.optimizer.schedule = "epoch_cosine"
-  c.optimizer.warmup_epochs = 0.0
+  config_utils.set_sgd(c.optimizer, base_lr=0.03, weight_decay=1e-4,
+                       schedule="epoch_cosine")
   if arg.runlocal:
     # 48 steps: the first 4 fill the queue, learning shows after them; 0.999
     # would barely move the key encoder in a smoke run.

@@ -360,6 +360,27 @@ def set_head(section: ml_collections.ConfigDict, *, num_layers: int,
   section.bias = bias
 
 
+def set_sgd(opt: ml_collections.ConfigDict, *, base_lr: float,
+            weight_decay: float, schedule: str,
+            decay_epochs: tuple = (), decay_values: tuple = ()) -> None:
+  """PyTorch's SGD as the MoCo, InstDisc and InvaSpread references use it:
+  momentum 0.9 (not Nesterov), the rate `base_lr·B/256`, weight decay on
+  every parameter, no warm-up; `schedule` 'epoch_cosine' or 'multistep'
+  (×0.1 at each of `decay_epochs`, or the given `decay_values`)."""
+  opt.name = "sgd"
+  opt.base_lr = base_lr
+  opt.lr_scaling = "linear"
+  opt.momentum = 0.9
+  opt.nesterov = False
+  opt.weight_decay = weight_decay
+  opt.decay_mask = "all"
+  opt.schedule = schedule
+  opt.decay_epochs = tuple(decay_epochs)
+  opt.decay_factor = 0.1
+  opt.decay_values = tuple(decay_values)
+  opt.warmup_epochs = 0.0
+
+
 def set_dino_head(section: ml_collections.ConfigDict, *, out_dim: int,
                   norm_last_layer: bool, use_bn: bool = False) -> None:
   """DINO's head (`head.kind='dino'`): 3 layers, 2048 hidden, bottleneck

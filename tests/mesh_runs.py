@@ -92,6 +92,17 @@ def run_steps(learner, num_devices, batches, labels=None):
   return states, metrics
 
 
+def step_views(state, images, learner):
+  """The views a train step made of `images` from `state` (recomputed on
+  one device, outside any mapped axis), and the step's method key."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = jax.random.fold_in(state.rng, state.step)
+  view_rng, method_rng = jax.random.split(rng)
+  views = train.make_views({"image": jnp.asarray(images)}, view_rng,
+                           groups=learner.views, axis_name=None)
+  return views, method_rng
+
+
 def run(learner, num_devices, batches):
   """Trains on `batches` on the first `num_devices` devices.
 

@@ -17,8 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_CONFIGS = sorted(os.path.basename(p)[:-3]
                      for p in glob.glob(os.path.join(REPO, "configs", "*.py")))
 OPTIMIZER_KEYS = ("base_lr, clip_global_norm, clip_per_parameter, "
-                  "decay_epochs, decay_factor, "
-                  "decay_mask, excluded_lr_scale, final_lr, freeze_epochs, "
+                  "decay_epochs, decay_factor, decay_mask, decay_values, "
+                  "excluded_lr_scale, final_lr, freeze_epochs, "
                   "freeze_pattern, lr_in_momentum, lr_scaling, momentum, "
                   "name, nesterov, schedule, trust_coefficient, trust_ratio, "
                   "warmup_epochs, warmup_start_lr, weight_decay, "

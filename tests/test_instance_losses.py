@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mesh_runs
+import numeric
 from jaxssl import augment
 from jaxssl import losses
 
@@ -157,15 +158,8 @@ def test_invariance_spreading_matches_batch_criterion(neg_m):
       normalize=False))(jnp.asarray(x))
   want = _np_batch_criterion(x, t, neg_m)
   np.testing.assert_allclose(float(loss), want, rtol=1e-13)
-  step = 1e-6
-  want_grad = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    up, down = x.copy(), x.copy()
-    up[idx] += step
-    down[idx] -= step
-    want_grad[idx] = (_np_batch_criterion(up, t, neg_m, x_data=x) -
-                      _np_batch_criterion(down, t, neg_m, x_data=x)) / (
-                          2 * step)
+  want_grad = numeric.central_difference(
+      lambda a: _np_batch_criterion(a, t, neg_m, x_data=x), x, 1e-6)
   # Central differences: rounding ~1e-16·loss/step ≈ 1e-9 absolute.
   np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6,
                              atol=3e-8 * np.abs(want_grad).max())

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mesh_runs
+import numeric
 from jaxssl import checkpointing
 from jaxssl import config_utils
 from jaxssl import sharding
@@ -131,10 +132,7 @@ def test_first_step_recomputed_and_z_fixed_after_it(runs):
     method = instdisc.create(_config(), axis_name=None, total_steps=6,
                              num_examples=N)
     state, batch = states[0], batches[0]
-    rng = jax.random.fold_in(state.rng, state.step)
-    view_rng, method_rng = jax.random.split(rng)
-    views = train.make_views({"image": jnp.asarray(batch["image"])},
-                             view_rng, groups=learner.views, axis_name=None)
+    views, method_rng = mesh_runs.step_views(state, batch["image"], learner)
     online, _ = base.Forward()(method.network, {
         "params": state.params, "batch_stats": state.batch_stats}, views,
                                {"global": 1})
@@ -220,13 +218,7 @@ def test_full_softmax_over_a_sharded_bank():
   padded = rows.pad(jnp.asarray(bank), 4)
   value, grad = sharded(jnp.asarray(f), padded, jnp.asarray(index))
   np.testing.assert_allclose(float(value), want_fn(f), rtol=1e-12)
-  step = 1e-6
-  want_grad = np.zeros_like(f)
-  for idx in np.ndindex(f.shape):
-    up, down = f.copy(), f.copy()
-    up[idx] += step
-    down[idx] -= step
-    want_grad[idx] = (want_fn(up) - want_fn(down)) / (2 * step)
+  want_grad = numeric.central_difference(want_fn, f, 1e-6)
   np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6,
                              atol=1e-8)
   one = jax.value_and_grad(functools.partial(

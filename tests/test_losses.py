@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mesh_runs
+import numeric
 from jaxssl import losses
 
 _LARGE_NUM = 1e9
@@ -67,22 +68,7 @@ def _np_nt_xent(z1, z2, temperature, normalize=True, start=0, stop=None):
   return loss, accuracy
 
 
-def _np_fd_grad(fn, x, step):
-  """Central finite differences of scalar `fn` at float64 `x`.
-
-  `step` is a scalar or an array broadcastable to `x` (per-element steps).
-  """
-  x = np.asarray(x, np.float64)
-  steps = np.broadcast_to(np.asarray(step, np.float64), x.shape)
-  grad = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    h = steps[idx]
-    xp = x.copy()
-    xm = x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    grad[idx] = (fn(xp) - fn(xm)) / (2 * h)
-  return grad
+_np_fd_grad = numeric.central_difference
 
 
 def _np_grads(z1, z2, temperature, normalize, step=1e-6):

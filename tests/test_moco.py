@@ -235,10 +235,7 @@ def test_queue_and_loss_recomputed_from_the_views(moco_runs):
                          num_examples=NUM_EXAMPLES)
     for t, images in enumerate(_batches(3)):
       state = states[t]
-      rng = jax.random.fold_in(state.rng, state.step)
-      view_rng, _ = jax.random.split(rng)
-      views = train.make_views({"image": jnp.asarray(images)}, view_rng,
-                               groups=learner.views, axis_name=None)
+      views, _ = mesh_runs.step_views(state, images, learner)
       view1, view2 = base.split_views(views["global"], 2)
       keys, _ = plain(method.target.network, state.target,
                       {"global": view2}, {"global": 1})
@@ -469,10 +466,7 @@ def test_simclr_v2_memory_recomputed_from_the_views(simclr_memory_runs):
                            total_steps=4, num_examples=NUM_EXAMPLES)
     for t, images in enumerate(_batches(2)):
       state = states[t]
-      rng = jax.random.fold_in(state.rng, state.step)
-      view_rng, _ = jax.random.split(rng)
-      views = train.make_views({"image": jnp.asarray(images)}, view_rng,
-                               groups=learner.views, axis_name=None)
+      views, _ = mesh_runs.step_views(state, images, learner)
       online, _ = plain(method.network, {"params": state.params,
                                          "batch_stats": state.batch_stats},
                         views, {"global": 2})
