@@ -30,7 +30,10 @@ SimCLR v2's largest model, R152 (3×+SK), 795M variables, 800 epochs, on 32
 80 GB GPUs (4 hosts × 8, every host): 128 images per device in GradCache
 micro-batches of 16 with remat per block, 47.7 GiB per device by XLA:CPU's
 estimate (micro-batch size per device memory: BENCHMARKS.md, "SimCLR v2
-R152 (3×+SK) at batch 4096"; 141 GB H200s take micro-batches of 32):
+R152 (3×+SK) at batch 4096"; 141 GB H200s take micro-batches of 32). That
+estimate is without the memory (`--config.loss.memory=False`); the memory
+adds the momentum encoder (another 795M variables) and its forward pass,
+not yet measured:
   python -m jaxssl.main --distributed \
       --config=configs/simclr_resnet50.py:v2,depth=152,width=3,sk,epochs=800 \
       --workdir=gs://BUCKET/simclr_v2_r152_3x_sk \

@@ -125,18 +125,24 @@ def test_first_step_recomputed_and_z_fixed_after_it(runs):
   logged `nce_z` and the stored normaliser, already used by the logged
   loss (NCECriterion); the batch's rows become normalise(0.5·row +
   0.5·f); Z never changes afterwards. In the third batch an example
-  appears twice: its row holds the later occurrence's write."""
+  appears twice (the batch spans the epoch boundary)."""
   learner, batches, out = runs
   states, metrics = out[1]
   with mesh_runs.float64():
     method = instdisc.create(_config(), axis_name=None, total_steps=6,
                              num_examples=N)
     state, batch = states[0], batches[0]
-    views, method_rng = mesh_runs.step_views(state, batch["image"], learner)
-    online, _ = base.Forward()(method.network, {
-        "params": state.params, "batch_stats": state.batch_stats}, views,
-                               {"global": 1})
-    z = np.asarray(online["global"]["z"], np.float64)
+
+    @jax.jit
+    def features(state, images):
+      views, method_rng = mesh_runs.step_views(state, images, learner)
+      online, _ = base.Forward()(method.network, {
+          "params": state.params, "batch_stats": state.batch_stats}, views,
+                                 {"global": 1})
+      return online["global"]["z"], method_rng
+
+    z, method_rng = features(state, batch["image"])
+    z = np.asarray(z, np.float64)
     noise = np.asarray(instdisc.noise_indices(
         method_rng, jnp.asarray(batch["index"]), k=K, num_examples=N,
         shared=False))

@@ -19,11 +19,13 @@ from jaxssl.models.resnet import ResNet
 # 0 in SimCLR (`init_zero=True`), BYOL (Haiku's `scale_init=jnp.zeros`),
 # MoCo v3, SimSiam and Barlow Twins (torchvision `zero_init_residual=True`);
 # 1 in MoCo v1/v2, DINO (torchvision's default), SwAV, WCL and SupContrast
-# (their own ResNets, `zero_init_residual=False`).
+# (their own ResNets, `zero_init_residual=False`), InstDisc and InvaSpread
+# (lemniscate's and their own copies of torchvision's ResNet, without it).
 ZERO_INIT_RESIDUAL = {"simclr": True, "byol": True, "mocov3": True,
                       "simsiam": True, "barlow_twins": True, "mocov2": False,
                       "dino": False, "swav": False, "wcl": False,
-                      "supcon": False}
+                      "supcon": False, "instdisc": False,
+                      "invaspread": False}
 RESNET_CONFIGS = [n for n in runlocal_configs.CONFIGS if n != "quickstart"
                   and not n.endswith(("_vit_small", "_vit_cifar10"))]
 
@@ -104,7 +106,8 @@ def test_swav_batchnorm_groups_of_512_images():
 # nor SupContrast (no ImageNet recipe; CIFAR statistics on CIFAR).
 NORMALISED = {"simclr": False, "supcon": False, "byol": True, "mocov2": True,
               "mocov3": True, "simsiam": True, "barlow_twins": True,
-              "dino": True, "swav": True, "wcl": True}
+              "dino": True, "swav": True, "wcl": True, "instdisc": True,
+              "invaspread": True}
 IMAGENET_CONFIGS = [n for n in runlocal_configs.CONFIGS
                     if n.endswith(("_resnet50", "_vit_small"))]
 
@@ -190,7 +193,8 @@ def test_linear_protocol_is_the_reference_script(protocol):
     ("mocov3_vit_small", "mocov3_vit"), ("swav_resnet50", "swav"),
     ("dino_resnet50", "dino"), ("dino_vit_small", "dino"),
     ("simsiam_resnet50", "simsiam"),
-    ("barlow_twins_resnet50", "barlow_twins"), ("wcl_resnet50", "wcl")])
+    ("barlow_twins_resnet50", "barlow_twins"), ("wcl_resnet50", "wcl"),
+    ("instdisc_resnet50", "moco"), ("invaspread_resnet50", "moco")])
 def test_method_config_names_its_linear_protocol(name, protocol):
   doc = config_files.load(name)[0].__doc__
   assert f"configs/linear_eval.py:protocol={protocol}`" in doc, name

@@ -512,10 +512,12 @@ def _bench_learners():
 
 def test_bench_learner_is_the_simclr_v2_sk_config():
   """`make_learner('simclr', width=, sk_ratio=, head_layers=3)` has the
-  train state of `configs/simclr_resnet50.py:v2,sk,width=2`, shape for
-  shape."""
+  train state of `configs/simclr_resnet50.py:v2,sk,width=2` without the
+  memory (`loss.memory=False`: the benchmarks measure the online
+  network's step), shape for shape."""
   _, config = config_files.load("simclr_resnet50", "v2,sk,width=2")
   config.probe.enabled = False  # the online probe is not benchmarked
+  config.loss.memory = False
   built = train.create_learner(config, num_examples=1_281_167)
   bench = _bench_learners().make_learner(
       "simclr", depth=50, width=2.0, sk_ratio=_SK_RATIO, head_layers=3,
