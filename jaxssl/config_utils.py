@@ -220,6 +220,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.nce_k = 4096
   c.loss.bank_momentum = 0.5
   c.loss.shared_noise = False
+  # CMC: the softmax cross-entropy over the K + 1 logits instead of NCE.
+  c.loss.cmc_softmax = False
   # InvaSpread: the reference's negM, the weight of the negatives in the
   # denominator and the spreading sum.
   c.loss.negative_weight = 1.0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import flax.serialization
 import jax
 
+from jaxssl import methods
 from jaxssl import paths
 from jaxssl.methods import base
 
@@ -83,7 +84,10 @@ def load_encoder(path: paths.PathLike, axis_name: Optional[str] = None
                               f"workdir with {ENCODER_FILE} and {CONFIG_FILE})")
   import ml_collections  # pylint: disable=g-import-not-at-top,redefined-outer-name
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  network = base.create_network(config, axis_name)
+  # The method's own modules (CMC's two Lab encoders), without predictor.
+  method = methods.METHODS[config.method](
+      config, axis_name=axis_name, total_steps=1, num_examples=0)
+  network = base.Network(method.network.encoder, method.network.projector)
   image_size = config.data.image_size
   shapes = jax.eval_shape(
       lambda: network.init(jax.random.key(0),

@@ -120,6 +120,11 @@ VIEW_PRESETS = {
                                     crop_min_covered=0.0),) * 6},
     # InstDisc: one view (torchvision jitter 0.4 with hue 0.4).
     "instdisc": {GLOBAL: (_instdisc_view(),)},
+    # CMC: one crop (area 0.2–1) and flip, no colour op: the views are the
+    # crop's L and ab channels (converted on the device by the encoder).
+    "cmc": {GLOBAL: (ViewSpec(crop_area=(0.2, 1.0), crop_min_covered=0.0,
+                              jitter_prob=0.0, grayscale_prob=0.0,
+                              blur_prob=0.0),)},
     # InvaSpread: two such views.
     "invaspread": {GLOBAL: (_instdisc_view(),) * 2},
     # DINO: 2 global crops (blur 1.0; blur 0.1 + solarise 0.2) + 8 local

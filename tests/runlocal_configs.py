@@ -18,7 +18,7 @@ METHOD_CONFIGS = ["byol_resnet50", "byol_cifar10", "simsiam_resnet50",
                   "swav_cifar10", "supcon_resnet50", "supcon_cifar10",
                   "wcl_resnet50", "wcl_cifar10", "instdisc_resnet50",
                   "instdisc_cifar10", "invaspread_resnet50",
-                  "invaspread_cifar10"]
+                  "invaspread_cifar10", "cmc_resnet50", "cmc_cifar10"]
 CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
 
 # Trained: one config per method. The ImageNet configs' `:runlocal` differ
@@ -40,11 +40,12 @@ TRAINED_VARIANTS = [(n, "runlocal") for n in TRAINED_CONFIGS] + [
 CHECK_EPOCHS = 3
 CHECK_EPOCHS_MOCO = 6
 # Methods that need CHECK_EPOCHS_MOCO: MoCo's queue fills in 4 steps;
-# InstDisc's memory bank starts random and each epoch rewrites every row,
+# InstDisc's (and CMC's) memory bank starts random and each epoch rewrites
+# every row,
 # and within an epoch the loss rises as the rows turn into (still similar)
 # features: per-epoch mean NCE loss 5.8, 6.1, 5.9, 5.4, 5.2, 5.2 (8
 # devices, measured 2026-12-07).
-SLOW_STARTERS = ("moco", "instdisc")
+SLOW_STARTERS = ("moco", "instdisc", "cmc")
 
 
 def check_runlocal_trains(name: str, variant: str, tmp_path) -> None:

@@ -415,9 +415,9 @@ def test_method_config_errors_are_clear():
     train.check_config(c, mesh)
   c = _config("mocov4")
   with pytest.raises(ValueError, match=r"config.method='mocov4' is not one "
-                     r"of \['barlow_twins', 'byol', 'dino', 'instdisc', "
-                     r"'invaspread', 'moco', 'mocov3', 'simclr', 'simsiam', "
-                     r"'supcon', 'swav', 'wcl'\]"):
+                     r"of \['barlow_twins', 'byol', 'cmc', 'dino', "
+                     r"'instdisc', 'invaspread', 'moco', 'mocov3', 'simclr', "
+                     r"'simsiam', 'supcon', 'swav', 'wcl'\]"):
     train.check_config(c, mesh)
   c = _config("byol")
   with c.unlocked():

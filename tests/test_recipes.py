@@ -25,7 +25,7 @@ ZERO_INIT_RESIDUAL = {"simclr": True, "byol": True, "mocov3": True,
                       "simsiam": True, "barlow_twins": True, "mocov2": False,
                       "dino": False, "swav": False, "wcl": False,
                       "supcon": False, "instdisc": False,
-                      "invaspread": False}
+                      "invaspread": False, "cmc": False}
 RESNET_CONFIGS = [n for n in runlocal_configs.CONFIGS if n != "quickstart"
                   and not n.endswith(("_vit_small", "_vit_cifar10"))]
 
@@ -103,11 +103,12 @@ def test_swav_batchnorm_groups_of_512_images():
 # ImageNet mean/std normalisation of the pretraining views, by reference:
 # every torchvision reference (`transforms.Normalize`) and BYOL (after the
 # augmentation, `dataset.normalize_images`); not SimCLR (pixels in [0, 1])
-# nor SupContrast (no ImageNet recipe; CIFAR statistics on CIFAR).
+# nor SupContrast (no ImageNet recipe; CIFAR statistics on CIFAR), nor CMC
+# (its views are Lab, normalised by its encoder).
 NORMALISED = {"simclr": False, "supcon": False, "byol": True, "mocov2": True,
               "mocov3": True, "simsiam": True, "barlow_twins": True,
               "dino": True, "swav": True, "wcl": True, "instdisc": True,
-              "invaspread": True}
+              "invaspread": True, "cmc": False}
 IMAGENET_CONFIGS = [n for n in runlocal_configs.CONFIGS
                     if n.endswith(("_resnet50", "_vit_small"))]
 
@@ -194,7 +195,8 @@ def test_linear_protocol_is_the_reference_script(protocol):
     ("dino_resnet50", "dino"), ("dino_vit_small", "dino"),
     ("simsiam_resnet50", "simsiam"),
     ("barlow_twins_resnet50", "barlow_twins"), ("wcl_resnet50", "wcl"),
-    ("instdisc_resnet50", "moco"), ("invaspread_resnet50", "moco")])
+    ("instdisc_resnet50", "moco"), ("invaspread_resnet50", "moco"),
+    ("cmc_resnet50", "moco")])
 def test_method_config_names_its_linear_protocol(name, protocol):
   doc = config_files.load(name)[0].__doc__
   assert f"configs/linear_eval.py:protocol={protocol}`" in doc, name

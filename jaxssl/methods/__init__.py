@@ -7,6 +7,7 @@ plus this entry.
 
 from jaxssl.methods import barlow_twins
 from jaxssl.methods import byol
+from jaxssl.methods import cmc
 from jaxssl.methods import dino
 from jaxssl.methods import instdisc
 from jaxssl.methods import invaspread
@@ -31,4 +32,5 @@ METHODS = {
     "wcl": wcl.create,
     "instdisc": instdisc.create,
     "invaspread": invaspread.create,
+    "cmc": cmc.create,
 }

@@ -147,8 +147,8 @@ def objective(online, target, method_state, ctx, *, temperature: float,
                         shared=shared_noise)
   s = similarities(f, bank, index, noise, num_examples=num_examples,
                    axis_name=ctx.axis_name)
-  z = _normalizer(method_state["normalizer"], s, temperature, num_examples,
-                  ctx.axis_name)
+  z = normalizer(method_state["normalizer"], s, temperature=temperature,
+                 num_examples=num_examples, axis_name=ctx.axis_name)
   value = losses.instance_nce(s, temperature=temperature,
                               num_examples=num_examples, normalizer=z)
   return value, {"nce_z": lax.stop_gradient(z),
@@ -156,7 +156,8 @@ def objective(online, target, method_state, ctx, *, temperature: float,
                      jnp.mean(jnp.exp(s[:, 0] / temperature) / z))}
 
 
-def _normalizer(stored, s, temperature, num_examples, axis_name):
+def normalizer(stored: jax.Array, s: jax.Array, *, temperature: float,
+               num_examples: int, axis_name: Optional[str]) -> jax.Array:
   """The stored Z, or (first step: −1) this batch's estimate."""
   return lax.cond(stored > 0, lambda: stored.astype(s.dtype),
                   lambda: losses.nce_normalizer(
@@ -183,13 +184,23 @@ def update_bank(method_state, online, target, ctx, *, temperature: float,
                                    num_examples=num_examples,
                                    axis_name=ctx.axis_name).astype(z.dtype)
     z = lax.cond(z > 0, lambda: z, estimate)
+  bank = momentum_update(bank, index, f, momentum=momentum,
+                         num_examples=num_examples, axis_name=ctx.axis_name)
+  return {"bank": bank, "normalizer": z}
+
+
+def momentum_update(bank: jax.Array, index: jax.Array, f: jax.Array, *,
+                    momentum: float, num_examples: int,
+                    axis_name: Optional[str]) -> jax.Array:
+  """Rows `index` ← normalise(m·row + (1 − m)·f), on their owners (the
+  rows as before the step; a row twice in the batch keeps the later
+  example's)."""
   old = rows.read_rows(bank, index, num_rows=num_examples,
-                       axis_name=ctx.axis_name, check=False)
+                       axis_name=axis_name, check=False)
   new = losses.l2_normalize(momentum * old + (1.0 - momentum) *
                             f.astype(old.dtype))
-  bank = rows.write_rows(bank, index, new, num_rows=num_examples,
-                         axis_name=ctx.axis_name)
-  return {"bank": bank, "normalizer": z}
+  return rows.write_rows(bank, index, new, num_rows=num_examples,
+                         axis_name=axis_name)
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
