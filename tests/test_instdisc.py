@@ -2,7 +2,6 @@
 first step recomputed in numpy, Z fixed after step 0, resume onto another
 device count, and the full-softmax variant across devices."""
 
-import dataclasses
 import functools
 
 import jax
@@ -239,4 +238,3 @@ def test_instdisc_refuses_bad_settings_and_needs_the_index():
   assert method.state.specs["bank"] == P(sharding.DATA_AXIS)
   with pytest.raises(ValueError, match=r"config.loss.nce_k=-1 must be >= 0"):
     train.create_learner(_config(**{"loss.nce_k": -1}), N)
-  assert dataclasses.replace(method, state=None).state is None

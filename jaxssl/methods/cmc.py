@@ -48,7 +48,6 @@ from jaxssl import models
 from jaxssl.losses import core
 from jaxssl.methods import base
 from jaxssl.methods import instdisc
-from jaxssl.methods import rows
 from jaxssl.sharding import DATA_AXIS
 
 if TYPE_CHECKING:  # configs are only read here: no runtime dependency
@@ -110,7 +109,6 @@ def objective(online, target, method_state, ctx, *, temperature: float,
   del target
   f = view_features(online["global"]["z"])
   index = ctx.index
-  rows.check_indices(index, num_examples, "batch['index']")
   noise = instdisc.noise_indices(ctx.rng, index, k=k,
                                  num_examples=num_examples, shared=False)
   total, metrics = 0.0, {}
@@ -142,21 +140,12 @@ def update_banks(method_state, online, target, ctx, *, temperature: float,
   index = ctx.index
   new = dict(method_state)
   if not softmax:
-    noise = instdisc.noise_indices(ctx.rng, index, k=k,
-                                   num_examples=num_examples, shared=False)
     for view, other in (("l", "ab"), ("ab", "l")):
-      stored = method_state[f"normalizer_{view}"]
-
-      def estimate(view=view, other=other, stored=stored):
-        s = instdisc.similarities(f[view], method_state[f"bank_{other}"],
-                                  index, noise, num_examples=num_examples,
-                                  axis_name=ctx.axis_name)
-        return losses.nce_normalizer(
-            s, temperature=temperature, num_examples=num_examples,
-            axis_name=ctx.axis_name).astype(stored.dtype)
-
-      new[f"normalizer_{view}"] = lax.cond(stored > 0, lambda s=stored: s,
-                                           estimate)
+      new[f"normalizer_{view}"] = instdisc.first_step_normalizer(
+          method_state[f"normalizer_{view}"], f[view],
+          method_state[f"bank_{other}"], index, rng=ctx.rng, k=k,
+          temperature=temperature, num_examples=num_examples, shared=False,
+          axis_name=ctx.axis_name)
   for view in VIEWS:
     new[f"bank_{view}"] = instdisc.momentum_update(
         method_state[f"bank_{view}"], index, f[view], momentum=momentum,
@@ -203,4 +192,4 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       name="cmc", views={"global": 1},
       network=create_network(config, axis_name),
       loss=functools.partial(objective, **settings),
-      state=state, needs_index=True, embedding="z")
+      state=state, needs_index=True)

@@ -41,11 +41,12 @@ n·(K + 1) requested rows come from their owners through two
 (An all-gather of the requests with a reduce-scatter of the rows would
 move the GLOBAL batch's: 537 MB and 8.6 GB per device at 256 and 4096.)
 The bank update moves n rows to their owners; Z one all-reduce on the
-first step. Only the positives' indices are checked against N on the host.
+first step. The batch's indices are checked against N on the host once a
+step (by the bank update's `rows.write_rows`).
 
-Evaluated: the encoder (kNN, probe, linear evaluation as every method);
-the paper's kNN on the memory bank itself (k = 200, τ 0.07) is the bank's
-128-d rows against the test images' `f`.
+Evaluated: the encoder (kNN, probe, linear evaluation as every method).
+The paper's kNN on the memory bank itself (k = 200, τ 0.07: the bank's
+128-d rows against the test images' `f`) is not implemented yet.
 """
 
 from __future__ import annotations
@@ -138,7 +139,6 @@ def objective(online, target, method_state, ctx, *, temperature: float,
   del target
   f = losses.l2_normalize(online["global"]["z"])
   bank, index = method_state["bank"], ctx.index
-  rows.check_indices(index, num_examples, "batch['index']")
   if k == 0:
     value = full_softmax(f, bank, index, temperature=temperature,
                          num_examples=num_examples, axis_name=ctx.axis_name)
@@ -175,18 +175,32 @@ def update_bank(method_state, online, target, ctx, *, temperature: float,
   bank, index = method_state["bank"], ctx.index
   z = method_state["normalizer"]
   if k:
-    def estimate():
-      noise = noise_indices(ctx.rng, index, k=k, num_examples=num_examples,
-                            shared=shared_noise)
-      s = similarities(f, bank, index, noise, num_examples=num_examples,
-                       axis_name=ctx.axis_name)
-      return losses.nce_normalizer(s, temperature=temperature,
-                                   num_examples=num_examples,
-                                   axis_name=ctx.axis_name).astype(z.dtype)
-    z = lax.cond(z > 0, lambda: z, estimate)
+    z = first_step_normalizer(z, f, bank, index, rng=ctx.rng, k=k,
+                              temperature=temperature,
+                              num_examples=num_examples, shared=shared_noise,
+                              axis_name=ctx.axis_name)
   bank = momentum_update(bank, index, f, momentum=momentum,
                          num_examples=num_examples, axis_name=ctx.axis_name)
   return {"bank": bank, "normalizer": z}
+
+
+def first_step_normalizer(stored: jax.Array, f: jax.Array, bank: jax.Array,
+                          index: jax.Array, *, rng: jax.Array, k: int,
+                          temperature: float, num_examples: int,
+                          shared: bool, axis_name: Optional[str]
+                          ) -> jax.Array:
+  """The Z to keep after a step: `stored`, or on the first step (stored
+  −1) the estimate the loss used, recomputed from the same draws, rows and
+  (stop-gradient) features; the recomputation runs on that step only."""
+  def estimate():
+    noise = noise_indices(rng, index, k=k, num_examples=num_examples,
+                          shared=shared)
+    s = similarities(f, bank, index, noise, num_examples=num_examples,
+                     axis_name=axis_name)
+    return losses.nce_normalizer(s, temperature=temperature,
+                                 num_examples=num_examples,
+                                 axis_name=axis_name).astype(stored.dtype)
+  return lax.cond(stored > 0, lambda: stored, estimate)
 
 
 def momentum_update(bank: jax.Array, index: jax.Array, f: jax.Array, *,
