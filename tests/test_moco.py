@@ -246,6 +246,11 @@ def test_queue_and_loss_recomputed_from_the_views(moco_runs):
       before = state.method_state["queue"]
       loss = losses.info_nce(queries["global"]["z"], keys, 0.2, queue=before)
       np.testing.assert_allclose(metrics[t]["loss"], loss, rtol=1e-9)
+      # queue_sim: the mean cosine of every query to every queued key.
+      q = np.asarray(losses.l2_normalize(queries["global"]["z"]))
+      np.testing.assert_allclose(metrics[t]["queue_sim"],
+                                 np.mean(q @ np.asarray(before).T),
+                                 rtol=1e-9, atol=1e-12)
       start = int(state.method_state["ptr"])
       rows = slice(start, start + GLOBAL_BATCH)
       after = states[t + 1].method_state["queue"]

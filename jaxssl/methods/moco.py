@@ -71,9 +71,16 @@ def loss(online: base.Outputs, target: base.Outputs, method_state, *,
   q, k = online["z"], lax.stop_gradient(target["z"])
   value, accuracy = losses.info_nce_and_accuracy(q, k, temperature,
                                                  queue=queue)
-  similarity = jnp.mean(losses.l2_normalize(q) @ queue.T)
   return value, {"contrast_acc": accuracy,
-                 "queue_sim": lax.stop_gradient(similarity)}
+                 "queue_sim": queue_similarity(q, queue)}
+
+
+def queue_similarity(x: jax.Array, queue: jax.Array) -> jax.Array:
+  """Mean cosine similarity of the rows of `x` to the (normalised) queue
+  rows, no gradient: `mean(x̂ @ queueᵀ)` as `mean(x̂ @ mean(queue))`, the
+  same number without the [n, K] product."""
+  return lax.stop_gradient(jnp.mean(losses.l2_normalize(x) @ jnp.mean(
+      queue.astype(x.dtype), axis=0)))
 
 
 def objective(online, target, method_state, ctx, *, temperature: float):

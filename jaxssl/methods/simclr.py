@@ -35,10 +35,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Optional
 
-
 import jax
-from jax import lax
-import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from jaxssl import losses
@@ -62,8 +59,7 @@ def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
       z1, z2, temperature, axis_name=axis_name, queue=queue)
   metrics = {"contrast_acc": accuracy}
   if queue is not None:
-    similarity = jnp.mean(losses.l2_normalize(online["z"]) @ queue.T)
-    metrics["memory_sim"] = lax.stop_gradient(similarity)
+    metrics["memory_sim"] = moco.queue_similarity(online["z"], queue)
   return value, metrics, method_state
 
 
