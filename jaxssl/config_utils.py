@@ -302,6 +302,10 @@ def base_config() -> ml_collections.ConfigDict:
   # method's reference: DINO's teacher, the online network elsewhere),
   # 'online' or 'target' (an EMA target: BYOL's, MoCo's key encoder).
   c.eval.network = "auto"
+  # kNN on the method's own memory bank (InstDisc, CMC: Wu et al. 2018's
+  # protocol, the trained bank's rows against held-out features); () off.
+  c.eval.bank_knn_ks = ()
+  c.eval.bank_knn_temperature = 0.07
   return c
 
 

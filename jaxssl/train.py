@@ -176,7 +176,12 @@ def create_evaluator(config: ml_collections.ConfigDict, learner: Learner,
   kNN only, the bank: the training examples, the `data.train_fraction`
   subset when pretraining used one) through every process.
   """
-  if not config.eval.knn_ks and learner.probe is None:
+  bank_ks = tuple(config.eval.bank_knn_ks)
+  if bank_ks and learner.method.bank_knn is None:
+    raise ValueError(f"config.eval.bank_knn_ks={bank_ks}: {config.method} "
+                     "has no memory bank (instdisc and cmc have); set "
+                     "--config.eval.bank_knn_ks=()")
+  if not config.eval.knn_ks and learner.probe is None and not bank_ks:
     return None
   kwargs = dict(image_size=learner.image_size)
   bank = None
@@ -190,7 +195,9 @@ def create_evaluator(config: ml_collections.ConfigDict, learner: Learner,
                                        **kwargs),
       mesh=mesh, ks=config.eval.knn_ks,
       temperature=config.eval.knn_temperature,
-      num_classes=0 if learner.probe is None else learner.probe.num_classes)
+      num_classes=0 if learner.probe is None else learner.probe.num_classes,
+      memory_bank=learner.method.bank_knn, memory_bank_ks=bank_ks,
+      memory_bank_temperature=config.eval.bank_knn_temperature)
 
 
 def _describe(results: dict) -> str:
@@ -252,7 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         int(jax.device_get(state.step)), config.eval.every_epochs):
       return {}  # the last epoch is evaluated below
     start = time.perf_counter()
-    out = evaluator(evaluated_variables(state, learner), _probe_params(state))
+    out = evaluator(evaluated_variables(state, learner), _probe_params(state),
+                    state.method_state)
     eval_seconds[0] += time.perf_counter() - start
     return out
 
@@ -339,7 +347,8 @@ def _final_evaluation(config: ml_collections.ConfigDict,
                       writer: metric_writers.MetricWriter) -> dict:
   """The held-out evaluation of the trained (written as `eval/*` at the
   last step) and, if asked, the randomly initialised network."""
-  final = evaluator(evaluated_variables(state, learner), _probe_params(state))
+  final = evaluator(evaluated_variables(state, learner), _probe_params(state),
+                    state.method_state)
   writer.write_scalars(int(jax.device_get(state.step)),
                        {f"eval/{k}": v for k, v in final.items()})
   out = dict(final)

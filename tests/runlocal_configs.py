@@ -75,3 +75,7 @@ def check_runlocal_trains(name: str, variant: str, tmp_path) -> None:
   # The state changes: the parameters' norm moved.
   norms = np.array([h["param_norm"] for h in history])
   assert np.all(np.isfinite(norms)) and norms[-1] != norms[0], norms
+  # A memory-bank method evaluates its own bank (InstDisc's kNN): every
+  # row was visited, so every held-out image gets a vote.
+  for k in config.eval.bank_knn_ks:
+    assert 0.0 < results[f"bank_knn_top1_k{k}"] <= 1.0, results

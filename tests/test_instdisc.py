@@ -26,6 +26,7 @@ BATCH = 24  # 3 images per device on 8 devices, 8 on 3
 K = 8
 TAU = 0.1
 SIZE = 8
+LABELS = (np.arange(N) * 7) % 5  # each example's class (the bank kNN's)
 
 
 def _config(**overrides):
@@ -52,7 +53,8 @@ def _batches(steps):
   out = []
   for t in range(steps):
     idx = order[t * BATCH:(t + 1) * BATCH].astype(np.int32)
-    out.append({"image": images[idx], "index": idx})
+    out.append({"image": images[idx], "index": idx,
+                "label": LABELS[idx].astype(np.int32)})
   return out
 
 
@@ -116,6 +118,16 @@ def test_bank_and_model_match_on_1_and_8_devices(runs):
     np.testing.assert_array_equal(bank8[N:], 0.0)
   for batch in batches:
     assert len(set(batch["index"] // 8)) >= 6  # owners among 8 devices
+  # The bank kNN's labels: each visited row holds its example's class, the
+  # others (and the padding) −1, on any device count.
+  for t in range(4):
+    seen = np.unique(np.concatenate([b["index"] for b in batches[:t]]
+                                    + [np.zeros(0, np.int64)]))
+    want = np.full(N, -1)
+    want[seen] = LABELS[seen]
+    np.testing.assert_array_equal(states1[t].method_state["labels"], want)
+    np.testing.assert_array_equal(states8[t].method_state["labels"],
+                                  np.concatenate([want, [-1] * 4]))
 
 
 def test_first_step_recomputed_and_z_fixed_after_it(runs):
@@ -183,6 +195,8 @@ def test_resume_on_3_devices_restores_bank_and_z_and_continues(runs):
   assert restored.method_state["bank"].shape == (N, 8)
   np.testing.assert_array_equal(restored.method_state["bank"],
                                 states8[2].method_state["bank"][:N])
+  np.testing.assert_array_equal(restored.method_state["labels"],
+                                states8[2].method_state["labels"][:N])
   assert (float(restored.method_state["normalizer"]) ==
           float(states8[2].method_state["normalizer"]))
   mesh_runs.assert_trees_close(restored.params, states8[2].params, rtol=0)

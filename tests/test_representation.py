@@ -5,7 +5,9 @@ monitors (moments and Gram matrix vs the SVD of all embeddings)."""
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
+import pytest
 
 import config_files
 import mesh_runs
@@ -80,3 +82,55 @@ def test_streamed_evaluation_equals_whole_array_formulas():
   # Numbers that can tell right from wrong: neither 0 nor 1, and distinct.
   assert 0.1 < got["knn_top1_k1"] < 1.0 and 0 < got["probe_top1"] < 1
   assert got["probe_top1"] < got["probe_top5"]
+
+
+def test_memory_bank_knn_equals_the_formula_on_the_bank():
+  """InstDisc's kNN on its own bank (`eval.bank_knn_ks`), 8 devices: the
+  held-out images' normalised `z` against the bank's rows (116 of them, 4
+  padding rows), only rows with a recorded label voting — the unvisited
+  (−1) and the padding, which a restore onto another device count fills
+  with 0, never do — equals the numpy kNN on the labelled rows."""
+  with mesh_runs.float64():
+    _, config = config_files.load("instdisc_cifar10", "runlocal")
+    config.data.image_size, config.model.width = 16, 0.0625
+    config.data.synthetic_examples = 116
+    config.eval.batch_size = 48
+    config.eval.knn_ks = ()
+    config.eval.bank_knn_ks = (3, 500)  # 500: clamped to the labelled rows
+    config.eval.bank_knn_temperature = 0.1
+    mesh = sharding.data_mesh()
+    learner = train.create_learner(config, 116, 10)
+    state = train.create_train_state(jax.random.key(3), learner, mesh)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    rng = np.random.default_rng(1)
+    bank = rng.normal(size=(120, 128))
+    labels = rng.integers(0, 10, 120)
+    labels[rng.choice(116, 30, replace=False)] = -1  # not visited yet
+    labels[116:] = 0  # padding as a restore leaves it
+    rows = NamedSharding(mesh, P(sharding.DATA_AXIS))
+    method_state = dict(state.method_state,
+                        bank=jax.device_put(bank, rows),
+                        labels=jax.device_put(labels.astype(np.int32), rows))
+    got = train.create_evaluator(config, learner, mesh)(
+        variables, None, method_state)
+    data = sources.load_in_memory(config.data, config.data.eval_split)
+    x = augment.center_resize(jnp.asarray(data.images), 16, True)
+    z = np.asarray(learner.network.apply(variables, x, train=False)["z"])
+  voting = labels[:116] >= 0
+  for k in (3, 500):
+    want = np.mean(_knn_reference(
+        bank[:116][voting], labels[:116][voting], z, min(k, voting.sum()),
+        0.1, 10) == data.labels)
+    assert got[f"bank_knn_top1_k{k}"] == want, (k, got, want)
+  assert 0.0 < got["bank_knn_top1_k3"] < 1.0
+  assert "knn_top1_k3" not in got
+  # Without method state (the random-init baseline) there is no bank kNN;
+  # a method without a bank refuses the key.
+  assert "bank_knn_top1_k3" not in train.create_evaluator(
+      config, learner, mesh)(variables)
+  _, simclr = config_files.load("simclr_cifar10", "runlocal")
+  simclr.eval.bank_knn_ks = (200,)
+  with pytest.raises(ValueError, match=r"config.eval.bank_knn_ks=\(200,\): "
+                     "simclr has no memory bank"):
+    train.create_evaluator(simclr, train.create_learner(simclr, 116, 10),
+                           mesh)

@@ -173,12 +173,40 @@ class StreamedBank:
     """`[len(ks)]` correctly classified rows of one global batch of
     `queries` (`[batch, D]`, sharded; rows with label −1 do not count).
     `ks` are clamped to `num_labelled`, the bank's labelled rows."""
-    ks = tuple(sorted({min(int(k), num_labelled) for k in ks}))
-    rows = self.features.shape[0] * (self.features.shape[1]
-                                     // self.mesh.devices.size)
-    fn = _streamed(self.mesh, min(ks[-1], rows), ks, num_classes,
-                   float(temperature))
-    return fn(self.features, self.labels, queries, labels)
+    return count_correct(self.features, self.labels, queries, labels,
+                         mesh=self.mesh, ks=ks, num_classes=num_classes,
+                         temperature=temperature, num_labelled=num_labelled,
+                         bank_spec=P(None, sharding.DATA_AXIS))
+
+
+def count_correct(bank: jax.Array, bank_labels: jax.Array, queries: jax.Array,
+                  labels: jax.Array, *, mesh: Mesh, ks: Sequence[int],
+                  num_classes: int, temperature: float, num_labelled: int,
+                  bank_spec: P = P(sharding.DATA_AXIS)) -> jax.Array:
+  """`[len(ks)]` correctly classified rows of a sharded query batch.
+
+  Args:
+    bank: L2-normalised rows `[..., D]`, sharded by `bank_spec` (e.g. a
+      row-sharded memory bank `[N_pad, D]`, `P('data')`).
+    bank_labels: their labels, `bank.shape[:-1]`, −1 where a row must not
+      vote (padding, unknown).
+    queries: `[batch, D]` features (normalised here), sharded by rows.
+    labels: `[batch]` their labels (−1: not counted).
+    mesh: the data mesh.
+    ks: neighbour counts, clamped to `num_labelled`.
+    num_classes: classes of the labels.
+    temperature: vote weighting `exp(similarity / T)`.
+    num_labelled: rows of the bank with a label.
+    bank_spec: the bank's and its labels' sharding.
+  """
+  ks = tuple(sorted({min(int(k), num_labelled) for k in ks}))
+  if not ks or ks[0] <= 0:
+    raise ValueError(f"kNN: ks={ks} must be positive (labelled bank rows: "
+                     f"{num_labelled})")
+  rows = bank[..., 0].size // mesh.devices.size
+  fn = _streamed(mesh, min(ks[-1], rows), ks, num_classes,
+                 float(temperature), bank_spec)
+  return fn(bank, bank_labels, queries, labels)
 
 
 @functools.lru_cache(maxsize=8)
@@ -200,7 +228,7 @@ def _put(mesh: Mesh) -> Callable:
 
 @functools.lru_cache(maxsize=16)
 def _streamed(mesh: Mesh, k_local: int, ks: tuple, num_classes: int,
-              temperature: float) -> Callable:
+              temperature: float, bank_spec: P) -> Callable:
   """Correct-vote counts of a sharded query batch against a sharded bank.
 
   Every device gathers the batch's queries, then takes them one device's
@@ -229,7 +257,7 @@ def _streamed(mesh: Mesh, k_local: int, ks: tuple, num_classes: int,
 
     return jnp.sum(lax.map(block, (queries, labels)), axis=0)
 
-  bank_spec, rows = P(None, axis), P(axis)
+  rows = P(axis)
   return jax.jit(jax.shard_map(
       per_device, mesh=mesh, in_specs=(bank_spec, bank_spec, rows, rows),
       out_specs=P()))

@@ -44,6 +44,11 @@ class RepresentationEvaluator:
     ks: kNN neighbour counts (empty: no kNN).
     temperature: kNN vote temperature.
     num_classes: classes of the online probe (0: no probe).
+    memory_bank: the method's memory-bank kNN (`methods.base.BankKnn`:
+      its rows and labels from method state, the held-out features), or
+      None.
+    memory_bank_ks: its neighbour counts (empty: none).
+    memory_bank_temperature: its vote temperature.
   """
 
   def __init__(self, network: nn.Module, *, image_size: int,
@@ -51,22 +56,33 @@ class RepresentationEvaluator:
                bank_input: Optional[eval_input.EvalInput],
                eval_input: eval_input.EvalInput,  # pylint: disable=redefined-outer-name
                mesh: Mesh, ks: Sequence[int], temperature: float,
-               num_classes: int = 0):
+               num_classes: int = 0, memory_bank: Any = None,
+               memory_bank_ks: Sequence[int] = (),
+               memory_bank_temperature: float = 0.07):
     self.ks = tuple(ks)
     if self.ks and bank_input is None:
       raise ValueError("kNN evaluation needs a bank input")
+    self.memory_bank_ks = tuple(memory_bank_ks)
+    if self.memory_bank_ks and memory_bank is None:
+      raise ValueError("memory-bank kNN needs a method with a memory bank")
+    self.memory_bank = memory_bank if self.memory_bank_ks else None
+    self.memory_bank_temperature = memory_bank_temperature
     self.bank_input, self.eval_input = bank_input, eval_input
     self.mesh = mesh
     self.temperature = temperature
     self.num_classes = num_classes
     self.name = eval_input.name
+    query = None if self.memory_bank is None else self.memory_bank.query
 
     # One compiled forward pass serves the bank (`h`) and the eval split.
     @jax.jit
     def embed(variables, images):
       x = augment.center_resize(images, image_size, normalize)
       out = network.apply(variables, x, train=False)
-      return {"h": out["h"], "z": out["z"]}
+      embedded = {"h": out["h"], "z": out["z"]}
+      if query is not None:
+        embedded["query"] = query(out)
+      return embedded
 
     self._embed = embed
 
@@ -82,15 +98,32 @@ class RepresentationEvaluator:
       count += _count(batch["mask"])
     return bank, int(count)
 
+  def _memory_bank(self, method_state: Optional[PyTree]) -> tuple:
+    """The method's bank rows (normalised) and labels, and how many rows
+    carry a label; `(None, None, 0)` without method state or bank."""
+    if self.memory_bank is None or method_state is None:
+      return None, None, 0
+    rows, labels = _bank_rows(self.memory_bank.rows, method_state)
+    return rows, labels, int(jax.device_get(jnp.sum(labels >= 0)))
+
   def __call__(self, variables: PyTree,
-               probe_params: Optional[PyTree] = None) -> dict:
+               probe_params: Optional[PyTree] = None,
+               method_state: Optional[PyTree] = None) -> dict:
     """Evaluates `variables` (`{'params', 'batch_stats'}` of the network).
 
+    `method_state` (the trained state's) adds the memory-bank kNN where
+    the evaluator has one.
+
     Returns:
-      `{'knn_top1_k{k}', 'probe_top1', 'probe_top5', 'std_h', 'std_z',
-      'erank_h', 'erank_z'}` (those that apply); the monitors are over the
-      whole eval split.
+      `{'knn_top1_k{k}', 'bank_knn_top1_k{k}', 'probe_top1', 'probe_top5',
+      'std_h', 'std_z', 'erank_h', 'erank_z'}` (those that apply); the
+      monitors are over the whole eval split.
     """
+    memory, memory_labels, memory_size = self._memory_bank(method_state)
+    if memory is not None and not memory_size:
+      raise ValueError("memory-bank kNN: no bank row has a label (the "
+                       "training data has none, or no step ran); set "
+                       "--config.eval.bank_knn_ks=()")
     bank, bank_size = self._fill_bank(variables) if self.ks else (None, 0)
     num_classes = max(self.eval_input.num_classes,
                       self.bank_input.num_classes if self.ks else 0)
@@ -104,16 +137,21 @@ class RepresentationEvaluator:
                                   num_classes=num_classes,
                                   temperature=self.temperature,
                                   num_labelled=bank_size)
+      if memory is not None:
+        new["bank_knn"] = knn.count_correct(
+            memory, memory_labels, out["query"], batch["label"],
+            mesh=self.mesh, ks=self.memory_bank_ks, num_classes=num_classes,
+            temperature=self.memory_bank_temperature,
+            num_labelled=memory_size)
       sums = new if sums is None else jax.tree.map(jnp.add, sums, new)
     sums = jax.device_get(sums)
     count = max(float(sums["count"]), 1.0)
     results = {}
     if bank is not None:
-      # Keys of the requested ks (a k above the bank size is clamped).
-      clamped = sorted({min(k, bank_size) for k in self.ks})
-      for k in self.ks:
-        results[f"knn_top1_k{k}"] = float(
-            sums["knn"][clamped.index(min(k, bank_size))]) / count
+      results.update(_per_k("knn", sums["knn"], self.ks, bank_size, count))
+    if memory is not None:
+      results.update(_per_k("bank_knn", sums["bank_knn"],
+                            self.memory_bank_ks, memory_size, count))
     if probe_params is not None:
       results.update(probe_top1=float(sums["probe"][0]) / count,
                      probe_top5=float(sums["probe"][1]) / count)
@@ -124,6 +162,22 @@ class RepresentationEvaluator:
       results[f"erank_{name}"] = monitors.effective_rank_from_gram(gram,
                                                                     count)
     return results
+
+
+def _per_k(name: str, correct, ks: Sequence[int], bank_size: int,
+           count: float) -> dict:
+  """`{'{name}_top1_k{k}'}` for the requested ks from the counts of the
+  clamped ones (a k above the bank size is clamped)."""
+  clamped = sorted({min(k, bank_size) for k in ks})
+  return {f"{name}_top1_k{k}": float(correct[clamped.index(min(k, bank_size))])
+          / count for k in ks}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _bank_rows(rows_fn, method_state: PyTree) -> tuple:
+  """`rows_fn(method_state)` with the rows L2-normalised (sharding kept)."""
+  rows, labels = rows_fn(method_state)
+  return losses.l2_normalize(precision.to_full(rows)), labels
 
 
 def _count(mask: jax.Array) -> jax.Array:

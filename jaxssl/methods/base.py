@@ -267,6 +267,24 @@ class State:
   specs: PyTree = PartitionSpec()
 
 
+@dataclasses.dataclass(frozen=True)
+class BankKnn:
+  """kNN evaluation on the method's own memory bank (Wu et al. 2018 §3.4:
+  each held-out image's feature against the training images' bank rows,
+  weighted votes of the k nearest; `evaluators.representation`).
+
+  Attributes:
+    rows: method state → `(rows [N_pad, d], labels [N_pad])`, both sharded
+      by rows (`P('data')`); labels are the class of each row's example as
+      the step recorded it (`ctx.label`), −1 where none was seen yet. Rows
+      need not be normalised (the evaluator does it).
+    query: the evaluated network's outputs (eval mode, `{'h', 'z', ...}`)
+      → `[n, d]` features scored against the rows.
+  """
+  rows: Callable[[PyTree], tuple]
+  query: Callable[[Outputs], jax.Array]
+
+
 class LossFn(Protocol):
 
   def __call__(self, online: GroupOutputs, target: Optional[GroupOutputs],
@@ -305,6 +323,8 @@ class Method:
     needs_index: the method reads `ctx.index` (a memory bank's rows,
       InstDisc, CMC): a batch without `'index'` is an error when the step
       is traced (`jaxssl.step.train_step`). Every input source delivers it.
+    bank_knn: the paper's kNN on its memory bank (InstDisc, CMC), or None;
+      `config.eval.bank_knn_ks` asks for it.
     evaluated: the network the reference evaluates and releases: 'online'
       (SimCLR, BYOL, MoCo's query encoder, ...) or 'target' (DINO's
       teacher, whose kNN and linear figures the paper reports). kNN, the
@@ -323,6 +343,7 @@ class Method:
   embedding: str = "z"
   needs_labels: bool = False
   needs_index: bool = False
+  bank_knn: Optional[BankKnn] = None
   evaluated: str = "online"
 
 

@@ -25,7 +25,9 @@ Tian, Krishnan & Isola, "Contrastive Multiview Coding", ECCV 2020
 Evaluation: the encoder protocol's `h` is the concatenation of both
 encoders' pooled features (the reference's linear classifier reads both),
 so kNN, the online probe, linear evaluation, export and GradCache see one
-encoder module holding the two ResNets.
+encoder module holding the two ResNets. The bank kNN
+(`config.eval.bank_knn_ks`, as InstDisc's; CMC's paper reports linear
+accuracy only) scores `[f_L, f_ab]` against both banks' rows side by side.
 
 Deviation: our ResNet's width also scales its stem (CMC's keeps 64
 channels there).
@@ -150,6 +152,9 @@ def update_banks(method_state, online, target, ctx, *, temperature: float,
     new[f"bank_{view}"] = instdisc.momentum_update(
         method_state[f"bank_{view}"], index, f[view], momentum=momentum,
         num_examples=num_examples, axis_name=ctx.axis_name)
+  new["labels"] = instdisc.record_labels(
+      method_state["labels"], index, ctx.label, num_examples=num_examples,
+      axis_name=ctx.axis_name)
   return new
 
 
@@ -162,7 +167,20 @@ def init_banks(rng: jax.Array, num_examples: int, dim: int,
                              num_shards)
     state[f"bank_{view}"] = one["bank"]
     state[f"normalizer_{view}"] = one["normalizer"]
+  state["labels"] = instdisc.unknown_labels(num_examples, num_shards)
   return state
+
+
+def bank_rows(state: dict) -> jax.Array:
+  """The bank kNN's rows: each example's L and ab rows side by side (a
+  query's similarity is the mean of its two views' cosines)."""
+  return jnp.concatenate([state["bank_l"], state["bank_ab"]], axis=-1)
+
+
+def query_features(outputs: dict) -> jax.Array:
+  """A held-out image's `[f_L, f_ab]`, each L2-normalised."""
+  f = view_features(outputs["z"])
+  return jnp.concatenate([f["l"], f["ab"]], axis=-1)
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
@@ -182,6 +200,7 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
     bank_rng = jax.random.fold_in(jax.random.key(config.seed), 0x636d63)
     specs = {f"bank_{v}": PartitionSpec(DATA_AXIS) for v in VIEWS}
     specs.update({f"normalizer_{v}": PartitionSpec() for v in VIEWS})
+    specs["labels"] = PartitionSpec(DATA_AXIS)
     state = base.State(
         init=functools.partial(init_banks, bank_rng, num_examples,
                                config.head.out_dim),
@@ -192,4 +211,5 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       name="cmc", views={"global": 1},
       network=create_network(config, axis_name),
       loss=functools.partial(objective, **settings),
-      state=state, needs_index=True)
+      state=state, needs_index=True,
+      bank_knn=instdisc.bank_knn(bank_rows, query_features, num_examples))

@@ -44,16 +44,21 @@ The bank update moves n rows to their owners; Z one all-reduce on the
 first step. The batch's indices are checked against N on the host once a
 step (by the bank update's `rows.write_rows`).
 
-Evaluated: the encoder (kNN, probe, linear evaluation as every method).
-The paper's kNN on the memory bank itself (k = 200, τ 0.07: the bank's
-128-d rows against the test images' `f`) is not implemented yet.
+Evaluated: the encoder (kNN, probe, linear evaluation as every method)
+and, as the paper (§3.4, the figures it quotes), the kNN on the memory
+bank itself (`config.eval.bank_knn_ks`, k = 200, τ = the loss's): the
+test images' `f` against the bank's rows, each row voting for the label
+recorded with it (`record_labels`: the step writes `ctx.label` at each
+example's index beside its row, so every source and process delivers
+them; a row not yet visited has none and does not vote, where the
+reference's random row votes with its dataset label).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import jax
 from jax import lax
@@ -73,13 +78,55 @@ if TYPE_CHECKING:  # configs are only read here: no runtime dependency
 
 def init_bank(rng: jax.Array, num_examples: int, dim: int,
               num_shards: int) -> dict:
-  """`{'bank': [N_pad, d] U(−σ, σ), σ = 1/√(d/3); 'normalizer': −1}` (Z not
-  yet estimated). Row i is the same for any device count."""
+  """`{'bank': [N_pad, d] U(−σ, σ), σ = 1/√(d/3); 'labels': [N_pad] −1;
+  'normalizer': −1}` (Z not yet estimated). Row i is the same for any
+  device count."""
   bound = 1.0 / math.sqrt(dim / 3)
   bank = jax.random.uniform(rng, (num_examples, dim), minval=-bound,
                             maxval=bound)
   return {"bank": rows.pad(bank, num_shards),
+          "labels": unknown_labels(num_examples, num_shards),
           "normalizer": jnp.full([], -1.0, precision.full_dtype())}
+
+
+def unknown_labels(num_examples: int, num_shards: int) -> jax.Array:
+  """`[N_pad]` int32 −1: the bank kNN's labels before any step saw them."""
+  return jnp.full((rows.padded_rows(num_examples, num_shards),), -1,
+                  jnp.int32)
+
+
+def record_labels(labels: jax.Array, index: jax.Array,
+                  label: Optional[jax.Array], *, num_examples: int,
+                  axis_name: Optional[str]) -> jax.Array:
+  """Each example's class at its dataset index, for the bank kNN (the
+  reference reads the dataset's labels in index order); unchanged where
+  the data has no labels. Nothing in the loss reads them."""
+  if label is None:
+    return labels
+  return rows.write_rows(labels, index, label.astype(jnp.int32),
+                         num_rows=num_examples, axis_name=axis_name,
+                         check=False)
+
+
+def bank_knn(rows_fn: Callable[[dict], jax.Array],
+             query: Callable[[dict], jax.Array], num_examples: int
+             ) -> base.BankKnn:
+  """The paper's kNN on the rows `rows_fn(method_state)` with the labels
+  `record_labels` kept, for held-out features `query(outputs)`."""
+  def rows_and_labels(state):
+    return rows_fn(state), known_labels(state["labels"], num_examples)
+  return base.BankKnn(rows=rows_and_labels, query=query)
+
+
+def known_labels(labels: jax.Array, num_examples: int) -> jax.Array:
+  """`labels` with the padding rows [N, N_pad) at −1 (a checkpoint
+  restored onto another device count pads them with zeros)."""
+  return jnp.where(jnp.arange(labels.shape[0]) < num_examples, labels, -1)
+
+
+def query_feature(outputs: dict) -> jax.Array:
+  """The held-out image's f: its L2-normalised 128-d projection."""
+  return losses.l2_normalize(outputs["z"])
 
 
 def noise_indices(rng: jax.Array, index: jax.Array, *, k: int,
@@ -181,7 +228,9 @@ def update_bank(method_state, online, target, ctx, *, temperature: float,
                               axis_name=ctx.axis_name)
   bank = momentum_update(bank, index, f, momentum=momentum,
                          num_examples=num_examples, axis_name=ctx.axis_name)
-  return {"bank": bank, "normalizer": z}
+  labels = record_labels(method_state["labels"], index, ctx.label,
+                         num_examples=num_examples, axis_name=ctx.axis_name)
+  return {"bank": bank, "labels": labels, "normalizer": z}
 
 
 def first_step_normalizer(stored: jax.Array, f: jax.Array, bank: jax.Array,
@@ -237,10 +286,12 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
         update=functools.partial(update_bank, momentum=loss.bank_momentum,
                                  **settings),
         specs={"bank": PartitionSpec(DATA_AXIS),
+               "labels": PartitionSpec(DATA_AXIS),
                "normalizer": PartitionSpec()})
   return base.Method(
       name="instdisc", views={"global": 1},
       network=base.create_network(config, axis_name),
       forward=base.Forward(per_view=False),
       loss=functools.partial(objective, **settings),
-      state=state, needs_index=True)
+      state=state, needs_index=True,
+      bank_knn=bank_knn(lambda s: s["bank"], query_feature, num_examples))

@@ -156,7 +156,8 @@ def read_rows(table: jax.Array, indices: jax.Array, *, num_rows: int,
 def write_rows(table: jax.Array, indices: jax.Array, values: jax.Array, *,
                num_rows: int, axis_name: Optional[str],
                priority: Optional[jax.Array] = None,
-               capacity: Optional[int] = None) -> jax.Array:
+               capacity: Optional[int] = None,
+               check: bool = True) -> jax.Array:
   """`table` with `table[indices[j]] = values[j]` written on the rows'
   owners.
 
@@ -171,6 +172,8 @@ def write_rows(table: jax.Array, indices: jax.Array, values: jax.Array, *,
       request's position in the global batch (device · m + j), so the
       later example wins on any device count.
     capacity: as `read_rows`.
+    check: as `read_rows` (off where another call checks the same
+      indices in the step).
 
   Returns:
     This device's updated block.
@@ -178,7 +181,8 @@ def write_rows(table: jax.Array, indices: jax.Array, values: jax.Array, *,
   if indices.ndim != 1 or values.shape[:1] != indices.shape:
     raise ValueError(f"write_rows takes [m] indices and [m, ...] values; "
                      f"got {indices.shape} and {values.shape}")
-  check_indices(indices, num_rows, "write_rows")
+  if check:
+    check_indices(indices, num_rows, "write_rows")
   m = indices.shape[0]
   device = 0 if axis_name is None else lax.axis_index(axis_name)
   if priority is None:
