@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
   # v3, SimSiam, Barlow Twins) or 1 (torchvision's default: MoCo v1/v2,
   # SwAV, DINO, WCL, SupCon).
   c.model.zero_init_residual = True
+  # 'batch' | 'layer': LayerNorm over each example's feature map instead of
+  # BatchNorm (CPC v2; no statistics shared between examples).
+  c.model.norm = "batch"
   # ViT (model.name='vit', jaxssl.models.vit): size 'tiny' | 'small' |
   # 'base', patch side, position embedding 'sincos' (MoCo v3) | 'learned'
   # (DINO; made for vit_image_size px, resampled for other sizes), MoCo v3's

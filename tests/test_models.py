@@ -784,3 +784,34 @@ def test_resnet_defaults_match_reference():
       50, 1.0, False)
   assert (model.bn_momentum, model.bn_epsilon) == (_MOMENTUM, _EPS)
   assert model.axis_name is None and model.bn_group_size is None
+
+
+@mesh_runs.float64()
+def test_layer_norm_resnet_keeps_examples_apart():
+  """`model.norm='layer'` (CPC v2): each LayerNorm normalises one example's
+  whole feature map (numpy formula: mean and variance over H, W and C,
+  per-channel γ and β); the ResNet has no batch statistics, and an
+  example's features do not depend on the rest of its batch (BatchNorm's
+  do)."""
+  from jaxssl.models import normalization  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(3, 4, 5, 6)) * 2 + 1
+  ln = normalization.layer_norm_factory(epsilon=1e-5)()
+  variables = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)),
+                           ln.init(jax.random.key(0), x))
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  var = x.var(axis=(1, 2, 3), keepdims=True)
+  want = ((x - mean) / np.sqrt(var + 1e-5) * variables["params"]["scale"]
+          + variables["params"]["bias"])
+  np.testing.assert_allclose(np.asarray(ln.apply(variables, x)), want,
+                             rtol=1e-9, atol=1e-9)
+  images = jnp.asarray(rng.uniform(size=(4, 16, 16, 3)))
+  for norm, independent in (("layer", True), ("batch", False)):
+    net = ResNet(depth=10, width_multiplier=0.125, cifar_stem=True, norm=norm)
+    v = net.init(jax.random.key(1), images, train=True)
+    assert ("batch_stats" in v) == (norm == "batch")
+    full = net.apply(v, images, train=True, mutable=["batch_stats"])[0]
+    alone = net.apply(v, images[:2], train=True, mutable=["batch_stats"])[0]
+    assert np.allclose(full[:2], alone, rtol=1e-10) == independent, norm
+  with pytest.raises(ValueError, match="config.model.norm='group'"):
+    ResNet(depth=10, norm="group").init(jax.random.key(0), images)

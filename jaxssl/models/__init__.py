@@ -43,7 +43,8 @@ def _resnet(cfg: ml_collections.ConfigDict, axis_name: Optional[str]) -> ResNet:
                 # Absent from configs written before SK ResNets: plain ResNet.
                 sk_ratio=cfg.get("sk_ratio", 0.0),
                 sk_branches=cfg.get("sk_branches", "split"),
-                zero_init_residual=cfg.get("zero_init_residual", True))
+                zero_init_residual=cfg.get("zero_init_residual", True),
+                norm=cfg.get("norm", "batch"))
 
 
 def _vit(cfg: ml_collections.ConfigDict,

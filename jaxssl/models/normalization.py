@@ -127,3 +127,21 @@ def batch_norm_factory(*, train: bool, momentum: float, epsilon: float,
       BatchNorm, use_running_average=not train, momentum=momentum,
       epsilon=epsilon, axis_name=axis_name, group_size=group_size,
       num_groups=num_groups, dtype=dtype)
+
+
+NORMS = ("batch", "layer")
+
+
+def layer_norm_factory(*, epsilon: float, dtype: Any = None
+                       ) -> Callable[..., nn.LayerNorm]:
+  """Layer normalisation in place of a ResNet's BatchNorm (CPC v2, Hénaff
+  et al. 2019, §3: BatchNorm lets patches of one batch share information,
+  a shortcut around the context network's receptive field): each example's
+  whole feature map (height, width, channels) normalised to zero mean and
+  unit variance (Ba et al. 2016's definition for a layer), then a
+  per-channel scale and bias. Nothing is reduced across examples or
+  devices; no running statistics. Per-layer kwargs (`scale_init`, `name`)
+  still apply."""
+  return functools.partial(nn.LayerNorm, epsilon=epsilon,
+                           reduction_axes=(-3, -2, -1), feature_axes=-1,
+                           dtype=dtype, param_dtype=precision.full_dtype())

@@ -32,7 +32,9 @@ import jax.numpy as jnp
 
 from jaxssl import precision
 from jaxssl.models import selective_kernel as sk
+from jaxssl.models.normalization import NORMS
 from jaxssl.models.normalization import batch_norm_factory
+from jaxssl.models.normalization import layer_norm_factory
 
 STAGE_SIZES = {
     # ResNet-10: one basic block per stage (timm's resnet10t without its deep
@@ -161,6 +163,10 @@ class ResNet(nn.Module):
     zero_init_residual: each block's last BatchNorm γ starts at 0 (SimCLR,
       BYOL, MoCo v3, SimSiam, Barlow Twins references) instead of 1
       (torchvision's default, kept by MoCo v1/v2, SwAV, DINO, WCL, SupCon).
+    norm: 'batch' (BatchNorm, the bn_* settings) or 'layer' (each
+      example's feature map layer-normalised, CPC v2:
+      `normalization.layer_norm_factory`; `bn_epsilon` is its epsilon,
+      nothing else of BatchNorm applies).
   """
   depth: int = 50
   width_multiplier: float = 1.0
@@ -175,6 +181,7 @@ class ResNet(nn.Module):
   sk_ratio: float = 0.0
   sk_branches: str = "split"
   zero_init_residual: bool = True
+  norm: str = "batch"
 
   @property
   def num_features(self) -> int:
@@ -188,10 +195,16 @@ class ResNet(nn.Module):
                        f"of {sorted(STAGE_SIZES)}")
     full = precision.full_dtype()
     dtype = full if self.dtype is None else self.dtype
-    norm = batch_norm_factory(
-        train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        axis_name=self.axis_name, group_size=self.bn_group_size, dtype=dtype,
-        num_groups=self.bn_num_groups)
+    if self.norm not in NORMS:
+      raise ValueError(f"config.model.norm={self.norm!r} is not one of "
+                       f"{list(NORMS)}")
+    if self.norm == "layer":
+      norm = layer_norm_factory(epsilon=self.bn_epsilon, dtype=dtype)
+    else:
+      norm = batch_norm_factory(
+          train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+          axis_name=self.axis_name, group_size=self.bn_group_size,
+          dtype=dtype, num_groups=self.bn_num_groups)
     if self.sk_ratio < 0 or self.sk_branches not in sk.SK_BRANCHES:
       raise ValueError(f"sk_ratio={self.sk_ratio} must be >= 0 and "
                        f"sk_branches={self.sk_branches!r} one of "
