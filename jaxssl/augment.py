@@ -343,6 +343,22 @@ def augment_view(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
   return normalize_imagenet(image) if spec.normalize else image
 
 
+def patch_augment(key: jax.Array, patches: jax.Array) -> jax.Array:
+  """CPC v2's per-patch augmentation (Hénaff et al. 2019, §3: "colour
+  dropping", with random horizontal flips): in every patch two of the
+  three channels, chosen at random, are set to 0 (the normalised images'
+  mean), and the patch is flipped with probability 1/2, each patch on its
+  own draw. `patches` `[..., p, p, 3]`; the key covers all of them."""
+  lead = patches.shape[:-3]
+  keep_key, flip_key = jax.random.split(key)
+  keep = jax.random.randint(keep_key, lead, 0, 3)
+  mask = jax.nn.one_hot(keep, 3, dtype=patches.dtype)
+  patches = patches * mask[..., None, None, :]
+  flip = jax.random.bernoulli(flip_key, 0.5, lead)
+  return jnp.where(flip[..., None, None, None], patches[..., :, ::-1, :],
+                   patches)
+
+
 def normalize_imagenet(image: jax.Array) -> jax.Array:
   """`(image − mean) / std` with the ImageNet channel statistics (BYOL)."""
   mean = precision.to_full(IMAGENET_MEAN)

@@ -228,6 +228,19 @@ def base_config() -> ml_collections.ConfigDict:
   # InvaSpread: the reference's negM, the weight of the negatives in the
   # denominator and the spreading sum.
   c.loss.negative_weight = 1.0
+  # CPC v2: the patch grid (patch side and spacing in pixels), the rows
+  # ahead each context predicts (offsets k), the directions predicted
+  # ('down', 'up', 'right', 'left'), the targets' width, the predictions'
+  # scale, the context network's width and blocks, per-patch augmentation.
+  c.loss.patch_size = 80
+  c.loss.patch_stride = 36
+  c.loss.offsets = (3,)
+  c.loss.directions = ("down", "up", "right", "left")
+  c.loss.target_dim = 64
+  c.loss.emb_scale = 0.1
+  c.loss.context_hidden = 256
+  c.loss.context_blocks = 5
+  c.loss.patch_augment = True
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "lars"

@@ -125,6 +125,12 @@ VIEW_PRESETS = {
     "cmc": {GLOBAL: (ViewSpec(crop_area=(0.2, 1.0), crop_min_covered=0.0,
                               jitter_prob=0.0, grayscale_prob=0.0,
                               blur_prob=0.0),)},
+    # CPC v2: one crop (area 0.5–1) and flip, ImageNet normalisation; the
+    # colour augmentation is per patch (`augment.patch_augment`, applied by
+    # the method after cutting the grid).
+    "cpc": {GLOBAL: (ViewSpec(crop_area=(0.5, 1.0), crop_min_covered=0.0,
+                              jitter_prob=0.0, grayscale_prob=0.0,
+                              blur_prob=0.0, normalize=True),)},
     # InvaSpread: two such views.
     "invaspread": {GLOBAL: (_instdisc_view(),) * 2},
     # DINO: 2 global crops (blur 1.0; blur 0.1 + solarise 0.2) + 8 local

@@ -18,7 +18,8 @@ METHOD_CONFIGS = ["byol_resnet50", "byol_cifar10", "simsiam_resnet50",
                   "swav_cifar10", "supcon_resnet50", "supcon_cifar10",
                   "wcl_resnet50", "wcl_cifar10", "instdisc_resnet50",
                   "instdisc_cifar10", "invaspread_resnet50",
-                  "invaspread_cifar10", "cmc_resnet50", "cmc_cifar10"]
+                  "invaspread_cifar10", "cmc_resnet50", "cmc_cifar10",
+                  "cpc_resnet50", "cpc_cifar10"]
 CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
 
 # Trained: one config per method. The ImageNet configs' `:runlocal` differ

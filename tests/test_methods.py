@@ -415,7 +415,7 @@ def test_method_config_errors_are_clear():
     train.check_config(c, mesh)
   c = _config("mocov4")
   with pytest.raises(ValueError, match=r"config.method='mocov4' is not one "
-                     r"of \['barlow_twins', 'byol', 'cmc', 'dino', "
+                     r"of \['barlow_twins', 'byol', 'cmc', 'cpc', 'dino', "
                      r"'instdisc', 'invaspread', 'moco', 'mocov3', 'simclr', "
                      r"'simsiam', 'supcon', 'swav', 'wcl'\]"):
     train.check_config(c, mesh)

@@ -9,6 +9,7 @@ devices (`lax.pmean`) is the single-device loss on the concatenated batch.
 
 Families: `contrastive` (SimCLR's NT-Xent, MoCo's InfoNCE), `instance`
 (InstDisc's NCE against a memory bank, InvaSpread's batch criterion),
+`predictive` (CPC v2's InfoNCE across a patch grid),
 `regression` (BYOL, SimSiam), `redundancy` (Barlow Twins), `clustering`
 (SwAV's Sinkhorn codes), `distillation` (DINO, SimCLR v2's soft labels),
 `supervised` (SupCon, WCL's nearest-neighbour components); `core` holds
@@ -28,6 +29,7 @@ from jaxssl.losses.distillation import soft_label_cross_entropy
 from jaxssl.losses.instance import instance_nce
 from jaxssl.losses.instance import invariance_spreading
 from jaxssl.losses.instance import nce_normalizer
+from jaxssl.losses.predictive import cpc_infonce
 from jaxssl.losses.redundancy import barlow_twins
 from jaxssl.losses.redundancy import cross_correlation
 from jaxssl.losses.redundancy import standardize
@@ -40,7 +42,7 @@ from jaxssl.losses.supervised import neighbour_components
 from jaxssl.losses.supervised import supcon
 
 __all__ = [
-    "barlow_twins", "cross_correlation", "dino", "info_nce",
+    "barlow_twins", "cpc_infonce", "cross_correlation", "dino", "info_nce",
     "info_nce_and_accuracy", "instance_nce", "invariance_spreading",
     "l2_normalize", "local_rows", "nce_normalizer",
     "nearest_neighbour_components", "nearest_neighbours",

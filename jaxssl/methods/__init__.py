@@ -8,6 +8,7 @@ plus this entry.
 from jaxssl.methods import barlow_twins
 from jaxssl.methods import byol
 from jaxssl.methods import cmc
+from jaxssl.methods import cpc
 from jaxssl.methods import dino
 from jaxssl.methods import instdisc
 from jaxssl.methods import invaspread
@@ -33,4 +34,5 @@ METHODS = {
     "instdisc": instdisc.create,
     "invaspread": invaspread.create,
     "cmc": cmc.create,
+    "cpc": cpc.create,
 }
