@@ -21,6 +21,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from jaxssl import precision
+from jaxssl import randaugment
 from jaxssl.view_presets import ViewSpec
 
 Scalar = Union[float, jax.Array]
@@ -310,7 +311,8 @@ def color_jitter(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
 
 
 def augment_view(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
-  """Flip, colour jitter, grayscale, blur, solarise, normalise one crop.
+  """Flip, colour jitter, grayscale, blur, solarise, [RandAugment, then
+  grayscale,] normalise one crop.
 
   Args:
     key: PRNG key of this image and view.
@@ -333,12 +335,19 @@ def augment_view(key: jax.Array, image: jax.Array, spec: ViewSpec) -> jax.Array:
   image = maybe(keys[0], spec.flip_prob, lambda x: x[:, ::-1], image)
   image = maybe(keys[1], spec.jitter_prob,
                 lambda x: color_jitter(keys[2], x, spec), image)
-  image = maybe(keys[3], spec.grayscale_prob, to_grayscale, image)
+  if not spec.randaugment_ops:  # grey before the blur (they commute)
+    image = maybe(keys[3], spec.grayscale_prob, to_grayscale, image)
   sigma = jax.random.uniform(keys[5], (), minval=spec.blur_sigma[0],
                              maxval=spec.blur_sigma[1])
   image = maybe(keys[4], spec.blur_prob,
                 lambda x: gaussian_blur(x, sigma, spec.blur_kernel_size), image)
   image = maybe(keys[6], spec.solarize_prob, solarize, image)
+  if spec.randaugment_ops:  # InfoMin: RandAugment, then grey
+    image = randaugment.rand_augment(
+        keys[7], jnp.clip(image, 0.0, 1.0), num_ops=spec.randaugment_ops,
+        magnitude=spec.randaugment_magnitude,
+        magnitude_std=spec.randaugment_std, prob=spec.randaugment_prob)
+    image = maybe(keys[3], spec.grayscale_prob, to_grayscale, image)
   image = jnp.clip(image, 0.0, 1.0)
   return normalize_imagenet(image) if spec.normalize else image
 

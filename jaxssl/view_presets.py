@@ -34,6 +34,12 @@ class ViewSpec:
     blur_sigma: σ range in pixels.
     solarize_prob: probability of solarisation.
     normalize: subtract the ImageNet mean and divide by its std (BYOL).
+    randaugment_ops: RandAugment ops per view after the blur (0: none;
+      InfoMin: 2; `jaxssl.randaugment`); grayscale then comes after them,
+      as InfoMin's pipeline orders it.
+    randaugment_magnitude, randaugment_std: each op's magnitude ~
+      N(magnitude, std) clipped to [0, 10].
+    randaugment_prob: each drawn op fires with this probability.
   """
   size: int = 224
   crop_area: Tuple[float, float] = (0.08, 1.0)
@@ -51,6 +57,10 @@ class ViewSpec:
   blur_sigma: Tuple[float, float] = (0.1, 2.0)
   solarize_prob: float = 0.0
   normalize: bool = False
+  randaugment_ops: int = 0
+  randaugment_magnitude: float = 10.0
+  randaugment_std: float = 0.5
+  randaugment_prob: float = 0.5
 
   @property
   def blur_kernel_size(self) -> int:
@@ -99,6 +109,19 @@ def _instdisc_view(size: int = 224) -> ViewSpec:
                   blur_prob=0.0, normalize=True)
 
 
+def _infomin_view(size: int = 224) -> ViewSpec:
+  """InfoMin's augmentation (Tian et al. 2020, HobbitLong/PyContrast
+  `build_transforms` aug 'D'): crop area 0.2–1, flip, jitter (0.8, 0.8,
+  0.8, 0.2) with p 0.8, Gaussian blur σ ∈ [0.1, 2] with p 0.5, RandAugment
+  (2 ops, magnitude N(10, 0.5), each with p 0.5), grayscale 0.2 after it,
+  ImageNet normalisation. (JigSaw, a separate branch there, is not part of
+  the views.)"""
+  return ViewSpec(size=size, crop_area=(0.2, 1.0), crop_min_covered=0.0,
+                  brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
+                  multiplicative_brightness=True, blur_prob=0.5,
+                  normalize=True, randaugment_ops=2)
+
+
 GLOBAL = "global"
 LOCAL = "local"
 
@@ -131,6 +154,9 @@ VIEW_PRESETS = {
     "cpc": {GLOBAL: (ViewSpec(crop_area=(0.5, 1.0), crop_min_covered=0.0,
                               jitter_prob=0.0, grayscale_prob=0.0,
                               blur_prob=0.0, normalize=True),)},
+    # InfoMin: two views of its augmentation (RandAugment on top of
+    # SimCLR's crop and colour).
+    "infomin": {GLOBAL: (_infomin_view(),) * 2},
     # InvaSpread: two such views.
     "invaspread": {GLOBAL: (_instdisc_view(),) * 2},
     # DINO: 2 global crops (blur 1.0; blur 0.1 + solarise 0.2) + 8 local

@@ -19,16 +19,18 @@ METHOD_CONFIGS = ["byol_resnet50", "byol_cifar10", "simsiam_resnet50",
                   "wcl_resnet50", "wcl_cifar10", "instdisc_resnet50",
                   "instdisc_cifar10", "invaspread_resnet50",
                   "invaspread_cifar10", "cmc_resnet50", "cmc_cifar10",
-                  "cpc_resnet50", "cpc_cifar10"]
+                  "cpc_resnet50", "cpc_cifar10", "infomin_resnet50"]
 CONFIGS = ["quickstart", "simclr_resnet50", "simclr_cifar10", *METHOD_CONFIGS]
 
 # Trained: one config per method. The ImageNet configs' `:runlocal` differ
 # from these only in hyperparameters; they are built (not trained) in
 # test_main.py, and byol_resnet50 / simclr_resnet50 `:runlocal` train in
 # test_multihost.py (at ResNet-10/16 on 16 px). MoCo's, DINO's, SwAV's, SupCon's and WCL's (issues
-# 17–19) all train, with the ViT variants of their CIFAR configs.
+# 17–19) all train, with the ViT variants of their CIFAR configs, and
+# InfoMin (MoCo v2 with its augmentation).
 TRAINED_CONFIGS = [n for n in METHOD_CONFIGS if n.endswith("_cifar10")
-                   or n.startswith(("moco", "dino", "swav", "supcon", "wcl"))]
+                   or n.startswith(("moco", "dino", "swav", "supcon", "wcl",
+                                    "infomin"))]
 TRAINED_VARIANTS = [(n, "runlocal") for n in TRAINED_CONFIGS] + [
     ("mocov3_cifar10", "runlocal,vit"), ("dino_cifar10", "runlocal,vit")]
 
