@@ -32,7 +32,7 @@ import bench_table  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ("simclr", "byol", "simsiam", "barlow_twins", "mocov2",
            "mocov3", "dino", "swav", "wcl", "supcon", "instdisc",
-           "invaspread", "cmc")
+           "invaspread", "cmc", "cpc")
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "simclr", METHODS, "Pretraining method.")
 flags.DEFINE_string("zip", "../shared/datasets/cifar10-jpeg.zip",
