@@ -43,20 +43,13 @@ def get_config(arg=None):
   c.epochs = arg.epochs
   c.log_every = 50
   c.augment.preset = "cpc"
+  # The ImageNet grid scaled to 32 px; directions, heads and context are
+  # the base config's (the paper's).
   c.loss.patch_size = 8
   c.loss.patch_stride = 4
   c.loss.offsets = (2, 3)
-  c.loss.directions = ("down", "up", "right", "left")
-  c.loss.target_dim = 64
-  c.loss.emb_scale = 0.1
-  c.loss.context_hidden = 256
-  c.loss.context_blocks = 5
-  c.loss.patch_augment = True
-  c.optimizer.name = "adamw"
-  c.optimizer.base_lr = 2e-4  # per 256 examples
-  c.optimizer.momentum = 0.9  # β1
-  c.optimizer.weight_decay = 1e-5
-  c.optimizer.warmup_epochs = 5.0
+  config_utils.set_adamw(c.optimizer, base_lr=2e-4, weight_decay=1e-5,
+                         warmup_epochs=5.0)
   if arg.runlocal:
     config_utils.shrink_for_cpu(c, keep=arg.given)
     c.loss.patch_stride = 8  # a 4 × 4 grid: a third of the patches

@@ -50,20 +50,11 @@ def get_config(arg=None):
   c.epochs = arg.epochs
   c.log_every = 100
   c.augment.preset = "cpc"
-  c.loss.patch_size = 80
-  c.loss.patch_stride = 36
-  c.loss.offsets = (3,)
-  c.loss.directions = ("down", "up", "right", "left")
-  c.loss.target_dim = 64
-  c.loss.emb_scale = 0.1
-  c.loss.context_hidden = 256
-  c.loss.context_blocks = 5
-  c.loss.patch_augment = True
-  c.optimizer.name = "adamw"
-  c.optimizer.base_lr = 2e-4  # per 256 examples
-  c.optimizer.momentum = 0.9  # β1
-  c.optimizer.weight_decay = 1e-5
-  c.optimizer.warmup_epochs = 5.0
+  # The paper's grid, tasks and heads are the base config's loss defaults:
+  # 80 px patches every 36 px, offset 3, four directions, targets of 64,
+  # scale 0.1, context of 5 blocks of 256, per-patch augmentation.
+  config_utils.set_adamw(c.optimizer, base_lr=2e-4, weight_decay=1e-5,
+                         warmup_epochs=5.0)
   if arg.runlocal:
     config_utils.shrink_for_cpu(c, keep=arg.given)
     c.loss.patch_size = 8

@@ -403,6 +403,20 @@ def set_sgd(opt: ml_collections.ConfigDict, *, base_lr: float,
   opt.warmup_epochs = 0.0
 
 
+def set_adamw(opt: ml_collections.ConfigDict, *, base_lr: float,
+              weight_decay: float, warmup_epochs: float) -> None:
+  """AdamW (β 0.9, 0.999) at `base_lr·B/256`, linear warm-up then the
+  per-step cosine, decay on kernels only."""
+  opt.name = "adamw"
+  opt.base_lr = base_lr
+  opt.lr_scaling = "linear"
+  opt.momentum = 0.9
+  opt.weight_decay = weight_decay
+  opt.decay_mask = "kernels"
+  opt.schedule = "warmup_cosine"
+  opt.warmup_epochs = warmup_epochs
+
+
 def set_dino_head(section: ml_collections.ConfigDict, *, out_dim: int,
                   norm_last_layer: bool, use_bn: bool = False) -> None:
   """DINO's head (`head.kind='dino'`): 3 layers, 2048 hidden, bottleneck
