@@ -43,6 +43,10 @@ def get_config(arg=None):
   c.epochs = arg.epochs
   c.log_every = 50
   c.augment.preset = "cpc"
+  # No online probe: it would learn from the colour-dropped patches'
+  # features and be scored on whole-colour ones (kNN and linear
+  # evaluation see whole-colour patches on both sides).
+  c.probe.enabled = False
   # The ImageNet grid scaled to 32 px; directions, heads and context are
   # the base config's (the paper's).
   c.loss.patch_size = 8

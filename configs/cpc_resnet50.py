@@ -50,6 +50,10 @@ def get_config(arg=None):
   c.epochs = arg.epochs
   c.log_every = 100
   c.augment.preset = "cpc"
+  # No online probe: it would learn from the colour-dropped patches'
+  # features and be scored on whole-colour ones (kNN and linear
+  # evaluation see whole-colour patches on both sides).
+  c.probe.enabled = False
   # The paper's grid, tasks and heads are the base config's loss defaults:
   # 80 px patches every 36 px, offset 3, four directions, targets of 64,
   # scale 0.1, context of 5 blocks of 256, per-patch augmentation.

@@ -312,6 +312,9 @@ def base_config() -> ml_collections.ConfigDict:
   # only).
   c.eval.every_epochs = 0
   c.eval.knn_temperature = 0.07
+  # The output kNN compares: 'h' (the representation) or 'z' (the
+  # projection, e.g. InstDisc's f as its reference's final kNN).
+  c.eval.knn_feature = "h"
   c.eval.batch_size = 1024
   c.eval.random_init_baseline = False
   # The network kNN, the online probe and the export use: 'auto' (the

@@ -248,11 +248,3 @@ def rand_augment(key: jax.Array, image: jax.Array, *, num_ops: int = 2,
     fire = jax.random.bernoulli(k_fire, prob)
     image = jnp.where(fire, changed, image)
   return image
-
-
-def check_ops(ops: Sequence[str]) -> None:
-  """Raises on an op name not in `OPS` (a config error names the key)."""
-  bad = [op for op in ops if op not in OPS]
-  if bad:
-    raise ValueError(f"config.augment.randaugment_ops: {bad} not in "
-                     f"{list(OPS)}")

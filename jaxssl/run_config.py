@@ -52,14 +52,22 @@ def changeable(key: str) -> bool:
              for c in CHANGEABLE)
 
 
-def differences(pinned: Dict[str, Any],
-                current: Dict[str, Any]) -> Dict[str, tuple]:
+def differences(pinned: Dict[str, Any], current: Dict[str, Any],
+                defaults: Optional[Dict[str, Any]] = None
+                ) -> Dict[str, tuple]:
   """`{key: (pinned value, current value)}` of flattened configs (a key
-  missing on one side has the value '<absent>')."""
+  missing on one side has the value '<absent>').
+
+  A key missing from the pinned config whose current value is its
+  `defaults` value (the base config's: a later jaxssl added it, with the
+  behaviour the run already had) is not a difference."""
   absent = "<absent>"
+  defaults = defaults or {}
   return {k: (pinned.get(k, absent), current.get(k, absent))
           for k in sorted(set(pinned) | set(current))
-          if pinned.get(k, absent) != current.get(k, absent)}
+          if pinned.get(k, absent) != current.get(k, absent)
+          and not (k not in pinned and k in defaults
+                   and current.get(k, absent) == defaults[k])}
 
 
 def _describe(diffs: Dict[str, tuple]) -> str:
@@ -69,7 +77,8 @@ def _describe(diffs: Dict[str, tuple]) -> str:
 def pin(config: ml_collections.ConfigDict, directory: paths.PathLike, *,
         resumed_step: Optional[int], allow_change: bool = False,
         is_writer: bool = True,
-        print_fn: Callable[..., None] = print) -> None:
+        print_fn: Callable[..., None] = print,
+        defaults: Optional[Dict[str, Any]] = None) -> None:
   """Pins `config` in `directory`, or checks a restart against the pin.
 
   Args:
@@ -81,6 +90,9 @@ def pin(config: ml_collections.ConfigDict, directory: paths.PathLike, *,
       `CHANGEABLE`.
     is_writer: whether this process writes (process 0).
     print_fn: for the one-line notes.
+    defaults: flattened defaults of keys a newer jaxssl may have added
+      (None: `config_utils.base_config()`'s); a key absent from the pin
+      that still has its default is not a change.
 
   Raises:
     ConfigChanged: `config` differs from the pinned one in keys outside
@@ -104,7 +116,10 @@ def pin(config: ml_collections.ConfigDict, directory: paths.PathLike, *,
     raise ConfigChanged(f"{file} is not readable JSON ({e}); restore it or "
                         "pass --allow_config_change to pin this start's "
                         "config") from e
-  diffs = differences(pinned, current)
+  if defaults is None:
+    from jaxssl import config_utils  # pylint: disable=g-import-not-at-top
+    defaults = flatten(config_utils.base_config())
+  diffs = differences(pinned, current, defaults)
   fixed = {k: v for k, v in diffs.items() if not changeable(k)}
   free = {k: v for k, v in diffs.items() if changeable(k)}
   if free:

@@ -197,7 +197,8 @@ def create_evaluator(config: ml_collections.ConfigDict, learner: Learner,
       temperature=config.eval.knn_temperature,
       num_classes=0 if learner.probe is None else learner.probe.num_classes,
       memory_bank=learner.method.bank_knn, memory_bank_ks=bank_ks,
-      memory_bank_temperature=config.eval.bank_knn_temperature)
+      memory_bank_temperature=config.eval.bank_knn_temperature,
+      knn_feature=config.eval.knn_feature)
 
 
 def _describe(results: dict) -> str:
@@ -231,6 +232,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_input = sources.train_input(config, mesh, config_view_specs(config),
                                     config_view_specs(config, early=True))
   num_examples = train_input.num_examples
+  if config.eval.bank_knn_ks and not train_input.num_classes:
+    raise ValueError(
+        f"config.eval.bank_knn_ks={tuple(config.eval.bank_knn_ks)}: the "
+        f"training data ({train_input.description}) has no labels to give "
+        "the memory bank's rows; set --config.eval.bank_knn_ks=()")
   learner = create_learner(config, num_examples, train_input.num_classes)
   length = epochs_lib.RunLength.from_config(config, num_examples)
   steps = length.total_steps

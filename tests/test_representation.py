@@ -62,13 +62,21 @@ def test_streamed_evaluation_equals_whole_array_formulas():
       out = learner.network.apply(variables, x, train=False)
       return np.asarray(out["h"]), np.asarray(out["z"]), data.labels
 
-    bank, _, bank_labels = features(config.data.train_split)
+    bank, bank_z, bank_labels = features(config.data.train_split)
     h, z, labels = features(config.data.eval_split)
+    # eval.knn_feature='z': the same kNN on the projections.
+    config.eval.knn_feature = "z"
+    got_z = train.create_evaluator(config, learner, mesh)(variables)
   assert h.dtype == np.float64 and len(h) == 120
   for k in (1, 20, 500):
     want = np.mean(_knn_reference(bank, bank_labels, h, min(k, 120), 0.07,
                                   10) == labels)
     assert got[f"knn_top1_k{k}"] == want, (k, got[f"knn_top1_k{k}"], want)
+  for k in (1, 20):
+    want = np.mean(_knn_reference(bank_z, bank_labels, z, k, 0.07, 10)
+                   == labels)
+    assert got_z[f"knn_top1_k{k}"] == want, (k, got_z, want)
+  assert got_z["knn_top1_k1"] != got["knn_top1_k1"]  # h and z differ
   logits = h @ probe["head"]["kernel"] + probe["head"]["bias"]
   top = np.argsort(-logits, axis=1, kind="stable")[:, :5]
   assert got["probe_top1"] == np.mean(top[:, 0] == labels)

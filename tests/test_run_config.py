@@ -75,3 +75,20 @@ def test_a_new_key_or_a_removed_key_is_a_difference(tmp_path):
   with pytest.raises(run_config.ConfigChanged,
                      match="optimizer.clip: '<absent>' → 3.0"):
     run_config.pin(grown, tmp_path, resumed_step=1)
+
+
+def test_a_key_added_later_with_its_default_is_not_a_change(tmp_path):
+  """A run pinned before jaxssl grew a key (say `model.norm`) resumes when
+  the key holds its default; set to anything else it is a change."""
+  run_config.pin(_config(), tmp_path, resumed_step=None)
+  grown = _config()
+  grown.model = ml_collections.ConfigDict({"norm": "batch"})
+  defaults = {"model.norm": "batch"}
+  notes = []
+  run_config.pin(grown, tmp_path, resumed_step=3, print_fn=notes.append,
+                 defaults=defaults)
+  assert notes == []
+  grown.model.norm = "layer"
+  with pytest.raises(run_config.ConfigChanged,
+                     match="model.norm: '<absent>' → 'layer'"):
+    run_config.pin(grown, tmp_path, resumed_step=4, defaults=defaults)

@@ -19,6 +19,7 @@ features that stay on the devices that computed them (several processes,
 """
 
 import functools
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -203,7 +204,7 @@ def count_correct(bank: jax.Array, bank_labels: jax.Array, queries: jax.Array,
   if not ks or ks[0] <= 0:
     raise ValueError(f"kNN: ks={ks} must be positive (labelled bank rows: "
                      f"{num_labelled})")
-  rows = bank[..., 0].size // mesh.devices.size
+  rows = math.prod(bank.shape[:-1]) // mesh.devices.size
   fn = _streamed(mesh, min(ks[-1], rows), ks, num_classes,
                  float(temperature), bank_spec)
   return fn(bank, bank_labels, queries, labels)

@@ -49,6 +49,9 @@ class RepresentationEvaluator:
       None.
     memory_bank_ks: its neighbour counts (empty: none).
     memory_bank_temperature: its vote temperature.
+    knn_feature: the output the kNN compares: 'h' (the representation) or
+      'z' (the projection: InstDisc's f, the reference's kNN on a memory
+      recomputed from test-time features).
   """
 
   def __init__(self, network: nn.Module, *, image_size: int,
@@ -58,8 +61,13 @@ class RepresentationEvaluator:
                mesh: Mesh, ks: Sequence[int], temperature: float,
                num_classes: int = 0, memory_bank: Any = None,
                memory_bank_ks: Sequence[int] = (),
-               memory_bank_temperature: float = 0.07):
+               memory_bank_temperature: float = 0.07,
+               knn_feature: str = "h"):
     self.ks = tuple(ks)
+    if knn_feature not in ("h", "z"):
+      raise ValueError(f"config.eval.knn_feature={knn_feature!r} is not one "
+                       "of ['h', 'z']")
+    self.knn_feature = knn_feature
     if self.ks and bank_input is None:
       raise ValueError("kNN evaluation needs a bank input")
     self.memory_bank_ks = tuple(memory_bank_ks)
@@ -90,7 +98,7 @@ class RepresentationEvaluator:
     """The bank of the train split's features, and its labelled rows."""
     bank, count = None, 0
     for i, batch in enumerate(self.bank_input.batches(self.mesh)):
-      h = self._embed(variables, batch["image"])["h"]
+      h = self._embed(variables, batch["image"])[self.knn_feature]
       if bank is None:
         bank = knn.StreamedBank(self.mesh, self.bank_input.num_batches,
                                 h.shape[0], h.shape[-1])
@@ -133,7 +141,8 @@ class RepresentationEvaluator:
       new = _sums(out, probe_params, batch["label"], batch["mask"],
                   num_classes=self.num_classes)
       if bank is not None:
-        new["knn"] = bank.correct(out["h"], batch["label"], ks=self.ks,
+        new["knn"] = bank.correct(out[self.knn_feature], batch["label"],
+                                  ks=self.ks,
                                   num_classes=num_classes,
                                   temperature=self.temperature,
                                   num_labelled=bank_size)
