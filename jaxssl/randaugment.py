@@ -231,8 +231,19 @@ def rand_augment(key: jax.Array, image: jax.Array, *, num_ops: int = 2,
   probability `prob`, and draws its magnitude from N(`magnitude`,
   `magnitude_std`) clipped to [0, 10] (level = magnitude/10; geometric
   levels negated with probability 1/2).
+
+  Under `vmap` a switch computes every branch, so a position makes ONE
+  affine warp (the drawn geometric op's matrix, or the identity, which
+  reproduces the image exactly) and one switch over the photometric ops
+  (plus the identity), not a warp per geometric op.
   """
   image = precision.to_full(image)
+  height, width = image.shape[:2]
+  photometric_ops = [op for op in ops if op not in GEOMETRIC]
+  # Each op's photometric branch (0: identity, for the geometric ops).
+  branch_of = jnp.asarray([0 if op in GEOMETRIC else
+                           1 + photometric_ops.index(op) for op in ops])
+  identity = jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], image.dtype)
   for position in range(num_ops):
     k_op, k_fire, k_mag, k_sign = jax.random.split(
         jax.random.fold_in(key, position), 4)
@@ -241,10 +252,15 @@ def rand_augment(key: jax.Array, image: jax.Array, *, num_ops: int = 2,
                                                       image.dtype)
     level = jnp.clip(m, 0.0, MAX_LEVEL) / MAX_LEVEL
     sign = jnp.where(jax.random.bernoulli(k_sign), -1.0, 1.0)
-    branches = [
-        (lambda x, op=op: apply_op(op, x, level * sign if op in GEOMETRIC
-                                   else level)) for op in ops]
-    changed = lax.switch(choice, branches, image)
+    matrices = jnp.stack([
+        geometric_matrix(op, level * sign, height, width).astype(image.dtype)
+        if op in GEOMETRIC else identity for op in ops])
+    changed = image
+    if len(photometric_ops) < len(ops):
+      changed = affine(image, matrices[choice])
+    branches = [lambda x: x] + [
+        (lambda x, op=op: photometric(op, x, level)) for op in photometric_ops]
+    changed = lax.switch(branch_of[choice], branches, changed)
     fire = jax.random.bernoulli(k_fire, prob)
     image = jnp.where(fire, changed, image)
   return image

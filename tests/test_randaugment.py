@@ -161,3 +161,26 @@ def test_infomin_preset_and_view():
   changed = np.abs(np.asarray(with_ra - without)).max(axis=(1, 2, 3)) > 1e-3
   assert 0 < changed.sum() <= 8
   assert float(with_ra.min()) >= 0.0 and float(with_ra.max()) <= 1.0
+
+
+@mesh_runs.float64()
+def test_one_drawn_op_equals_that_op(image):
+  """At magnitude 10 (σ 0), one op that always fires turns the image into
+  exactly one op's output at level ±1 (the single warp plus photometric
+  switch routes each draw to its op), and different keys reach different
+  ops."""
+  x = jnp.asarray(image / 255.0)
+  candidates = {}
+  for op in ra.OPS:
+    for sign in ((1.0, -1.0) if op in ra.GEOMETRIC else (1.0,)):
+      candidates[(op, sign)] = np.asarray(ra.apply_op(op, x,
+                                                      jnp.float64(sign)))
+  seen = set()
+  for k in range(12):
+    out = np.asarray(ra.rand_augment(jax.random.key(k), x, num_ops=1,
+                                     prob=1.0, magnitude_std=0.0))
+    hits = [name for name, c in candidates.items()
+            if np.allclose(out, c, rtol=0, atol=1e-12)]
+    assert hits, k
+    seen.update(op for op, _ in hits)
+  assert len(seen) >= 5, seen
