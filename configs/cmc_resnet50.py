@@ -20,9 +20,14 @@ COMMAND (a TPU VM or GPU host; TFDS imagenet2012 prepared in data_dir):
       --workdir=gs://BUCKET/cmc_r50 --config.data.data_dir=gs://BUCKET/tfds
 Variants: `epochs=N` (default 240), `softmax`, `runlocal`.
 
-EXPECTED: the reference README's ImageNet-100 figure for two half-width
-ResNet-50s is 75.8 % (softmax-CE, 4096 negatives, YCbCr views); its
-README quotes 68.4 % ImageNet linear top-1 for its best (wider) ResNet.
+EXPECTED: the paper's ImageNet linear top-1 for ResNets, as MoCo's
+comparison table (He et al. 2020, Table 6) quotes its updated version:
+64.1 % for two full-width ResNet-50s on L and ab (47 M parameters, the
+reference's `resnet50v2`: `--config.model.width=1.0` here), 68.4 % for
+two double-width ones (188 M, `resnet50v3`: `--config.model.width=2.0`).
+For this config's half-width pair (`resnet50v1`) the reference README
+gives ImageNet-100 only: 75.8 % (softmax-CE, 4096 negatives, YCbCr views).
+(The paper's own tables could not be consulted where this was written.)
 
 `:runlocal` trains 21 steps (5 epochs of 4) on 256 synthetic 32 px images
 with two ResNet-10/8s, K = 64 and τ 0.5.
