@@ -16,6 +16,7 @@ CPU (a small ResNet on 10k images, a few epochs):
       --zip=../shared/datasets/cifar10-jpeg.zip --workdir=/tmp/bench_cpu
 """
 
+import ast
 import datetime
 import importlib.util
 import json
@@ -108,6 +109,12 @@ def apply_override(c, item: str) -> None:
     if text not in ("True", "False"):
       raise app.UsageError(f"--set={item!r}: {key} is a bool (True|False)")
     value = text == "True"
+  elif isinstance(old, (tuple, list)):
+    try:
+      value = tuple(ast.literal_eval(text))
+    except (ValueError, SyntaxError, TypeError) as e:
+      raise app.UsageError(f"--set={item!r}: {key} is a tuple, e.g. "
+                           "'(1, 2)'") from e
   else:
     try:
       value = type(old)(text)
