@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   # BYOL's and DINO's normalise, SimCLR's do not), 'imagenet' (the
   # torchvision references': MoCo v2, SwAV, WCL, SimSiam) or 'none'.
   c.augment.normalize = "preset"
+  # RandAugment ops per view after the blur (jaxssl.randaugment; -1: the
+  # preset's, 2 for 'infomin', 0 for the others): adds InfoMin's
+  # RandAugment to any preset, or takes it out of 'infomin'.
+  c.augment.randaugment_ops = -1
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet"

@@ -28,7 +28,8 @@ DATA_AXIS = sharding.DATA_AXIS
 def config_views(config: ml_collections.ConfigDict) -> view_presets.ViewGroups:
   """The views of config section `augment` at `data.image_size`:
   `augment.preset`, with its local crops' number and size, each group's
-  crop area and the normalisation overridden where the config says so."""
+  crop area, its RandAugment ops and the normalisation overridden where
+  the config says so."""
   aug = config.augment
   groups = view_presets.view_groups(
       aug.preset, image_size=config.data.image_size,
@@ -62,6 +63,10 @@ def config_views(config: ml_collections.ConfigDict) -> view_presets.ViewGroups:
     specs = groups.pop(view_presets.LOCAL)
     if local_crops:
       groups[view_presets.LOCAL] = specs[:1] * local_crops
+  ops = aug.get("randaugment_ops", -1)
+  if ops >= 0:
+    groups = {g: tuple(dataclasses.replace(s, randaugment_ops=ops)
+                       for s in specs) for g, specs in groups.items()}
   normalize = aug.get("normalize", "preset")
   if normalize not in NORMALIZE:
     raise ValueError(f"config.augment.normalize={normalize!r} is not one of "

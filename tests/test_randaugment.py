@@ -184,3 +184,17 @@ def test_one_drawn_op_equals_that_op(image):
     assert hits, k
     seen.update(op for op, _ in hits)
   assert len(seen) >= 5, seen
+
+
+def test_randaugment_ops_key_overrides_any_preset():
+  """`augment.randaugment_ops` takes RandAugment out of 'infomin' (0) or
+  adds it to another preset; −1 keeps the preset's."""
+  from jaxssl import config_utils  # pylint: disable=g-import-not-at-top
+  from jaxssl import views  # pylint: disable=g-import-not-at-top
+  c = config_utils.base_config()
+  c.data.image_size = 32
+  for preset, ops, want in (("infomin", -1, 2), ("infomin", 0, 0),
+                            ("simclr_v2", -1, 0), ("simclr_v2", 3, 3)):
+    c.augment.preset, c.augment.randaugment_ops = preset, ops
+    specs = view_presets.flatten(views.config_views(c))
+    assert [s.randaugment_ops for s in specs] == [want, want], (preset, ops)
