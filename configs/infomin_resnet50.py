@@ -50,13 +50,5 @@ def get_config(arg=None):
   config_utils.set_head(c.head, num_layers=2, hidden_dim=2048, out_dim=128,
                         last_bn="none", use_bn=False)
   c.loss.temperature = 0.15
-  c.loss.queue_size = 65536
-  c.target.base_momentum = 0.999
-  c.target.momentum_schedule = "constant"
-  c.target.init = "copy"
-  config_utils.set_sgd(c.optimizer, base_lr=0.03, weight_decay=1e-4,
-                       schedule="epoch_cosine")
-  if arg.runlocal:
-    config_utils.shrink_for_cpu(c, keep=arg.given, epochs=12)
-    c.target.base_momentum = 0.99
+  config_utils.set_moco_v2(c, runlocal=arg.runlocal, keep=arg.given)
   return c

@@ -56,15 +56,5 @@ def get_config(arg=None):
   config_utils.set_head(c.head, num_layers=1 if arg.v1 else 2, hidden_dim=0,
                         out_dim=128, last_bn="none", use_bn=False)
   c.loss.temperature = 0.07 if arg.v1 else 0.2
-  c.loss.queue_size = 65536
-  c.target.base_momentum = 0.999
-  c.target.momentum_schedule = "constant"
-  c.target.init = "copy"
-  config_utils.set_sgd(c.optimizer, base_lr=0.03, weight_decay=1e-4,
-                       schedule="epoch_cosine")
-  if arg.runlocal:
-    # 48 steps: the first 4 fill the queue, learning shows after them; 0.999
-    # would barely move the key encoder in a smoke run.
-    config_utils.shrink_for_cpu(c, keep=arg.given, epochs=12)
-    c.target.base_momentum = 0.99
+  config_utils.set_moco_v2(c, runlocal=arg.runlocal, keep=arg.given)
   return c

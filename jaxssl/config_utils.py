@@ -11,6 +11,7 @@ the run for a CPU, but a value given explicitly in the variant wins over the
 shrink (400 epochs here).
 """
 
+from typing import Iterable
 
 import ml_collections
 
@@ -422,6 +423,25 @@ def set_adamw(opt: ml_collections.ConfigDict, *, base_lr: float,
   opt.decay_mask = "kernels"
   opt.schedule = "warmup_cosine"
   opt.warmup_epochs = warmup_epochs
+
+
+def set_moco_v2(c: ml_collections.ConfigDict, *, runlocal: bool,
+                keep: Iterable[str] = ()) -> None:
+  """MoCo v2's ImageNet recipe around the loss (facebookresearch/moco
+  `main_moco.py`): a queue of 65,536 keys, key-encoder momentum 0.999
+  (constant, starting as a copy), PyTorch SGD 0.03·B/256 with weight decay
+  1e-4 on every parameter and the per-epoch cosine; `runlocal`: the CPU
+  shrink over 12 epochs (the first 4 steps fill the queue) with momentum
+  0.99 (0.999 would barely move the key encoder in a smoke run)."""
+  c.loss.queue_size = 65536
+  c.target.base_momentum = 0.999
+  c.target.momentum_schedule = "constant"
+  c.target.init = "copy"
+  set_sgd(c.optimizer, base_lr=0.03, weight_decay=1e-4,
+          schedule="epoch_cosine")
+  if runlocal:
+    shrink_for_cpu(c, keep=keep, epochs=12)
+    c.target.base_momentum = 0.99
 
 
 def set_dino_head(section: ml_collections.ConfigDict, *, out_dim: int,
