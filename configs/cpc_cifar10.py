@@ -39,6 +39,7 @@ def get_config(arg=None):
   c = config_utils.use_cifar10(config_utils.base_config())
   c.method = "cpc"
   c.model.norm = "layer"
+  c.model.zero_init_residual = False  # no released code: γ = 1
   c.batch_size = 256
   c.epochs = arg.epochs
   c.log_every = 50

@@ -45,6 +45,7 @@ def get_config(arg=None):
   c = config_utils.use_imagenet(config_utils.base_config())
   c.method = "cpc"
   c.model.norm = "layer"
+  c.model.zero_init_residual = False  # no released code: γ = 1
   c.data.image_size = 260
   c.batch_size = 512
   c.epochs = arg.epochs

@@ -20,12 +20,15 @@ from jaxssl.models.resnet import ResNet
 # MoCo v3, SimSiam and Barlow Twins (torchvision `zero_init_residual=True`);
 # 1 in MoCo v1/v2, DINO (torchvision's default), SwAV, WCL and SupContrast
 # (their own ResNets, `zero_init_residual=False`), InstDisc and InvaSpread
-# (lemniscate's and their own copies of torchvision's ResNet, without it).
+# (lemniscate's and their own copies of torchvision's ResNet, without it),
+# InfoMin (PyContrast's torchvision-style ResNet); CPC v2 has no released
+# code: its configs keep the γ = 1 of a plain residual block (LayerNorm).
 ZERO_INIT_RESIDUAL = {"simclr": True, "byol": True, "mocov3": True,
                       "simsiam": True, "barlow_twins": True, "mocov2": False,
                       "dino": False, "swav": False, "wcl": False,
                       "supcon": False, "instdisc": False,
-                      "invaspread": False, "cmc": False}
+                      "invaspread": False, "cmc": False, "infomin": False,
+                      "cpc": False}
 RESNET_CONFIGS = [n for n in runlocal_configs.CONFIGS if n != "quickstart"
                   and not n.endswith(("_vit_small", "_vit_cifar10"))]
 
@@ -104,11 +107,13 @@ def test_swav_batchnorm_groups_of_512_images():
 # every torchvision reference (`transforms.Normalize`) and BYOL (after the
 # augmentation, `dataset.normalize_images`); not SimCLR (pixels in [0, 1])
 # nor SupContrast (no ImageNet recipe; CIFAR statistics on CIFAR), nor CMC
-# (its views are Lab, normalised by its encoder).
+# (its views are Lab, normalised by its encoder); InfoMin normalises
+# (PyContrast's `transforms.Normalize`), CPC v2 (no released code) too.
 NORMALISED = {"simclr": False, "supcon": False, "byol": True, "mocov2": True,
               "mocov3": True, "simsiam": True, "barlow_twins": True,
               "dino": True, "swav": True, "wcl": True, "instdisc": True,
-              "invaspread": True, "cmc": False}
+              "invaspread": True, "cmc": False, "infomin": True,
+              "cpc": True}
 IMAGENET_CONFIGS = [n for n in runlocal_configs.CONFIGS
                     if n.endswith(("_resnet50", "_vit_small"))]
 
