@@ -30,6 +30,7 @@ import optax
 
 from jaxssl import augment
 from jaxssl import checkpointing
+from jaxssl import classifier as classifier_lib
 from jaxssl import epochs as epochs_lib
 from jaxssl import loop
 from jaxssl import metric_writers
@@ -45,24 +46,8 @@ from jaxssl.evaluators import knn
 from jaxssl.evaluators import linear_probe
 
 PyTree = Any
-CLASSIFIER = "classifier"
-
-
-class Classifier(nn.Module):
-  """Encoder → first `head_layers` projection-head layers → linear logits."""
-  encoder: nn.Module
-  projector: Optional[nn.Module]
-  head_layers: int
-  num_classes: int
-  classifier_init: str = "zeros"
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    h = self.encoder(x, train=train)
-    if self.head_layers:
-      h = self.projector(h, train=train, layers=self.head_layers)
-    return linear_probe.Linear(self.num_classes, self.classifier_init,
-                               name=CLASSIFIER)(h)
+CLASSIFIER = classifier_lib.CLASSIFIER
+Classifier = classifier_lib.Classifier
 
 
 def _not_classifier(params: PyTree) -> PyTree:

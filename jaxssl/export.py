@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import flax.serialization
 import jax
 
+from jaxssl import classifier
 from jaxssl import methods
 from jaxssl import paths
 from jaxssl.methods import base
@@ -84,10 +85,7 @@ def load_encoder(path: paths.PathLike, axis_name: Optional[str] = None
                               f"workdir with {ENCODER_FILE} and {CONFIG_FILE})")
   import ml_collections  # pylint: disable=g-import-not-at-top,redefined-outer-name
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  # The method's own modules (CMC's two Lab encoders), without predictor.
-  method = methods.METHODS[config.method](
-      config, axis_name=axis_name, total_steps=1, num_examples=0)
-  network = base.Network(method.network.encoder, method.network.projector)
+  network = method_network(config, axis_name)
   image_size = config.data.image_size
   shapes = jax.eval_shape(
       lambda: network.init(jax.random.key(0),
@@ -116,7 +114,7 @@ CLASSIFIER_INFO = "classifier.json"
 
 def save_classifier(workdir: paths.PathLike, model: Any, variables: dict,
                     info: dict) -> paths.Path:
-  """Writes a fine-tuned classifier (`jaxssl.downstream.Classifier`):
+  """Writes a fine-tuned classifier (`jaxssl.classifier.Classifier`):
   `classifier.msgpack` (its `params` and `batch_stats`) and
   `classifier.json` (`info`: the pretraining config, `head_layers`,
   `num_classes`, the fine-tuning data section and seed), on process 0."""
@@ -129,16 +127,24 @@ def save_classifier(workdir: paths.PathLike, model: Any, variables: dict,
   return path
 
 
+def method_network(config: ml_collections.ConfigDict,
+                   axis_name: Optional[str]) -> base.Network:
+  """The pretrained method's own encoder and projector (CMC's two Lab
+  encoders, CPC's patch encoder), without predictor or other heads."""
+  method = methods.METHODS[config.method](
+      config, axis_name=axis_name, total_steps=1, num_examples=0)
+  return base.Network(method.network.encoder, method.network.projector)
+
+
 def load_classifier(workdir: paths.PathLike, axis_name: Optional[str] = None
                     ) -> tuple[Any, dict, dict]:
   """Reads `save_classifier`'s files from a fine-tuning workdir.
 
   Returns:
-    `(model, variables, info)`: a `jaxssl.downstream.Classifier`, its
+    `(model, variables, info)`: a `jaxssl.classifier.Classifier`, its
     `{'params', 'batch_stats'}` and the saved `info` (with
     `pretrain_config` as an `ml_collections.ConfigDict`).
   """
-  from jaxssl import downstream  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top,redefined-outer-name
   workdir = paths.path(workdir)
   path, info_path = workdir / CLASSIFIER_FILE, workdir / CLASSIFIER_INFO
@@ -150,8 +156,8 @@ def load_classifier(workdir: paths.PathLike, axis_name: Optional[str] = None
           f"{CLASSIFIER_FILE} and {CLASSIFIER_INFO})")
   info = json.loads(info_path.read_text())
   info["pretrain_config"] = ml_collections.ConfigDict(info["pretrain_config"])
-  network = base.create_network(info["pretrain_config"], axis_name)
-  model = downstream.Classifier(network.encoder, network.projector,
+  network = method_network(info["pretrain_config"], axis_name)
+  model = classifier.Classifier(network.encoder, network.projector,
                                 info["head_layers"], info["num_classes"])
   size = info["pretrain_config"].data.image_size
   template = jax.eval_shape(lambda: model.init(

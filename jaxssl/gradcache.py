@@ -16,14 +16,14 @@ from jax import lax
 import jax.numpy as jnp
 
 from jaxssl import gradients
+from jaxssl.learner import MICROBATCH_LOOPS
 from jaxssl.methods import base
 from jaxssl.train_state import TrainState
 
 if TYPE_CHECKING:
-  from jaxssl.step import Learner
+  from jaxssl.learner import Learner
 
 PyTree = Any
-MICROBATCH_LOOPS = ("auto", "scan", "unrolled")
 
 
 def unroll_microbatches(loop: str) -> bool:

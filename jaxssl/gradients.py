@@ -19,7 +19,7 @@ from jaxssl.methods import base
 from jaxssl.train_state import TrainState
 
 if TYPE_CHECKING:
-  from jaxssl.step import Learner
+  from jaxssl.learner import Learner
 
 DATA_AXIS = sharding.DATA_AXIS
 PyTree = Any

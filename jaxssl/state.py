@@ -18,7 +18,7 @@ from jaxssl.sharding import DATA_AXIS
 from jaxssl.train_state import TrainState
 
 if TYPE_CHECKING:
-  from jaxssl.step import Learner
+  from jaxssl.learner import Learner
 
 PyTree = Any
 

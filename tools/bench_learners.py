@@ -21,6 +21,9 @@ a ResNet row keeps AdamW, not `dino_resnet50`'s SGD):
   each step, Sinkhorn 3 × ε 0.05 over the global batch, LARS with apex
   LARC's trust ratio on every parameter, prototypes frozen for the first
   steps; 2 × 224 + `local_crops` × 96 views (crop areas 0.14–1 / 0.05–0.14).
+
+`setup_step` puts one configuration's state, synthetic batch and compiled
+step on the devices (what every measurement of bench_step starts from).
 """
 
 import dataclasses
@@ -158,3 +161,53 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
   return train.Learner(method=m, tx=tx, schedule=schedule, views=groups,
                        microbatches=microbatches,
                        microbatch_loop=microbatch_loop)
+
+
+def inputs(learner, mesh, batch_size: int, source_size: int, *,
+            abstract: bool = False):
+  """Train state and a synthetic uint8 batch, placed on `mesh`: images of
+  `source_size` px for the in-step augmentation, or ready views if 0.
+  `abstract`: their shapes and shardings only (nothing computed or stored)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
+  if source_size:
+    shapes = {"image": (batch_size, source_size, source_size, 3)}
+  else:
+    shapes = {"views": [(batch_size, spec.size, spec.size, 3)
+                        for spec in learner.view_specs]}
+  init = lambda: train.create_train_state(jax.random.key(0), learner, mesh)
+  if abstract:
+    place = lambda sharding_, s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                      sharding=sharding_)
+    state = jax.tree.map(functools.partial(place, sharding.replicated(mesh)),
+                         jax.eval_shape(init))
+    batch = jax.tree.map(
+        lambda shape: jax.ShapeDtypeStruct(
+            shape, np.uint8, sharding=sharding.batch_sharded(mesh)),
+        shapes, is_leaf=lambda x: isinstance(x, tuple))
+    return state, batch
+  rng = np.random.default_rng(0)
+  local = jax.tree.map(
+      lambda shape: rng.integers(0, 256, shape, dtype=np.uint8), shapes,
+      is_leaf=lambda x: isinstance(x, tuple))
+  return init(), sharding.global_batch(local, mesh)
+
+
+def setup_step(method, *, depth, cifar, image_size, batch_size, dtype, remat,
+           microbatches, augment, devices=None, abstract=False, model=None):
+  """State, batch and the jitted step of one configuration on `devices`
+  (default: all); `model`: `bench_learners.make_learner`'s architecture and
+  multi-crop arguments."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
+  compute = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[dtype]
+  learner = make_learner(
+      method, depth=depth, cifar=cifar, image_size=image_size, dtype=compute,
+      remat=remat, microbatches=microbatches, augment=augment,
+      **(model or {}))
+  mesh = sharding.data_mesh(devices)
+  source_size = (image_size if cifar else int(image_size * 1.15)) * augment
+  state, batch = inputs(learner, mesh, batch_size, source_size,
+                         abstract=abstract)
+  return state, batch, train.compile_train_step(learner, mesh)

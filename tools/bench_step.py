@@ -42,7 +42,6 @@ large for the machine at hand, e.g. on the CPU; one CPU device holds one
 accelerator's share of the batch).
 """
 
-import functools
 import json
 import math
 import os
@@ -109,54 +108,8 @@ flags.DEFINE_string("json", "", "Append the result as a JSON line here.")
 
 
 
-def _inputs(learner, mesh, batch_size: int, source_size: int, *,
-            abstract: bool = False):
-  """Train state and a synthetic uint8 batch, placed on `mesh`: images of
-  `source_size` px for the in-step augmentation, or ready views if 0.
-  `abstract`: their shapes and shardings only (nothing computed or stored)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
-  if source_size:
-    shapes = {"image": (batch_size, source_size, source_size, 3)}
-  else:
-    shapes = {"views": [(batch_size, spec.size, spec.size, 3)
-                        for spec in learner.view_specs]}
-  init = lambda: train.create_train_state(jax.random.key(0), learner, mesh)
-  if abstract:
-    place = lambda sharding_, s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                      sharding=sharding_)
-    state = jax.tree.map(functools.partial(place, sharding.replicated(mesh)),
-                         jax.eval_shape(init))
-    batch = jax.tree.map(
-        lambda shape: jax.ShapeDtypeStruct(
-            shape, np.uint8, sharding=sharding.batch_sharded(mesh)),
-        shapes, is_leaf=lambda x: isinstance(x, tuple))
-    return state, batch
-  rng = np.random.default_rng(0)
-  local = jax.tree.map(
-      lambda shape: rng.integers(0, 256, shape, dtype=np.uint8), shapes,
-      is_leaf=lambda x: isinstance(x, tuple))
-  return init(), sharding.global_batch(local, mesh)
-
-
-def _setup(method, *, depth, cifar, image_size, batch_size, dtype, remat,
-           microbatches, augment, devices=None, abstract=False, model=None):
-  """State, batch and the jitted step of one configuration on `devices`
-  (default: all); `model`: `bench_learners.make_learner`'s architecture and
-  multi-crop arguments."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxssl import sharding, train  # pylint: disable=g-import-not-at-top
-  compute = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[dtype]
-  learner = bench_learners.make_learner(
-      method, depth=depth, cifar=cifar, image_size=image_size, dtype=compute,
-      remat=remat, microbatches=microbatches, augment=augment,
-      **(model or {}))
-  mesh = sharding.data_mesh(devices)
-  source_size = (image_size if cifar else int(image_size * 1.15)) * augment
-  state, batch = _inputs(learner, mesh, batch_size, source_size,
-                         abstract=abstract)
-  return state, batch, train.compile_train_step(learner, mesh)
+# A configuration's state, batch and step (`bench_learners.setup_step`).
+_setup = bench_learners.setup_step
 
 
 def model_flops(method, *, depth, cifar, image_size, batch_size, dtype,
