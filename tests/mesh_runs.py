@@ -5,10 +5,12 @@ import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxssl import sharding
 from jaxssl import train
+from jaxssl.methods import base
 
 
 def random_batches(num, batch_size, image_size, seed=0):
@@ -74,28 +76,58 @@ def finish_config(c, overrides):
   return c
 
 
-def run_steps(learner, num_devices, batches, labels=None):
-  """Trains on `batches` on the first `num_devices` devices; the states
-  after 0, 1, ... steps and each step's metrics, on the host. `labels`:
-  each batch's class labels (its `'label'`), or None."""
-  mesh = sharding.data_mesh(jax.devices()[:num_devices])
+def as_batch(batch, labels=None):
+  """A step's host batch: `batch` itself when it is a dict (`'image'` and,
+  where the method reads them, the dataset `'index'` and `'label'`: what
+  every input source delivers), else `{'image': batch}` with `labels` as
+  its `'label'`."""
+  if isinstance(batch, dict):
+    assert labels is None, "pass the labels inside the batch dict"
+    return batch
+  return {"image": batch} if labels is None else {"image": batch,
+                                                  "label": labels}
+
+
+def train_steps(learner, mesh, state, batches):
+  """Trains `state` on `batches` (`as_batch`) on `mesh`: the final state
+  (on the mesh), the states after 0, 1, ... steps and each step's metrics
+  (on the host)."""
   step_fn = train.compile_train_step(learner, mesh)
-  state = train.create_train_state(jax.random.key(0), learner, mesh)
   states, metrics = [jax.device_get(state)], []
-  for t, images in enumerate(batches):
-    batch = {"image": images}
-    if labels is not None:
-      batch["label"] = labels[t]
-    state, m = step_fn(state, sharding.global_batch(batch, mesh))
+  for batch in batches:
+    state, m = step_fn(state, sharding.global_batch(as_batch(batch), mesh))
     states.append(jax.device_get(state))
     metrics.append(jax.device_get(m))
+  return state, states, metrics
+
+
+def run_steps(learner, num_devices, batches, labels=None):
+  """Trains on `batches` on the first `num_devices` devices from the
+  learner's initial state (key 0); the states after 0, 1, ... steps and
+  each step's metrics, on the host. A batch is a uint8 image array or a
+  dict with `'image'`, `'index'` (the dataset index: memory banks) and
+  `'label'` (`as_batch`); `labels`: each array batch's class labels, or
+  None."""
+  mesh = sharding.data_mesh(jax.devices()[:num_devices])
+  state = train.create_train_state(jax.random.key(0), learner, mesh)
+  if labels is not None:
+    batches = [as_batch(b, y) for b, y in zip(batches, labels, strict=True)]
+  _, states, metrics = train_steps(learner, mesh, state, batches)
   return states, metrics
+
+
+def context(**fields):
+  """An unmapped `StepContext` (step 0, epoch 0, key 0, `axis_name` None)
+  with `fields` replaced: to call a method's `loss` or state update
+  directly, outside the step."""
+  defaults = dict(step=jnp.zeros([], jnp.int32), epoch=jnp.zeros([]),
+                  rng=jax.random.key(0))
+  return base.StepContext(**{**defaults, **fields})
 
 
 def step_views(state, images, learner):
   """The views a train step made of `images` from `state` (recomputed on
   one device, outside any mapped axis), and the step's method key."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   rng = jax.random.fold_in(state.rng, state.step)
   view_rng, method_rng = jax.random.split(rng)
   views = train.make_views({"image": jnp.asarray(images)}, view_rng,
@@ -104,21 +136,13 @@ def step_views(state, images, learner):
 
 
 def run(learner, num_devices, batches):
-  """Trains on `batches` on the first `num_devices` devices.
+  """Trains on `batches` (`as_batch`) on the first `num_devices` devices.
 
   Returns:
     (initial state, final state, per-step metrics), all on the host.
   """
-  mesh = sharding.data_mesh(jax.devices()[:num_devices])
-  state = train.create_train_state(jax.random.key(0), learner, mesh)
-  init = jax.device_get(state)
-  step_fn = train.compile_train_step(learner, mesh)
-  metrics = []
-  for images in batches:
-    batch = sharding.global_batch({"image": images}, mesh)
-    state, m = step_fn(state, batch)
-    metrics.append(jax.device_get(m))
-  return init, jax.device_get(state), metrics
+  states, metrics = run_steps(learner, num_devices, batches)
+  return states[0], states[-1], metrics
 
 
 def float64():

@@ -11,9 +11,7 @@ import mesh_runs
 from jaxssl import augment
 from jaxssl import config_utils
 from jaxssl import export
-from jaxssl import sharding
 from jaxssl import train
-from jaxssl.methods import base
 from jaxssl.methods import cmc
 from jaxssl.methods import instdisc
 
@@ -44,17 +42,8 @@ def _batches(steps):
 def runs():
   with mesh_runs.float64():
     learner = train.create_learner(_config(), N)
-    out = {}
-    for devices in (1, 8):
-      mesh = sharding.data_mesh(jax.devices()[:devices])
-      state = train.create_train_state(jax.random.key(0), learner, mesh)
-      step = train.compile_train_step(learner, mesh)
-      states, metrics = [jax.device_get(state)], []
-      for batch in _batches(2):
-        state, m = step(state, sharding.global_batch(batch, mesh))
-        states.append(jax.device_get(state))
-        metrics.append(jax.device_get(m))
-      out[devices] = (states, metrics)
+    out = {devices: mesh_runs.run_steps(learner, devices, _batches(2))
+           for devices in (1, 8)}
   return learner, out
 
 
@@ -116,11 +105,10 @@ def test_objective_against_numpy(softmax):
            "bank_ab": jnp.asarray(banks["ab"]),
            "normalizer_l": jnp.asarray(-1.0),
            "normalizer_ab": jnp.asarray(-1.0)}
-  ctx = base.StepContext(step=jnp.asarray(0), epoch=jnp.asarray(0.0),
-                         rng=jax.random.key(4), index=jnp.asarray(index))
-  value, metrics = cmc.objective({"global": {"z": jnp.asarray(z)}}, None,
-                                 state, ctx, temperature=TAU, k=K,
-                                 num_examples=N, softmax=softmax)
+  ctx = mesh_runs.context(rng=jax.random.key(4), index=jnp.asarray(index))
+  value, metrics = cmc.loss({"global": {"z": jnp.asarray(z)}}, None, state,
+                            ctx, temperature=TAU, k=K, num_examples=N,
+                            softmax=softmax)
   f = {k: np.asarray(v) for k, v in cmc.view_features(jnp.asarray(z)).items()}
   noise = np.asarray(instdisc.noise_indices(ctx.rng, ctx.index, k=K,
                                             num_examples=N, shared=False))

@@ -58,16 +58,6 @@ def _batches(steps):
   return out
 
 
-def _steps(learner, mesh, state, batches):
-  step_fn = train.compile_train_step(learner, mesh)
-  states, metrics = [jax.device_get(state)], []
-  for batch in batches:
-    state, m = step_fn(state, sharding.global_batch(batch, mesh))
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
-  return state, states, metrics
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """3 steps on 1 and on 8 devices; the 8-device state after 2 steps is
@@ -81,20 +71,22 @@ def runs(tmp_path_factory):
     for devices in (1, 8):
       mesh = sharding.data_mesh(jax.devices()[:devices])
       state = train.create_train_state(jax.random.key(0), learner, mesh)
-      state, states, metrics = _steps(learner, mesh, state, batches[:2])
+      state, states, metrics = mesh_runs.train_steps(learner, mesh, state,
+                                                     batches[:2])
       if devices == 8:
         ckpt = checkpointing.Checkpointer(ckpt_dir, every_steps=1,
                                           asynchronous=False)
         ckpt.save(state, force=True)
         ckpt.wait()
-      _, more, m = _steps(learner, mesh, state, batches[2:])
+      _, more, m = mesh_runs.train_steps(learner, mesh, state, batches[2:])
       out[devices] = (states + more[1:], metrics + m)
     mesh3 = sharding.data_mesh(jax.devices()[:3])
     template = train.create_train_state(jax.random.key(9), learner, mesh3)
     restored = checkpointing.Checkpointer(ckpt_dir, every_steps=1).restore(
         template)
     out["restored"] = jax.device_get(restored)
-    _, resumed, m = _steps(learner, mesh3, restored, batches[2:])
+    _, resumed, m = mesh_runs.train_steps(learner, mesh3, restored,
+                                          batches[2:])
     out["resumed"] = (resumed[-1], m[0])
   return learner, batches, out
 

@@ -199,7 +199,8 @@ def test_byol_loss_has_no_gradient_through_the_target():
   online = {"p": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)}
   target = {"z": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)}
   grad_target, grad_online = jax.grad(
-      lambda t, o: byol.loss(o, t, None, axis_name=None)[0],
+      lambda t, o: byol.loss({"global": o}, {"global": t}, None,
+                             mesh_runs.context())[0],
       argnums=(0, 1))(target, online)
   np.testing.assert_array_equal(np.asarray(grad_target["z"]), 0.0)
   assert np.abs(np.asarray(grad_online["p"])).max() > 1e-3
@@ -209,7 +210,8 @@ def test_byol_loss_has_no_gradient_through_the_target():
   p /= np.linalg.norm(p, axis=1, keepdims=True)
   z /= np.linalg.norm(z, axis=1, keepdims=True)
   want = np.mean(np.sum((p[:4] - z[4:])**2, 1) + np.sum((p[4:] - z[:4])**2, 1))
-  value, _, _ = byol.loss(online, target, None, axis_name=None)
+  value, _ = byol.loss({"global": online}, {"global": target}, None,
+                      mesh_runs.context())
   np.testing.assert_allclose(float(value), want, rtol=1e-6)
 
 
@@ -380,15 +382,18 @@ def test_simsiam_loss_value_and_stop_gradient():
                                                                          axis=1)
 
   want = np.mean(-0.5 * cos(p[:4], z[4:]) - 0.5 * cos(p[4:], z[:4]))
-  value, _, _ = simsiam.loss({"p": p, "z": z}, None, None, axis_name=None)
+  ctx = mesh_runs.context()
+  value, _ = simsiam.loss({"global": {"p": p, "z": z}}, None, None, ctx)
   np.testing.assert_allclose(float(value), want, rtol=1e-6)
-  grads = jax.grad(lambda o: simsiam.loss(o, None, None, axis_name=None)[0])(
-      {"p": jnp.asarray(p), "z": jnp.asarray(z)})
+  grads = jax.grad(
+      lambda o: simsiam.loss({"global": o}, None, None, ctx)[0])(
+          {"p": jnp.asarray(p), "z": jnp.asarray(z)})
   np.testing.assert_array_equal(np.asarray(grads["z"]), 0.0)
   assert np.abs(np.asarray(grads["p"])).max() > 1e-3
   # Identical directions: the minimum, −1.
-  value, _, _ = simsiam.loss({"p": np.concatenate([z[4:], z[:4]]) * 3, "z": z},
-                             None, None, axis_name=None)
+  value, _ = simsiam.loss(
+      {"global": {"p": np.concatenate([z[4:], z[:4]]) * 3, "z": z}}, None,
+      None, ctx)
   np.testing.assert_allclose(float(value), -1.0, rtol=1e-6)
 
 

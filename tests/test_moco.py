@@ -179,8 +179,9 @@ def test_mocov3_loss_is_2tau_times_symmetric_info_nce():
   rng = np.random.default_rng(2)
   p, z = rng.normal(size=(2, 16, 6))
   tau = 0.2
-  value, metrics = mocov3.loss({"p": jnp.asarray(p)}, {"z": jnp.asarray(z)},
-                               temperature=tau, axis_name=None)
+  value, metrics = mocov3.loss({"global": {"p": jnp.asarray(p)}},
+                               {"global": {"z": jnp.asarray(z)}}, None,
+                               mesh_runs.context(), temperature=tau)
   want = 2 * tau * (_info_nce_float64(p[:8], z[8:], tau)[0]
                     + _info_nce_float64(p[8:], z[:8], tau)[0])
   np.testing.assert_allclose(value, want, rtol=1e-5)

@@ -173,12 +173,12 @@ def _per_example_learner(method, microbatches, loop="auto"):
   if method == "simclr":
     m = base.Method(name="simclr", views={"global": 2},
                     network=base.Network(PerExampleEncoder(), head()),
-                    loss=functools.partial(simclr.objective, temperature=0.2))
+                    loss=functools.partial(simclr.loss, temperature=0.2))
   elif method == "moco":  # each network sees one selected view
     m = base.Method(
         name="moco", views={"global": 2},
         network=base.Network(PerExampleEncoder(), head()),
-        loss=functools.partial(moco.objective, temperature=0.2),
+        loss=functools.partial(moco.loss, temperature=0.2),
         forward=base.Forward(select=moco.QUERY),
         target=base.Target(
             network=base.Network(PerExampleEncoder(), head()),
@@ -192,7 +192,7 @@ def _per_example_learner(method, microbatches, loop="auto"):
     m = base.Method(
         name="byol", views={"global": 2},
         network=base.Network(PerExampleEncoder(), head(), head()),
-        loss=byol.objective, forward=base.Forward(per_view=True),
+        loss=byol.loss, forward=base.Forward(per_view=True),
         target=base.Target(
             network=base.Network(PerExampleEncoder(), head()),
             momentum=schedules.ema_momentum(0.99, 100),

@@ -46,7 +46,7 @@ def _learner(tx, bn_axis=sharding.DATA_AXIS):
              axis_name=bn_axis),
       ProjectionHead(num_layers=2, out_dim=16, axis_name=bn_axis))
   method = base.Method(name="simclr", views={"global": 2}, network=network,
-                       loss=functools.partial(simclr.objective,
+                       loss=functools.partial(simclr.loss,
                                               temperature=0.2))
   return train.Learner(method=method, tx=tx,
                        schedule=lambda step: 0.1 + 0.05 * step,
@@ -270,7 +270,7 @@ def test_method_state_sharded_over_devices_is_updated_after_the_gradient(
   d = 4
   network = base.Network(_Rows(), ProjectionHead(
       num_layers=1, out_dim=d, use_bn=False, axis_name=sharding.DATA_AXIS))
-  loss = functools.partial(simclr.objective, temperature=0.2)
+  loss = functools.partial(simclr.loss, temperature=0.2)
   state = base.State(
       init=lambda num_shards: {"rows": jnp.zeros((GLOBAL_BATCH, d)),
                     "steps": jnp.zeros([], jnp.int32)},

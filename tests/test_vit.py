@@ -12,7 +12,6 @@ from jaxssl import epochs
 from jaxssl import export
 from jaxssl import methods
 from jaxssl import freezing
-from jaxssl import optim
 from jaxssl.models import vit
 
 

@@ -114,14 +114,12 @@ def _view_major(x, num_devices):
 
 
 def _objective(num_devices, z, g, labels, **kwargs):
-  """`wcl.objective` on `num_devices` (None: unmapped) over global rows:
+  """`wcl.loss` on `num_devices` (None: unmapped) over global rows:
   the global loss, its gradient w.r.t. (z, g) and the metrics."""
   def fn(z, g, labels, axis):
-    ctx = base.StepContext(step=jnp.zeros([], jnp.int32),
-                           epoch=jnp.zeros([]), rng=jax.random.key(0),
-                           axis_name=axis, label=labels)
-    value, metrics = wcl.objective({"global": {"z": z, "p": g}}, None, None,
-                                   ctx, temperature=TAU, **kwargs)
+    ctx = mesh_runs.context(axis_name=axis, label=labels)
+    value, metrics = wcl.loss({"global": {"z": z, "p": g}}, None, None, ctx,
+                              temperature=TAU, **kwargs)
     if axis is not None:
       value, metrics = jax.tree.map(lambda m: lax.pmean(m, axis),
                                     (value, metrics))
@@ -363,12 +361,10 @@ def test_supcon_refuses_unlabelled_data():
   with pytest.raises(ValueError, match="config.method='supcon' trains on "
                      "class labels; tfds data has no labels"):
     train.create_learner(_config("supcon"), NUM_EXAMPLES)
-  ctx = base.StepContext(step=jnp.zeros([], jnp.int32), epoch=jnp.zeros([]),
-                         rng=jax.random.key(0))
   with pytest.raises(ValueError, match="SupCon needs the batch's class "
                      "labels"):
-    supcon.objective({"global": {"z": jnp.ones((4, 3))}}, None, None, ctx,
-                     temperature=TAU, base_temperature=None)
+    supcon.loss({"global": {"z": jnp.ones((4, 3))}}, None, None,
+                mesh_runs.context(), temperature=TAU, base_temperature=None)
 
 
 def test_wcl_multicrop_views_and_errors():

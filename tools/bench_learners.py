@@ -2,7 +2,7 @@
 
 No config files and no ml-collections (a bare GPU image has neither): each
 method is put together from its module's config-free pieces
-(`methods.dino.build`, `methods.swav.build`, `simclr.objective`, ...) with
+(`methods.dino.build`, `methods.swav.build`, `simclr.loss`, ...) with
 the per-step work of its reference ImageNet config (the schedules are
 constants and the frozen parts move after `FROZEN_STEPS`, which changes
 nothing a step costs; DINO is `dino_vit_small`'s whatever the encoder, so
@@ -118,7 +118,7 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
     head = ProjectionHead(num_layers=head_layers, out_dim=128, axis_name=axis)
     m = base.Method(name="simclr", views=counts,
                     network=base.Network(encoder(), head),
-                    loss=functools.partial(simclr.objective, temperature=0.1))
+                    loss=functools.partial(simclr.loss, temperature=0.1))
     tx = optim.lars(schedule, weight_decay=1e-6)
   elif method == "byol":
     head = lambda: ProjectionHead(num_layers=2, hidden_dim=4096, out_dim=256,
@@ -128,7 +128,7 @@ def make_learner(method: str, *, depth: int = 50, cifar: bool = False,
     m = base.Method(
         name="byol", views=counts,
         network=base.Network(encoder(), head(), head()),
-        loss=byol.objective, forward=per_view,
+        loss=byol.loss, forward=per_view,
         target=base.Target(
             network=base.Network(encoder(), head()),
             momentum=schedules.ema_momentum(0.99, total_steps),

@@ -22,19 +22,15 @@ if TYPE_CHECKING:  # configs are only read here: no runtime dependency
   import ml_collections
 
 
-def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
-         *, lambd: float, axis_name: Optional[str]):
-  """`Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²` of the global batch (eq. 1)."""
-  del target
-  z1, z2 = base.split_views(online["z"], 2)
-  value, c = losses.barlow_twins(z1, z2, lambd=lambd, axis_name=axis_name)
-  return value, {"bt_diag": jnp.mean(jnp.diagonal(c))}, method_state
-
-
-def objective(online, target, method_state, ctx, *, lambd: float):
-  value, metrics, _ = loss(online["global"], target, method_state,
-                           lambd=lambd, axis_name=ctx.axis_name)
-  return value, metrics
+def loss(online: base.GroupOutputs, target: None, method_state: None,
+         ctx: base.StepContext, *, lambd: float) -> tuple[jax.Array, dict]:
+  """`Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²` of the global batch (eq. 1;
+  `base.LossFn`: C is reduced over `ctx.axis_name`)."""
+  del target, method_state
+  z1, z2 = base.split_views(online["global"]["z"], 2)
+  value, c = losses.barlow_twins(z1, z2, lambd=lambd,
+                                 axis_name=ctx.axis_name)
+  return value, {"bt_diag": jnp.mean(jnp.diagonal(c))}
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
@@ -45,4 +41,4 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       name="barlow_twins", views={"global": 2},
       network=base.create_network(config, axis_name),
       forward=base.Forward(per_view=True),
-      loss=functools.partial(objective, lambd=config.loss.barlow_lambda))
+      loss=functools.partial(loss, lambd=config.loss.barlow_lambda))

@@ -47,8 +47,10 @@ class StepContext:
     step: optimizer steps taken before this one (int32 scalar).
     epoch: `step · batch_size / num_examples` (float scalar): DINO's teacher
       temperature, SwAV's queue start.
-    rng: this step's key, the same on every device (fold in
-      `lax.axis_index` for per-device randomness).
+    rng: this step's method key, the same on every device: per-example
+      draws fold in a global index (`index`, or the position in the
+      global batch, `lax.axis_index · n + row`), never the device index
+      alone, so they do not depend on the device count.
     axis_name: the mapped data axis (None on one device, unmapped).
     index: `[n]` int32 DATASET index of each local example (its position
       in the training set, `0 ≤ index < num_examples`: a memory bank's
@@ -286,6 +288,8 @@ class BankKnn:
 
 
 class LossFn(Protocol):
+  """Every method's module-level `loss(online, target, method_state, ctx,
+  *, hyper-parameters)`, bound with `functools.partial` in `create`."""
 
   def __call__(self, online: GroupOutputs, target: Optional[GroupOutputs],
                method_state: Optional[PyTree],
@@ -293,9 +297,11 @@ class LossFn(Protocol):
     """`(local_loss, metrics)` of one device's views.
 
     `online`/`target` are `{group: Outputs}` of the local views (target
-    already stop-gradient, None without a target). The global-batch loss is
-    the mean of `local_loss` over devices; `metrics` are scalars, averaged
-    over devices by the step.
+    already stop-gradient, None without a target); `method_state` the
+    state before this step's `State.update` (the loss never returns it).
+    The global-batch loss is the mean of `local_loss` over devices;
+    `metrics` are scalars, averaged over devices by the step. Collectives
+    use `ctx.axis_name` (None outside a mapped axis).
     """
 
 

@@ -29,15 +29,16 @@ if TYPE_CHECKING:  # configs are only read here: no runtime dependency
   import ml_collections
 
 
-def loss(online: base.Outputs, target: base.Outputs, method_state, *,
-         axis_name: Optional[str]):
-  """`mean_b [ℓ(p1, sg z2') + ℓ(p2, sg z1')]` over the local batch."""
-  del axis_name
-  p1, p2 = base.split_views(online["p"], 2)
-  z1, z2 = base.split_views(jax.lax.stop_gradient(target["z"]), 2)
+def loss(online: base.GroupOutputs, target: base.GroupOutputs,
+         method_state: None, ctx: base.StepContext) -> tuple[jax.Array, dict]:
+  """`mean_b [ℓ(p1, sg z2') + ℓ(p2, sg z1')]` over the local batch
+  (`base.LossFn`)."""
+  del method_state, ctx
+  p1, p2 = base.split_views(online["global"]["p"], 2)
+  z1, z2 = base.split_views(jax.lax.stop_gradient(target["global"]["z"]), 2)
   value = jnp.mean(losses.regression_loss(p1, z2)
                    + losses.regression_loss(p2, z1))
-  return value, {}, method_state
+  return value, {}
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
@@ -48,15 +49,9 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
   return base.Method(
       name="byol", views={"global": 2},
       network=base.create_network(config, axis_name, predictor=True),
-      forward=per_view, loss=objective,
+      forward=per_view, loss=loss,
       target=base.Target(
           network=base.create_network(config, axis_name),
           momentum=schedules.target_momentum(config.target, total_steps),
           tracks=base.subtrees("encoder", "projector"),
           init=config.target.get("init") or "independent", forward=per_view))
-
-
-def objective(online, target, method_state, ctx):
-  value, metrics, _ = loss(online["global"], target["global"], method_state,
-                           axis_name=ctx.axis_name)
-  return value, metrics

@@ -105,8 +105,8 @@ def view_features(z: jax.Array) -> dict:
   return {"l": losses.l2_normalize(z_l), "ab": losses.l2_normalize(z_ab)}
 
 
-def objective(online, target, method_state, ctx, *, temperature: float,
-              k: int, num_examples: int, softmax: bool):
+def loss(online, target, method_state, ctx, *, temperature: float,
+         k: int, num_examples: int, softmax: bool):
   """L against the ab bank plus ab against the L bank (NCE or softmax)."""
   del target
   f = view_features(online["global"]["z"])
@@ -189,12 +189,12 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
   view's linear layer to 128), `loss` (`temperature`, `nce_k`,
   `bank_momentum`, `cmc_softmax`)."""
   del total_steps
-  loss = config.loss
-  if loss.nce_k <= 0:
-    raise ValueError(f"config.loss.nce_k={loss.nce_k} must be > 0 (CMC "
+  loss_cfg = config.loss
+  if loss_cfg.nce_k <= 0:
+    raise ValueError(f"config.loss.nce_k={loss_cfg.nce_k} must be > 0 (CMC "
                      "draws K negatives per example)")
-  settings = dict(temperature=loss.temperature, k=loss.nce_k,
-                  num_examples=num_examples, softmax=loss.cmc_softmax)
+  settings = dict(temperature=loss_cfg.temperature, k=loss_cfg.nce_k,
+                  num_examples=num_examples, softmax=loss_cfg.cmc_softmax)
   state = None
   if num_examples > 0:  # 0: only the views are asked for
     bank_rng = jax.random.fold_in(jax.random.key(config.seed), 0x636d63)
@@ -204,12 +204,12 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
     state = base.State(
         init=functools.partial(init_banks, bank_rng, num_examples,
                                config.head.out_dim),
-        update=functools.partial(update_banks, momentum=loss.bank_momentum,
+        update=functools.partial(update_banks, momentum=loss_cfg.bank_momentum,
                                  **settings),
         specs=specs)
   return base.Method(
       name="cmc", views={"global": 1},
       network=create_network(config, axis_name),
-      loss=functools.partial(objective, **settings),
+      loss=functools.partial(loss, **settings),
       state=state, needs_index=True,
       bank_knn=instdisc.bank_knn(bank_rows, query_features, num_examples))

@@ -163,8 +163,8 @@ def _group(views) -> str:
   return "global"
 
 
-def objective(online, target, method_state, ctx, *, directions: tuple,
-              offsets: tuple):
+def loss(online, target, method_state, ctx, *, directions: tuple,
+         offsets: tuple):
   """`cpc_infonce` summed over directions and offsets."""
   del target, method_state
   out = online["global"]
@@ -184,28 +184,30 @@ def create_network(config: ml_collections.ConfigDict,
                    axis_name: Optional[str]) -> CPCNetwork:
   """The patch encoder of `config.model` (LayerNorm: `model.norm`) and the
   heads of `config.loss`."""
-  loss = config.loss
+  loss_cfg = config.loss
   backbone = models.create_encoder(config.model, axis_name)
   return CPCNetwork(
-      patches_lib.PatchEncoder(backbone, loss.patch_size, loss.patch_stride),
-      patches_lib.Projection(loss.target_dim), directions=tuple(loss.directions),
-      offsets=tuple(loss.offsets), context_hidden=loss.context_hidden,
-      context_blocks=loss.context_blocks, target_dim=loss.target_dim,
-      emb_scale=loss.emb_scale)
+      patches_lib.PatchEncoder(backbone, loss_cfg.patch_size,
+                               loss_cfg.patch_stride),
+      patches_lib.Projection(loss_cfg.target_dim),
+      directions=tuple(loss_cfg.directions),
+      offsets=tuple(loss_cfg.offsets), context_hidden=loss_cfg.context_hidden,
+      context_blocks=loss_cfg.context_blocks, target_dim=loss_cfg.target_dim,
+      emb_scale=loss_cfg.emb_scale)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """The grid tiles the view; offsets and directions make sense."""
-  loss = config.loss
-  g = patches_lib.grid_size(config.data.image_size, loss.patch_size,
-                            loss.patch_stride)
-  bad = [d for d in loss.directions if d not in patches_lib.DIRECTIONS]
-  if not loss.directions or bad:
-    raise ValueError(f"config.loss.directions={tuple(loss.directions)}: "
+  loss_cfg = config.loss
+  g = patches_lib.grid_size(config.data.image_size, loss_cfg.patch_size,
+                            loss_cfg.patch_stride)
+  bad = [d for d in loss_cfg.directions if d not in patches_lib.DIRECTIONS]
+  if not loss_cfg.directions or bad:
+    raise ValueError(f"config.loss.directions={tuple(loss_cfg.directions)}: "
                      f"choose from {list(patches_lib.DIRECTIONS)}")
-  if not loss.offsets or any(not 0 < k < g for k in loss.offsets):
-    raise ValueError(f"config.loss.offsets={tuple(loss.offsets)} must be in "
-                     f"[1, {g - 1}] for a {g} × {g} patch grid")
+  if not loss_cfg.offsets or any(not 0 < k < g for k in loss_cfg.offsets):
+    raise ValueError(f"config.loss.offsets={tuple(loss_cfg.offsets)} must be "
+                     f"in [1, {g - 1}] for a {g} × {g} patch grid")
   if config.model.get("norm", "batch") != "layer":
     raise ValueError("CPC v2 encodes patches with LayerNorm: set "
                      "config.model.norm='layer' (BatchNorm shares statistics "
@@ -222,12 +224,12 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
   `patch_augment`)."""
   del total_steps, num_examples
   check_config(config)
-  loss = config.loss
+  loss_cfg = config.loss
   return base.Method(
       name="cpc", views={"global": 1},
       network=create_network(config, axis_name),
-      forward=PatchForward(patch_size=loss.patch_size,
-                           stride=loss.patch_stride,
-                           augment=loss.patch_augment),
-      loss=functools.partial(objective, directions=tuple(loss.directions),
-                             offsets=tuple(loss.offsets)))
+      forward=PatchForward(patch_size=loss_cfg.patch_size,
+                           stride=loss_cfg.patch_stride,
+                           augment=loss_cfg.patch_augment),
+      loss=functools.partial(loss, directions=tuple(loss_cfg.directions),
+                             offsets=tuple(loss_cfg.offsets)))

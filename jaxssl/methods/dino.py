@@ -64,8 +64,8 @@ def _student_teacher(online: base.GroupOutputs, target: base.GroupOutputs):
   return student, target["global"]["z"]
 
 
-def objective(online, target, method_state, ctx, *, temperature: float,
-              teacher_temperature, center_momentum: float):
+def loss(online, target, method_state, ctx, *, temperature: float,
+         teacher_temperature, center_momentum: float):
   student, teacher = _student_teacher(online, target)
   tau_t = teacher_temperature(ctx.step)
   value, _ = losses.dino(student, teacher, method_state["center"],
@@ -141,7 +141,7 @@ def build(student: base.Network, teacher: base.Network, *,
       name="dino", views=views, network=student,
       forward=base.Forward(per_view=False),
       loss=functools.partial(
-          objective, temperature=temperature,
+          loss, temperature=temperature,
           teacher_temperature=teacher_temperature,
           center_momentum=center_momentum),
       target=base.Target(

@@ -180,8 +180,8 @@ def full_softmax(f: jax.Array, bank: jax.Array, index: jax.Array, *,
   return jnp.mean(mine - jnp.sum(f * positive, axis=1) / temperature)
 
 
-def objective(online, target, method_state, ctx, *, temperature: float,
-              k: int, num_examples: int, shared_noise: bool):
+def loss(online, target, method_state, ctx, *, temperature: float,
+         k: int, num_examples: int, shared_noise: bool):
   """NCE (or full softmax) of the local features against the bank."""
   del target
   f = losses.l2_normalize(online["global"]["z"])
@@ -271,19 +271,19 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
   """InstDisc of config sections `model`, `head` (one linear layer to 128),
   `loss` (`temperature`, `nce_k`, `bank_momentum`, `shared_noise`)."""
   del total_steps
-  loss = config.loss
-  if loss.nce_k < 0:
-    raise ValueError(f"config.loss.nce_k={loss.nce_k} must be >= 0 (0: "
+  loss_cfg = config.loss
+  if loss_cfg.nce_k < 0:
+    raise ValueError(f"config.loss.nce_k={loss_cfg.nce_k} must be >= 0 (0: "
                      "the full softmax over the bank)")
   dim = config.head.out_dim
   bank_rng = jax.random.fold_in(jax.random.key(config.seed), 0x62616e6b)
-  settings = dict(temperature=loss.temperature, k=loss.nce_k,
-                  num_examples=num_examples, shared_noise=loss.shared_noise)
+  settings = dict(temperature=loss_cfg.temperature, k=loss_cfg.nce_k,
+                  num_examples=num_examples, shared_noise=loss_cfg.shared_noise)
   state = None
   if num_examples > 0:  # 0: only the views are asked for
     state = base.State(
         init=functools.partial(init_bank, bank_rng, num_examples, dim),
-        update=functools.partial(update_bank, momentum=loss.bank_momentum,
+        update=functools.partial(update_bank, momentum=loss_cfg.bank_momentum,
                                  **settings),
         specs={"bank": PartitionSpec(DATA_AXIS),
                "labels": PartitionSpec(DATA_AXIS),
@@ -292,6 +292,6 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       name="instdisc", views={"global": 1},
       network=base.create_network(config, axis_name),
       forward=base.Forward(per_view=False),
-      loss=functools.partial(objective, **settings),
+      loss=functools.partial(loss, **settings),
       state=state, needs_index=True,
       bank_knn=bank_knn(lambda s: s["bank"], query_feature, num_examples))

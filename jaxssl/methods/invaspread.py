@@ -44,8 +44,8 @@ if TYPE_CHECKING:  # configs are only read here: no runtime dependency
   import ml_collections
 
 
-def objective(online, target, method_state, ctx, *, temperature: float,
-              negative_weight: float):
+def loss(online, target, method_state, ctx, *, temperature: float,
+         negative_weight: float):
   """`invariance_spreading` of the local `[view 1; view 2]` features."""
   del target, method_state
   z = online["global"]["z"]
@@ -66,5 +66,5 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       name="invaspread", views={"global": 2},
       network=base.create_network(config, axis_name),
       forward=base.Forward(per_view=False),
-      loss=functools.partial(objective, temperature=config.loss.temperature,
+      loss=functools.partial(loss, temperature=config.loss.temperature,
                              negative_weight=config.loss.negative_weight))

@@ -64,11 +64,14 @@ QUERY = {"global": (0,)}  # the query encoder sees view 1,
 KEY = {"global": (1,)}  # the key encoder view 2.
 
 
-def loss(online: base.Outputs, target: base.Outputs, method_state, *,
+def loss(online: base.GroupOutputs, target: base.GroupOutputs,
+         method_state: dict, ctx: base.StepContext, *,
          temperature: float) -> tuple[jax.Array, dict]:
-  """InfoNCE of the local queries against their keys and the queue."""
+  """InfoNCE of the local queries against their keys and the queue
+  (`base.LossFn`; nothing is gathered: the queue holds the negatives)."""
+  del ctx
   queue = method_state["queue"]
-  q, k = online["z"], lax.stop_gradient(target["z"])
+  q, k = online["global"]["z"], lax.stop_gradient(target["global"]["z"])
   value, accuracy = losses.info_nce_and_accuracy(q, k, temperature,
                                                  queue=queue)
   return value, {"contrast_acc": accuracy,
@@ -81,12 +84,6 @@ def queue_similarity(x: jax.Array, queue: jax.Array) -> jax.Array:
   same number without the [n, K] product."""
   return lax.stop_gradient(jnp.mean(losses.l2_normalize(x) @ jnp.mean(
       queue.astype(x.dtype), axis=0)))
-
-
-def objective(online, target, method_state, ctx, *, temperature: float):
-  del ctx
-  return loss(online["global"], target["global"], method_state,
-              temperature=temperature)
 
 
 def init_queue(rng: jax.Array, size: int, dim: int) -> dict:
@@ -195,7 +192,7 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       name="moco", views={"global": 2},
       network=base.create_network(config, axis_name),
       forward=base.Forward(select=QUERY),
-      loss=functools.partial(objective, temperature=config.loss.temperature),
+      loss=functools.partial(loss, temperature=config.loss.temperature),
       target=base.Target(
           network=base.create_network(config, axis_name),
           momentum=schedules.target_momentum(config.target, total_steps),

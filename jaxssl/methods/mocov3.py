@@ -48,22 +48,19 @@ if TYPE_CHECKING:  # configs are only read here: no runtime dependency
   import ml_collections
 
 
-def loss(online: base.Outputs, target: base.Outputs, *, temperature: float,
-         axis_name: Optional[str]) -> tuple[jax.Array, dict]:
-  """`2τ·[ctr(q1, k2) + ctr(q2, k1)]` of the local queries."""
-  q1, q2 = base.split_views(online["p"], 2)
-  k1, k2 = base.split_views(lax.stop_gradient(target["z"]), 2)
+def loss(online: base.GroupOutputs, target: base.GroupOutputs,
+         method_state: None, ctx: base.StepContext, *,
+         temperature: float) -> tuple[jax.Array, dict]:
+  """`2τ·[ctr(q1, k2) + ctr(q2, k1)]` of the local queries, keys gathered
+  over `ctx.axis_name` (`base.LossFn`)."""
+  del method_state
+  q1, q2 = base.split_views(online["global"]["p"], 2)
+  k1, k2 = base.split_views(lax.stop_gradient(target["global"]["z"]), 2)
   ctr = functools.partial(losses.info_nce_and_accuracy,
-                          temperature=temperature, axis_name=axis_name)
+                          temperature=temperature, axis_name=ctx.axis_name)
   loss_12, accuracy = ctr(q1, k2)
   loss_21, _ = ctr(q2, k1)
   return 2.0 * temperature * (loss_12 + loss_21), {"contrast_acc": accuracy}
-
-
-def objective(online, target, method_state, ctx, *, temperature: float):
-  del method_state
-  return loss(online["global"], target["global"], temperature=temperature,
-              axis_name=ctx.axis_name)
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
@@ -76,7 +73,7 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       name="mocov3", views={"global": 2},
       network=base.create_network(config, axis_name, predictor=True),
       forward=per_view,
-      loss=functools.partial(objective, temperature=config.loss.temperature),
+      loss=functools.partial(loss, temperature=config.loss.temperature),
       target=base.Target(
           network=base.create_network(config, axis_name),
           momentum=schedules.target_momentum(config.target, total_steps,

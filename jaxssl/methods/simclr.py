@@ -47,27 +47,21 @@ if TYPE_CHECKING:  # configs are only read here: no runtime dependency
   import ml_collections
 
 
-def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
-         *, temperature: float, axis_name: Optional[str],
-         memory: bool = False):
-  """NT-Xent on `z = [z_view1; z_view2]` of the local batch; with `memory`,
-  the rows of `method_state['queue']` are extra negatives."""
+def loss(online: base.GroupOutputs, target: Optional[base.GroupOutputs],
+         method_state: Optional[dict], ctx: base.StepContext, *,
+         temperature: float, memory: bool = False) -> tuple[jax.Array, dict]:
+  """NT-Xent on `z = [z_view1; z_view2]` of the local anchors, negatives
+  gathered over `ctx.axis_name` (`base.LossFn`); with `memory`, the rows of
+  `method_state['queue']` are extra negatives."""
   del target
-  z1, z2 = base.split_views(online["z"], 2)
+  z = online["global"]["z"]
+  z1, z2 = base.split_views(z, 2)
   queue = method_state["queue"] if memory else None
   value, accuracy = losses.nt_xent_and_accuracy(
-      z1, z2, temperature, axis_name=axis_name, queue=queue)
+      z1, z2, temperature, axis_name=ctx.axis_name, queue=queue)
   metrics = {"contrast_acc": accuracy}
   if queue is not None:
-    metrics["memory_sim"] = moco.queue_similarity(online["z"], queue)
-  return value, metrics, method_state
-
-
-def objective(online, target, method_state, ctx, *, temperature: float,
-              memory: bool = False):
-  value, metrics, _ = loss(online["global"], target, method_state,
-                           temperature=temperature, axis_name=ctx.axis_name,
-                           memory=memory)
+    metrics["memory_sim"] = moco.queue_similarity(z, queue)
   return value, metrics
 
 
@@ -108,6 +102,6 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       name="simclr", views={"global": 2},
       network=base.create_network(config, axis_name),
       forward=base.Forward(per_view=False),
-      loss=functools.partial(objective, temperature=config.loss.temperature,
+      loss=functools.partial(loss, temperature=config.loss.temperature,
                              memory=state is not None),
       target=target, state=state)

@@ -21,15 +21,16 @@ if TYPE_CHECKING:  # configs are only read here: no runtime dependency
   import ml_collections
 
 
-def loss(online: base.Outputs, target: Optional[base.Outputs], method_state,
-         *, axis_name: Optional[str]):
-  """`mean_b [D(p1, sg z2)/2 + D(p2, sg z1)/2]`, D = negative cosine (eq. 2)."""
-  del target, axis_name
-  p1, p2 = base.split_views(online["p"], 2)
-  z1, z2 = base.split_views(jax.lax.stop_gradient(online["z"]), 2)
+def loss(online: base.GroupOutputs, target: None, method_state: None,
+         ctx: base.StepContext) -> tuple[jax.Array, dict]:
+  """`mean_b [D(p1, sg z2)/2 + D(p2, sg z1)/2]`, D = negative cosine (eq. 2),
+  of the local batch (`base.LossFn`)."""
+  del target, method_state, ctx
+  p1, p2 = base.split_views(online["global"]["p"], 2)
+  z1, z2 = base.split_views(jax.lax.stop_gradient(online["global"]["z"]), 2)
   value = jnp.mean(0.5 * losses.negative_cosine(p1, z2)
                    + 0.5 * losses.negative_cosine(p2, z1))
-  return value, {}, method_state
+  return value, {}
 
 
 def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
@@ -39,10 +40,4 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
   return base.Method(
       name="simsiam", views={"global": 2},
       network=base.create_network(config, axis_name, predictor=True),
-      forward=base.Forward(per_view=True), loss=objective)
-
-
-def objective(online, target, method_state, ctx):
-  value, metrics, _ = loss(online["global"], target, method_state,
-                           axis_name=ctx.axis_name)
-  return value, metrics
+      forward=base.Forward(per_view=True), loss=loss)

@@ -67,9 +67,9 @@ def label_accuracy(z: jax.Array, labels: jax.Array, *, num_views: int,
   return jnp.mean(precision.to_full(hits))
 
 
-def objective(online: base.GroupOutputs, target, method_state,
-              ctx: base.StepContext, *, temperature: float,
-              base_temperature: Optional[float]) -> tuple[jax.Array, dict]:
+def loss(online: base.GroupOutputs, target, method_state,
+         ctx: base.StepContext, *, temperature: float,
+         base_temperature: Optional[float]) -> tuple[jax.Array, dict]:
   """`losses.supcon` of the two views' projections with the class labels."""
   del target, method_state
   if ctx.label is None:
@@ -94,6 +94,6 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
       network=base.create_network(config, axis_name),
       forward=base.Forward(per_view=False),
       loss=functools.partial(
-          objective, temperature=config.loss.temperature,
+          loss, temperature=config.loss.temperature,
           base_temperature=config.loss.base_temperature or None),
       needs_labels=True)

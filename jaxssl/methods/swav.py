@@ -89,8 +89,8 @@ def _crops(online: base.GroupOutputs, key: str) -> jax.Array:
                           if g in online])
 
 
-def objective(online, target, method_state, ctx, *, num_crops: int,
-              temperature: float, epsilon: float, num_iters: int):
+def loss(online, target, method_state, ctx, *, num_crops: int,
+         temperature: float, epsilon: float, num_iters: int):
   """SwAV's loss; with a queue, the queue enters once it is full, scored
   by the current prototypes (no gradient)."""
   del target
@@ -182,6 +182,6 @@ def build(network: base.Network, *, views: Dict[str, int],
       name="swav", views=views, network=network,
       forward=base.Forward(per_view=False),
       loss=functools.partial(
-          objective, num_crops=sum(views.values()), temperature=temperature,
+          loss, num_crops=sum(views.values()), temperature=temperature,
           epsilon=epsilon, num_iters=num_iters),
       state=state, post_update=normalize_prototypes)

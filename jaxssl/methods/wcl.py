@@ -152,9 +152,9 @@ def knn_multicrop_loss(local_z: jax.Array, z1: jax.Array, z2: jax.Array, *,
   return value, lax.stop_gradient(own_rate)
 
 
-def objective(online: base.GroupOutputs, target, method_state,
-              ctx: base.StepContext, *, temperature: float,
-              knn_positives: int = 0) -> tuple[jax.Array, dict]:
+def loss(online: base.GroupOutputs, target, method_state,
+         ctx: base.StepContext, *, temperature: float,
+         knn_positives: int = 0) -> tuple[jax.Array, dict]:
   """WCL's loss: instance discrimination on head 1 plus the graph loss on
   head 2 (plus the kNN multi-crop term when `knn_positives` > 0)."""
   del target, method_state
@@ -223,5 +223,5 @@ def create(config: ml_collections.ConfigDict, *, axis_name: Optional[str],
   return base.Method(
       name="wcl", views=views, network=create_network(config, axis_name),
       forward=base.Forward(per_view=True),
-      loss=functools.partial(objective, temperature=config.loss.temperature,
+      loss=functools.partial(loss, temperature=config.loss.temperature,
                              knn_positives=knn_positives))
