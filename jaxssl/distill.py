@@ -34,7 +34,6 @@ from jax import lax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 import ml_collections
-import numpy as np
 import optax
 
 from jaxssl import downstream
@@ -48,7 +47,6 @@ from jaxssl import sharding
 from jaxssl import train
 from jaxssl import view_presets
 from jaxssl import views as views_lib
-from jaxssl.data import sources
 from jaxssl.evaluators import linear_probe
 
 PyTree = Any
@@ -263,9 +261,9 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
   task = create_task(config, teacher, info, spec=spec, schedule=schedule)
   state = create_state(task, teacher_variables, init=config.student.init,
                        seed=config.seed, mesh=mesh)
-  eval_data = downstream.data_config(config.data, info["pretrain_config"].data)
-  eval_ds = sources.eval_arrays(eval_data, eval_data.eval_split,
-                                image_size=spec.size)
+  evaluator = downstream.evaluator(
+      downstream.data_config(config.data, info["pretrain_config"].data),
+      mesh, spec=spec, batch_size=config.eval_batch_size)
   progress.print0(
       f"distillation of {config.teacher} into a {config.student.init} "
       f"student ({config.student.model or 'same'}) on "
@@ -273,20 +271,15 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
       f"{length.total_steps} steps, τ={config.temperature}, "
       f"α={config.alpha}")
 
-  eval_logits = functools.partial(
-      downstream.logits, eval_ds=eval_ds, mesh=mesh, size=spec.size,
-      normalize=spec.normalize, batch_size=config.eval_batch_size)
-  teacher_logits = eval_logits(teacher, teacher_variables)
-  teacher_results = linear_probe.top_k_accuracy(teacher_logits,
-                                                eval_ds.labels)
+  teacher_results = evaluator(teacher, teacher_variables)
+  teacher_results.pop("eval_images")
 
   def evaluate(state):
-    student_logits = eval_logits(task.student, {
-        "params": state.params, "batch_stats": state.batch_stats})
-    return {**linear_probe.top_k_accuracy(student_logits, eval_ds.labels),
-            "test_agreement": float(np.mean(
-                np.argmax(student_logits, -1) == np.argmax(teacher_logits,
-                                                           -1)))}
+    out = evaluator(task.student, {"params": state.params,
+                                   "batch_stats": state.batch_stats},
+                    reference=(teacher, teacher_variables))
+    out["test_agreement"] = out.pop("agreement")
+    return out
 
   def on_epoch_end(epoch, state):
     del epoch
@@ -295,12 +288,13 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
     return evaluate(state) if due else {}
 
   start = time.perf_counter()
-  state, history, epochs, start_step, writer = downstream.train(
+  state, record, start_step, writer = downstream.train(
       state, compile_step(task, mesh), train_input, length=length,
       config=config, workdir=workdir, on_epoch_end=on_epoch_end)
   results = {"mode": "distill", "steps": length.total_steps,
              "start_step": start_step,
              "train_seconds": time.perf_counter() - start,
+             "run_seconds": record.seconds,
              "num_examples": num_examples, "teacher": str(config.teacher),
              **{f"teacher_{k}": v for k, v in teacher_results.items()},
              **evaluate(state)}
@@ -308,11 +302,11 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
                                             for k in ("top1", "top5")})
   writer.close()
   progress.print0(
-      f"distilled student on {eval_ds.name}: top-1 {results['top1']:.4f} | "
+      f"distilled student on {evaluator.name}: top-1 {results['top1']:.4f} | "
       f"top-5 {results['top5']:.4f} (teacher {results['teacher_top1']:.4f} "
       f"| {results['teacher_top5']:.4f}; same prediction on "
       f"{results['test_agreement']:.1%})")
-  downstream.write_results(workdir, results, history, epochs)
+  train.write_results(workdir, results, record)
   return results
 
 

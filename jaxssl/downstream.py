@@ -9,26 +9,25 @@ fine-tuning (`jaxssl.linear_eval`) and distillation (`jaxssl.distill`).
   weight decay an L2 term of the loss (`classifier_decay`).
 * `train`: the resumable loop (orbax checkpoints in `workdir/checkpoints`;
   a restarted run continues from the newest one, on the input stream's
-  position), and `evaluate`: top-1/top-5 on centre crops.
+  position), and `evaluator`: top-1/top-5 on centre crops of the
+  evaluation split, streamed per process (each process reads its share,
+  counts are reduced over all devices: host memory independent of the
+  split's size, one process or a pod alike).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
-import json
 import sys
 from typing import Any, Callable, Optional
 
 from absl import app
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 import optax
 
-from jaxssl import augment
 from jaxssl import checkpointing
 from jaxssl import classifier as classifier_lib
 from jaxssl import epochs as epochs_lib
@@ -40,10 +39,9 @@ from jaxssl import progress
 from jaxssl import schedules
 from jaxssl import train as train_lib
 from jaxssl import view_presets
-from jaxssl.data import in_memory
+from jaxssl.data import eval_input
 from jaxssl.data import sources
-from jaxssl.evaluators import knn
-from jaxssl.evaluators import linear_probe
+from jaxssl.evaluators import classification
 
 PyTree = Any
 CLASSIFIER = classifier_lib.CLASSIFIER
@@ -134,33 +132,15 @@ def training_input(config: ml_collections.ConfigDict,
   return spec, train_input, length, schedule
 
 
-@functools.partial(jax.jit, static_argnames=("model", "size", "normalize"))
-def _logits(variables, images, *, model: nn.Module, size: int,
-            normalize: bool):
-  """Eval-mode logits; the weights are an argument, so every evaluation of
-  a run reuses one compilation."""
-  x = augment.center_resize(images, size, normalize)
-  return model.apply(variables, x, train=False)
-
-
-def logits(model: nn.Module, variables: dict,
-           eval_ds: in_memory.ArrayDataset, *, mesh: Mesh, size: int,
-           normalize: bool, batch_size: int):
-  """Eval-mode logits `[n, C]` of the (centre-cropped) evaluation images."""
-  return knn.extract_features(
-      functools.partial(_logits, variables, model=model, size=size,
-                        normalize=normalize),
-      eval_ds.images, batch_size=batch_size, mesh=mesh)
-
-
-def evaluate(model: nn.Module, variables: dict,
-             eval_ds: in_memory.ArrayDataset, *, mesh: Mesh, size: int,
-             normalize: bool, batch_size: int) -> dict:
-  """`{'top1', 'top5'}` on the (centre-cropped) evaluation images, with
-  eval-mode BatchNorm."""
-  return linear_probe.top_k_accuracy(
-      logits(model, variables, eval_ds, mesh=mesh, size=size,
-             normalize=normalize, batch_size=batch_size), eval_ds.labels)
+def evaluator(data: ml_collections.ConfigDict, mesh: Mesh, *,
+              spec: view_presets.ViewSpec, batch_size: int
+              ) -> classification.ClassificationEvaluator:
+  """Top-1/top-5 on the centre crops of `data.eval_split`, streamed per
+  process (`evaluators.classification`), normalised as `spec`."""
+  split = eval_input.split_input(data, data.eval_split, mesh,
+                                 image_size=spec.size, batch_size=batch_size)
+  return classification.ClassificationEvaluator(
+      split, mesh=mesh, image_size=spec.size, normalize=spec.normalize)
 
 
 def train(state, step_fn, train_input: sources.TrainInput, *,
@@ -175,8 +155,8 @@ def train(state, step_fn, train_input: sources.TrainInput, *,
   `workdir/metrics.jsonl` (a resumed run keeps the records up to its step).
 
   Returns:
-    `(state, history, epoch summaries, the step it started from, the
-    metric writer)`.
+    `(state, the run's loop.RunRecord (every segment's), the step it
+    started from, the metric writer)`.
   """
   opts = config.checkpointing
   checkpointer = checkpointing.Checkpointer(
@@ -191,22 +171,13 @@ def train(state, step_fn, train_input: sources.TrainInput, *,
   writer = metric_writers.MetricWriter(workdir, start_step=start,
                                        print_fn=progress.print0)
   try:
-    state, history, epochs = loop.train_loop(
+    state, record = loop.train_loop(
         state, step_fn, train_input.batches(start), length=length,
         log_every=config.log_every, writer=writer, on_epoch_end=on_epoch_end,
         checkpointer=checkpointer, loop_state=loop_state)
   finally:
     checkpointer.close()
-  return state, history, epochs, start, writer
-
-
-def write_results(workdir: paths.Path, results: dict, history: list,
-                  epochs: list) -> None:
-  """`workdir/results.json` (process 0): the results, the per-report
-  history and the epoch summaries; its presence marks the run finished."""
-  if jax.process_index() == 0:
-    paths.write_text(workdir / "results.json", json.dumps(
-        {"results": results, "history": history, "epochs": epochs}, indent=1))
+  return state, record, start, writer
 
 
 def run_as_main(run_fn: Callable[[ml_collections.ConfigDict, str], dict]

@@ -34,7 +34,7 @@ from jaxssl import progress
 from jaxssl import sharding
 from jaxssl import train
 from jaxssl import views as views_lib
-from jaxssl.data import sources
+from jaxssl.evaluators import classification
 from jaxssl.evaluators import linear_probe
 from jaxssl.models import vit
 
@@ -148,15 +148,11 @@ def _like(tree: dict, template: dict) -> dict:
           for k, v in template.items()}
 
 
-def evaluate(task: Task, state: ClassifierState, eval_ds, *, mesh: Mesh,
-             batch_size: int) -> dict:
+def evaluate(task: Task, state: ClassifierState,
+             evaluator: classification.ClassificationEvaluator) -> dict:
   """Top-1/top-5 on centre crops (eval-mode BatchNorm)."""
-  variables = {"params": {**state.frozen, **state.params},
-               "batch_stats": state.batch_stats}
-  return downstream.evaluate(task.model, variables, eval_ds, mesh=mesh,
-                             size=task.spec.size,
-                             normalize=task.spec.normalize,
-                             batch_size=batch_size)
+  return evaluator(task.model, {"params": {**state.frozen, **state.params},
+                                "batch_stats": state.batch_stats})
 
 
 def check_head_layers(projector, head_layers: int, method: str) -> None:
@@ -224,7 +220,8 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
       spec=spec, finetune=finetune,
       classifier_decay=downstream.classifier_decay_rate(config.optimizer))
   state = create_state(task, pretrained, config.seed, mesh)
-  eval_ds = sources.eval_arrays(data, data.eval_split, image_size=spec.size)
+  evaluator = downstream.evaluator(data, mesh, spec=spec,
+                                   batch_size=config.eval_batch_size)
   print_fn = progress.print0
   print_fn(f"{config.mode} of {config.checkpoint} on "
            f"{train_input.description}: {num_examples} examples, "
@@ -235,22 +232,21 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
     if not length.eval_due(int(jax.device_get(state.step)),
                            config.eval_every_epochs):
       return {}
-    return evaluate(task, state, eval_ds, mesh=mesh,
-                    batch_size=config.eval_batch_size)
+    return evaluate(task, state, evaluator)
 
   start = time.perf_counter()
-  state, history, epochs, start_step, writer = downstream.train(
+  state, record, start_step, writer = downstream.train(
       state, compile_step(task, mesh), train_input, length=length,
       config=config, workdir=workdir, on_epoch_end=on_epoch_end)
   results = {"mode": config.mode, "steps": steps, "start_step": start_step,
              "train_seconds": time.perf_counter() - start,
+             "run_seconds": record.seconds,
              "num_examples": num_examples,
-             **evaluate(task, state, eval_ds, mesh=mesh,
-                        batch_size=config.eval_batch_size)}
+             **evaluate(task, state, evaluator)}
   writer.write_scalars(steps, {f"eval/{k}": results[k]
                                for k in ("top1", "top5")})
   writer.close()
-  print_fn(f"{config.mode} on {eval_ds.name}: top-1 {results['top1']:.4f} | "
+  print_fn(f"{config.mode} on {evaluator.name}: top-1 {results['top1']:.4f} | "
            f"top-5 {results['top5']:.4f}")
   if finetune:  # the teacher of `jaxssl.distill`
     export.save_classifier(workdir, task.model, jax.device_get(
@@ -260,7 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
             "head_layers": config.head_layers,
             "num_classes": train_input.num_classes,
             "data": data.to_dict(), "seed": config.seed})
-  downstream.write_results(workdir, results, history, epochs)
+  train.write_results(workdir, results, record)
   return results
 
 

@@ -3,13 +3,16 @@
 `train_loop` feeds batches to a compiled step, reports every `log_every`
 steps and at every epoch end (`jaxssl.epochs.RunLength`), saves checkpoints
 and stops everywhere on a SIGTERM agreed inside the step. Its own state (the
-current epoch's partial metric sums, `EpochSums`) is saved with each
-checkpoint, so an epoch summary after a mid-epoch resume covers the whole
-epoch, exactly as the uninterrupted run's does.
+current epoch's partial metric sums, `EpochSums`, and the run's record so
+far, `RunRecord`) is saved with each checkpoint, so an epoch summary after a
+mid-epoch resume covers the whole epoch, exactly as the uninterrupted run's
+does, and a resumed run's `results.json` covers every segment of the run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
@@ -22,6 +25,7 @@ from jaxssl import preemption
 from jaxssl import progress
 
 LOOP_SUMS = "epoch_sums"  # key of `EpochSums` in the checkpoint's loop state
+LOOP_RECORD = "record"  # key of `RunRecord` in the checkpoint's loop state
 
 
 class Preempted(Exception):
@@ -64,6 +68,42 @@ class EpochSums:
     return cls(data.get("sums"), int(data.get("count", 0)))
 
 
+@dataclasses.dataclass
+class RunRecord:
+  """What a run reported, over all its segments (a segment: one process
+  lifetime, from a start or resume to its last checkpoint or the end).
+
+  Attributes:
+    history: `{'step', metric: mean}` at every report (`log_every` steps,
+      saves, epoch ends), from step 1.
+    epochs: the per-epoch summaries (with their evaluations).
+    segments: `{'start_step', 'end_step', 'seconds'}` per segment, in
+      order; `seconds` is the segment's wall time from its first step to
+      `end_step` (evaluations included). Steps a segment ran after its last
+      checkpoint are not in it: the next segment runs them again.
+  """
+  history: list = dataclasses.field(default_factory=list)
+  epochs: list = dataclasses.field(default_factory=list)
+  segments: list = dataclasses.field(default_factory=list)
+
+  def to_json(self) -> dict:
+    return {"history": list(self.history), "epochs": list(self.epochs),
+            "segments": [dict(s) for s in self.segments]}
+
+  @classmethod
+  def from_json(cls, data: Optional[Mapping[str, Any]]) -> "RunRecord":
+    """The record saved with a checkpoint (empty for a fresh start, or a
+    checkpoint written before records were kept)."""
+    data = data or {}
+    return cls(*(list(data.get(k, ())) for k in ("history", "epochs",
+                                                   "segments")))
+
+  @property
+  def seconds(self) -> float:
+    """Wall time of all segments."""
+    return float(sum(s["seconds"] for s in self.segments))
+
+
 def _mean(metrics: list) -> dict:
   return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
 
@@ -75,7 +115,7 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
                checkpointer: Optional[checkpointing.Checkpointer] = None,
                preemption_flag: Optional[preemption.PreemptionFlag] = None,
                loop_state: Optional[dict] = None,
-               ) -> tuple[Any, list, list]:
+               ) -> tuple[Any, RunRecord]:
   """Runs `step_fn` to `length.total_steps`; reports every `log_every`
   steps, at every save and at the end of every epoch; saves checkpoints as
   `checkpointer` says.
@@ -103,13 +143,19 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
       restored from (None: a fresh start).
 
   Returns:
-    The final state, the per-report history and the per-epoch summaries.
+    The final state and the run's `RunRecord` (history, epoch summaries
+    and segments of the whole run, the restored segments' included).
   """
   start = int(jax.device_get(state.step))
   reporter = progress.Progress(length.total_steps, length.batch_size,
                                start_step=start, print_fn=progress.print0)
   sums = EpochSums.from_json((loop_state or {}).get(LOOP_SUMS))
-  pending, history, summaries = [], [], []
+  record = RunRecord.from_json((loop_state or {}).get(LOOP_RECORD))
+  segment = {"start_step": start, "end_step": start, "seconds": 0.0}
+  if start < length.total_steps:
+    record.segments.append(segment)
+  began = time.perf_counter()
+  pending = []
   agreed_flag = None  # the previous step's agreed preemption flag
   for step in range(start + 1, length.total_steps + 1):
     batch = next(batches)
@@ -134,7 +180,7 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
         raise FloatingPointError(
             f"loss is {summary['loss']} around step {step}; stopping")
       reporter.report(step, {"epoch": length.epoch(step), **summary})
-      history.append({"step": step, **summary})
+      record.history.append({"step": step, **summary})
       if writer is not None:
         writer.write_scalars(step, {f"train/{k}": v
                                     for k, v in summary.items()})
@@ -143,7 +189,7 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
       sums = EpochSums()
       if on_epoch_end is not None:
         summary.update(on_epoch_end(epoch, state))
-      summaries.append(summary)
+      record.epochs.append(summary)
       progress.print0(f"epoch {epoch}: " + " | ".join(
           f"{k} {v:.4g}" for k, v in summary.items()
           if k not in ("epoch", "step")), flush=True)
@@ -154,10 +200,14 @@ def train_loop(state, step_fn, batches: Iterator[dict], *,
     if save:
       if writer is not None:
         writer.flush()  # the metrics up to a checkpoint survive a kill
+      segment.update(end_step=step, seconds=time.perf_counter() - began)
       checkpointer.save(state, force=True,
-                        loop_state={LOOP_SUMS: sums.to_json()})
+                        loop_state={LOOP_SUMS: sums.to_json(),
+                                    LOOP_RECORD: record.to_json()})
     if stop:
       if checkpointer is not None:
         checkpointer.wait()
       raise Preempted(step)
-  return state, history, summaries
+  segment.update(end_step=length.total_steps,
+                 seconds=time.perf_counter() - began)
+  return state, record

@@ -21,6 +21,7 @@ import optax
 from jaxssl import view_presets
 from jaxssl import checkpointing
 from jaxssl import epochs as epochs_lib
+from jaxssl import loop as loop_lib
 from jaxssl import export
 from jaxssl import metric_writers
 from jaxssl import methods
@@ -274,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start = time.perf_counter()
   preemption_flag = preemption.PreemptionFlag(mesh)
   try:
-    state, history, epochs = train_loop(
+    state, record = train_loop(
         state, step_fn, train_input.batches(start_step), length=length,
         log_every=config.log_every, writer=writer,
         on_epoch_end=on_epoch_end, checkpointer=checkpointer,
@@ -294,17 +295,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              "train_seconds": train_seconds,
              "images_per_second": ((steps - start_step) * config.batch_size
                                    / train_seconds),
-             "final_loss": history[-1]["loss"] if history else float("nan"),
+             "final_loss": (record.history[-1]["loss"] if record.history
+                            else float("nan")),
+             "run_seconds": record.seconds,
              **_skipped_images(train_input)}
   export.save_encoder(workdir, evaluated_variables(state, learner), config)
   if evaluator is not None:
     results.update(_final_evaluation(config, evaluator, learner, mesh,
                                      state, rng, writer))
   writer.close()
+  write_results(workdir, results, record)
+  return results
+
+
+def write_results(workdir: paths.Path, results: dict,
+                  record: loop_lib.RunRecord) -> None:
+  """`workdir/results.json` (process 0): the results and the whole run's
+  record (the per-report history, the epoch summaries and the segments,
+  those before a resume included); its presence marks the run finished."""
   if jax.process_index() == 0:
     paths.write_text(workdir / "results.json", json.dumps(
-        {"results": results, "history": history, "epochs": epochs}, indent=1))
-  return results
+        {"results": results, **record.to_json()}, indent=1))
 
 
 def _restore_or_init(config: ml_collections.ConfigDict, learner: Learner,

@@ -12,7 +12,10 @@ from jaxssl import export
 from jaxssl import linear_eval
 from jaxssl import view_presets
 from jaxssl import train
+from jaxssl.data import eval_input
 from jaxssl.data import in_memory
+from jaxssl.evaluators import classification
+from jaxssl.evaluators import linear_probe
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +84,33 @@ def test_linear_eval_state_keeps_pretrained_weights(pretrained):
     np.testing.assert_array_equal(got, want)
   assert np.abs(state.params["classifier"]["head"]["kernel"]).max() > 0
   assert np.isfinite(metrics["loss"])
-  # Evaluations reuse one compilation (the weights are an argument).
+  # Evaluations reuse the first one's compilations (the weights are an
+  # argument).
+  evaluator = classification.ClassificationEvaluator(
+      eval_input.from_arrays(data, mesh, batch_size=24), mesh=mesh,
+      image_size=32, normalize=False)
+  first = linear_eval.evaluate(task, state, evaluator)
   compiles = []
   listener = lambda event, *_, **__: compiles.append(event) if (
       event == "/jax/core/compile/backend_compile_duration") else None
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    first = linear_eval.evaluate(task, state, data, mesh=mesh, batch_size=32)
     state = state.replace(params=jax.tree.map(lambda p: p * 2, state.params))
-    second = linear_eval.evaluate(task, state, data, mesh=mesh, batch_size=32)
+    second = linear_eval.evaluate(task, state, evaluator)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
-  assert len(compiles) == 1
+  assert not compiles
   assert 0 <= first["top1"] <= first["top5"] <= 1
+  assert first["eval_images"] == len(data) == 64  # 3 batches, one padded
   # Doubling the linear layer keeps the argmax: the same predictions.
   assert first == second
+  # The streamed counts equal top-k of the whole split's logits on the host.
+  logits = task.model.apply(
+      {"params": {**state.frozen, **state.params},
+       "batch_stats": state.batch_stats},
+      np.asarray(data.images, np.float32) / 255.0, train=False)
+  want = linear_probe.top_k_accuracy(np.asarray(logits), data.labels)
+  assert first == {**want, "eval_images": 64}
 
 
 def test_finetune_state_holds_only_what_the_classifier_uses(pretrained):

@@ -18,8 +18,12 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
+import pytest
 
 import config_files
+import downstream_stages
+import image_bytes
 import mesh_runs
 import subprocess_env
 from jaxssl import train
@@ -77,14 +81,22 @@ def _state(workdir):
     return mesh_runs.latest_checkpoint(_config(), 200, 10, workdir)
 
 
-def test_two_processes_train_and_evaluate_like_one(tmp_path):
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+  """The pod config's run in this process on 8 devices (float64): its
+  results and workdir (the downstream stages' pretrained encoder)."""
+  one = tmp_path_factory.mktemp("one")
+  with mesh_runs.float64():
+    results = train.train_and_evaluate(_config(), str(one))
+  return results, one
+
+
+def test_two_processes_train_and_evaluate_like_one(tmp_path, one_process):
   workdir = tmp_path / "two"
   outputs = _finish(_start_two(CONFIG, workdir, OVERRIDES,
                                JAX_ENABLE_X64="1"))
   assert "2 process(es), 8 device(s)" in outputs[0]
-  one = tmp_path / "one"
-  with mesh_runs.float64():
-    results = train.train_and_evaluate(_config(), str(one))
+  results, one = one_process
   assert results["steps"] == 3
   two = json.loads((workdir / "results.json").read_text())["results"]
   # Evaluation: the same kNN and probe accuracies and collapse monitors.
@@ -100,6 +112,82 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
   for part in ("params", "opt_state", "batch_stats", "probe"):
     mesh_runs.assert_trees_close(getattr(two_state, part),
                                  getattr(one_state, part), rtol=mesh_runs.RTOL)
+
+
+def _write_images(root):
+  """4 colour classes of 16 px JPEGs: 16 training and 10 test images
+  each (40 test images: 20 per process, not a multiple of the eval
+  batch's 8 rows per process)."""
+  rng = np.random.default_rng(0)
+  colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
+  for split, count in (("train", 16), ("test", 10)):
+    for c, colour in enumerate(colours):
+      folder = root / split / f"class{c}"
+      folder.mkdir(parents=True)
+      for i in range(count):
+        pixels = np.clip(np.asarray(colour) + rng.normal(0, 30, (16, 16, 3)),
+                         0, 255).astype(np.uint8)
+        (folder / f"{i}.jpg").write_bytes(
+            image_bytes.encode(Image.fromarray(pixels), "JPEG"))
+
+
+def _final_params(workdir):
+  """The classifier state's parameters at the stage's last checkpoint."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from jaxssl import checkpointing  # pylint: disable=g-import-not-at-top
+  folder = workdir / "checkpoints"
+  step = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+  path = folder / str(step) / checkpointing.STATE
+  reader = ocp.PyTreeCheckpointer()
+  layout = reader.metadata(path)
+  layout = getattr(layout, "item_metadata", layout)
+  layout = getattr(layout, "tree", layout)
+  tree = reader.restore(path, restore_args=jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), layout))
+  return tree["params"]
+
+
+def test_downstream_stages_on_two_processes_equal_one(tmp_path, one_process):
+  """Linear evaluation, fine-tuning and distillation (in-memory JPEG
+  folder), and linear evaluation on the folder as a host source, in 2
+  processes × 4 devices: the same top-1/top-5 over all 40 test images and
+  the same trained parameters as in one process × 8 devices (float64);
+  the host source (each process its own slice, so other batches) runs and
+  evaluates every test image once."""
+  _, pretrained = one_process
+  images = tmp_path / "images"
+  _write_images(images)
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "tests/downstream_stages.py",
+       f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}", str(pretrained), str(images),
+       str(tmp_path / "two")], cwd=config_files.REPO,
+      env=subprocess_env.cpu_env(4, JAX_ENABLE_X64="1"),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outputs = _finish(procs)
+  # Afterwards, not beside them: gloo's collectives crawl when the two
+  # processes share the cores with a third.
+  compared = ("linear", "finetune", "distill")
+  with mesh_runs.float64():
+    one = downstream_stages.run_stages(str(pretrained), str(images),
+                                       str(tmp_path / "one"), compared)
+  assert "top-1" in outputs[0] and "top-1" not in outputs[1]
+  for stage in downstream_stages.STAGES:
+    two = json.loads((tmp_path / "two" / stage / "results.json").read_text())
+    two = two["results"]
+    assert two["eval_images"] == 40, stage
+    if stage not in compared:
+      continue  # a host source's batches depend on the process count
+    for key in ("top1", "top5"):
+      assert two[key] == one[stage][key], (stage, key)
+    params = _final_params(tmp_path / "one" / stage)
+    mesh_runs.assert_trees_close(_final_params(tmp_path / "two" / stage),
+                                 params, rtol=mesh_runs.RTOL)
+    # Trained: the zero-initialised classifier moved.
+    assert np.abs(params["classifier"]["head"]["kernel"]).max() > 1e-5, stage
+  assert one["finetune"]["top1"] > 0.3  # above chance (4 classes)
 
 
 def test_sigterm_to_one_process_stops_both(tmp_path):

@@ -81,6 +81,8 @@ def test_rerun_resumes_a_killed_distillation(pipeline):
                  if d.isdigit())
   assert steps[-1] == before["steps"] and 16 in steps
   metrics = (stage / "metrics.jsonl").read_text()
+  with open(stage / "results.json") as f:
+    whole = json.load(f)
   os.remove(stage / "results.json")
   for step in steps:
     if step > 16:
@@ -97,6 +99,27 @@ def test_rerun_resumes_a_killed_distillation(pipeline):
   assert len(_train_records(metrics)) > 0
   for key in ("top1", "top5", "steps", "num_examples"):
     assert after[key] == before[key], key
+  # results.json covers the whole run: the history and epoch summaries of
+  # both segments equal the uninterrupted run's (the resumed steps made the
+  # same metrics), and each segment's steps and time are listed.
+  with open(stage / "results.json") as f:
+    resumed = json.load(f)
+  assert resumed["history"][0]["step"] <= 4
+  for part in ("history", "epochs"):
+    assert _without_evaluations(resumed[part]) == _without_evaluations(
+        whole[part]), part
+  assert [(s["start_step"], s["end_step"]) for s in resumed["segments"]] == [
+      (0, 16), (16, before["steps"])]
+  assert all(s["seconds"] > 0 for s in resumed["segments"])
+  assert after["run_seconds"] == pytest.approx(
+      sum(s["seconds"] for s in resumed["segments"]))
+
+
+def _without_evaluations(records):
+  """Train metrics of history or epoch records: evaluation results (the
+  same model, but evaluated once more at the end) aside."""
+  return [{k: v for k, v in r.items() if not k.startswith(("top", "test_"))}
+          for r in records]
 
 
 def test_bad_override_names_the_key(tmp_path):

@@ -130,6 +130,28 @@ def _host_input(data: ml_collections.ConfigDict, split: str, *,
                    (image_size, image_size, 3))
 
 
+def from_arrays(dataset: in_memory.ArrayDataset, mesh: Mesh, *,
+                batch_size: int) -> EvalInput:
+  """A labelled in-memory dataset streamed as an `EvalInput` (this
+  process's rows, global batches of `batch_size` rounded up to the
+  devices)."""
+  return _array_input(dataset, per_process_batch(batch_size, mesh))
+
+
+def split_input(data: ml_collections.ConfigDict, split: str, mesh: Mesh, *,
+                image_size: int, batch_size: int) -> EvalInput:
+  """The labelled images of `split` of data section `data`, streamed per
+  process in global batches of `batch_size` rows (rounded up to the
+  devices): in-memory sources as they are (this process's rows), host
+  sources (TFDS, folders, zips) centre-cropped to `image_size` by the eval
+  pipeline (this process's slice)."""
+  per_process = per_process_batch(batch_size, mesh)
+  if data.source in sources.IN_MEMORY_SOURCES:
+    return _array_input(sources.load_in_memory(data, split), per_process)
+  return _host_input(data, split, image_size=image_size,
+                     per_process=per_process)
+
+
 def eval_input(config: ml_collections.ConfigDict, split: str, mesh: Mesh, *,
                image_size: int, trained_subset: bool = False) -> EvalInput:
   """The held-out input of `split` for config `config`.
@@ -144,14 +166,13 @@ def eval_input(config: ml_collections.ConfigDict, split: str, mesh: Mesh, *,
       of in-memory data, TFDS's `imagenet2012_subset` of ImageNet.
   """
   data = config.data
-  per_process = per_process_batch(config.eval.batch_size, mesh)
+  if not (trained_subset and data.train_fraction):
+    return split_input(data, split, mesh, image_size=image_size,
+                       batch_size=config.eval.batch_size)
   if data.source in sources.IN_MEMORY_SOURCES:
-    dataset = sources.load_in_memory(data, split)
-    if trained_subset and data.train_fraction:
-      dataset = in_memory.label_subset(dataset, data.train_fraction,
-                                       seed=config.seed)
-    return _array_input(dataset, per_process)
-  if trained_subset:
-    data = sources.imagenet_subset(data)
-  return _host_input(data, split, image_size=image_size,
-                     per_process=per_process)
+    dataset = in_memory.label_subset(sources.load_in_memory(data, split),
+                                     data.train_fraction, seed=config.seed)
+    return _array_input(dataset,
+                        per_process_batch(config.eval.batch_size, mesh))
+  return split_input(sources.imagenet_subset(data), split, mesh,
+                     image_size=image_size, batch_size=config.eval.batch_size)

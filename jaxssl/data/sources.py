@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import jax
 from jax.sharding import Mesh
-import numpy as np
 
 from jaxssl import view_presets
 from jaxssl import sharding
@@ -183,32 +182,3 @@ def imagenet_subset(data: ml_collections.ConfigDict
       f"{data.source!r} ({data.name}): host pipelines support ImageNet's "
       "TFDS subsets (0.01, 0.1); for other data use an in-memory source "
       "(e.g. files_in_memory), which takes a class-balanced subset")
-
-
-def eval_arrays(data: ml_collections.ConfigDict, split: str, *,
-                image_size: int) -> in_memory.ArrayDataset:
-  """Labelled evaluation images of `split` as uint8 arrays (kNN, probes).
-
-  Host sources are centre-cropped to `image_size` by the eval pipeline;
-  in-memory images are returned as they are.
-  """
-  if data.source in IN_MEMORY_SOURCES:
-    return load_in_memory(data, split)
-  if jax.process_count() > 1:
-    raise NotImplementedError(
-        "whole-split arrays of host-pipeline sources on several processes "
-        "are not supported (offline linear evaluation, jaxssl.linear_eval, "
-        "runs on one host; pretraining evaluation streams per host)")
-  from jaxssl.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  source = host_source(data, split, seed=0)
-  images, labels = [], []
-  for batch in input_pipeline.eval_dataset(
-      source, image_size=image_size, batch_size=1024).as_numpy_iterator():
-    images.append(batch["image"])
-    labels.append(batch["label"])
-  labels = np.concatenate(labels)
-  if labels.min() < 0:
-    raise ValueError(f"{source.description} has unlabelled images; kNN "
-                     "evaluation needs labels (or set config.eval.knn_ks=() and config.probe.enabled=False)")
-  return in_memory.ArrayDataset(np.concatenate(images), labels,
-                                name=source.description)
