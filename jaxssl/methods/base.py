@@ -264,7 +264,7 @@ class State:
       axis: `P()` replicated (a queue, a centre), `P('data')` sharded by
       rows (a per-example memory bank; each device sees its rows).
   """
-  init: Callable[[], PyTree]
+  init: Callable[[int], PyTree]
   update: Callable[..., PyTree]
   specs: PyTree = PartitionSpec()
 
