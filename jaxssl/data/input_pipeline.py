@@ -228,7 +228,9 @@ def eval_dataset(source: HostSource, *, image_size: int, batch_size: int):
 
   ds = _in_order(source).map(load, num_parallel_calls=tf.data.AUTOTUNE,
                              deterministic=True)
-  return ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  # A fixed two batches ahead: an evaluation pass needs no more, and host
+  # memory stays bounded whatever the split's length.
+  return ds.ignore_errors().batch(batch_size).prefetch(2)
 
 
 class SkipCounter:
