@@ -237,3 +237,23 @@ def _no_replica_slices_on_cpu() -> None:
 
 _CPU_HANDLER_REGISTERED = False
 
+
+
+def read_latest(directory: paths.PathLike) -> Tuple[int, dict]:
+  """`(step, state tree)` of the newest checkpoint in `directory`, read
+  without a template as host numpy arrays (`{'params', 'batch_stats',
+  'target', ...}` as saved): for tools that need one part of a run's state
+  (an export of the other network) and tests, on one process."""
+  directory = paths.path(directory)
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()
+           and (p / STATE).exists()] if directory.exists() else []
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  path = directory / str(max(steps)) / STATE
+  reader = ocp.PyTreeCheckpointer()
+  layout = reader.metadata(path)
+  layout = getattr(layout, "item_metadata", layout)
+  layout = getattr(layout, "tree", layout)
+  tree = reader.restore(path, restore_args=jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), layout))
+  return max(steps), tree

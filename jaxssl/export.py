@@ -247,8 +247,12 @@ def timm_vit_state_dict(params: dict, *, image_size: int = 224) -> dict:
   `patch_embed` → `patch_embed.proj` (HWIO → OIHW); `blocks_{i}` →
   `blocks.{i}` with `norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`,
   `mlp.fc2` (Dense kernels transposed to `[out, in]`; LayerNorm scale →
-  weight); `norm`; `cls_token`; `pos_embed` — the learned table, or the
-  fixed sin-cos one (MoCo v3) written out at `image_size`.
+  weight); `norm`; `cls_token`; `pos_embed` at `image_size`: the fixed
+  sin-cos table (MoCo v3) computed there, or the learned one resampled from
+  its trained grid with DINO's interpolation (`vit.dino_interpolation`, what
+  the network does at that size; unchanged at the trained size). The timm
+  model to load it names `img_size=image_size`
+  (`export_target.sidecar`).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxssl.models import vit  # pylint: disable=g-import-not-at-top
@@ -268,10 +272,18 @@ def timm_vit_state_dict(params: dict, *, image_size: int = 224) -> dict:
   out["patch_embed.proj.bias"] = np.asarray(params["patch_embed"]["bias"])
   out["cls_token"] = np.asarray(params["cls_token"])
   width = kernel.shape[-1]
+  grid = image_size // kernel.shape[0]
   if "pos_embed" in params:
-    out["pos_embed"] = np.asarray(params["pos_embed"])
+    table = np.asarray(params["pos_embed"])
+    trained = int(round((table.shape[1] - 1) ** 0.5))
+    if trained != grid:
+      resample = vit.dino_interpolation(trained, grid)
+      patches = np.einsum("hi,wj,ijd->hwd", resample, resample,
+                          table[0, 1:].reshape(trained, trained, width))
+      table = np.concatenate([table[:, :1], patches.reshape(
+          1, grid * grid, width).astype(table.dtype)], axis=1)
+    out["pos_embed"] = table
   else:
-    grid = image_size // kernel.shape[0]
     table = np.concatenate([np.zeros((1, width)), vit.sincos_2d(grid, width)])
     out["pos_embed"] = table[None].astype(kernel.dtype)
   blocks = sorted((k for k in params if k.startswith("blocks_")),

@@ -4,6 +4,7 @@ which pytest-xdist runs in parallel: one file per worker)."""
 
 import json
 
+import jax
 import numpy as np
 
 import config_files
@@ -82,3 +83,30 @@ def check_runlocal_trains(name: str, variant: str, tmp_path) -> None:
   # row was visited, so every held-out image gets a vote.
   for k in config.eval.bank_knn_ks:
     assert 0.0 < results[f"bank_knn_top1_k{k}"] <= 1.0, results
+  if config.method == "dino":
+    check_export_follows_the_evaluated_network(tmp_path / "wd", tmp_path)
+
+
+def check_export_follows_the_evaluated_network(workdir, out_dir) -> None:
+  """DINO's export (tools/export_encoder.py's `export_target.export_files`)
+  writes the teacher by default and says so; `network='online'` writes the
+  student, read from the latest checkpoint."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  from jaxssl import checkpointing  # pylint: disable=g-import-not-at-top
+  from jaxssl import export_target  # pylint: disable=g-import-not-at-top
+  _, state = checkpointing.read_latest(workdir / "checkpoints")
+  for network, part in (("auto", state["target"]), ("online", state)):
+    spec = export_target.export_files(str(workdir), str(out_dir / network),
+                                      network=network, torch_format="npz")
+    assert spec["network"] == ("target" if network == "auto" else "online")
+    assert spec["evaluated"] == "target"
+    saved = json.loads((out_dir / f"{network}.json").read_text())
+    assert saved["network"] == spec["network"] and saved["call"]
+    exported = flax.serialization.msgpack_restore(
+        (out_dir / f"{network}.msgpack").read_bytes())
+    for got, want in zip(jax.tree.leaves(exported["params"]),
+                         jax.tree.leaves(part["params"]["encoder"])):
+      np.testing.assert_array_equal(got, want)
+  teacher = jax.tree.leaves(state["target"]["params"]["encoder"])
+  student = jax.tree.leaves(state["params"]["encoder"])
+  assert any(np.any(a != b) for a, b in zip(teacher, student))

@@ -133,18 +133,8 @@ def _write_images(root):
 
 def _final_params(workdir):
   """The classifier state's parameters at the stage's last checkpoint."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from jaxssl import checkpointing  # pylint: disable=g-import-not-at-top
-  folder = workdir / "checkpoints"
-  step = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-  path = folder / str(step) / checkpointing.STATE
-  reader = ocp.PyTreeCheckpointer()
-  layout = reader.metadata(path)
-  layout = getattr(layout, "item_metadata", layout)
-  layout = getattr(layout, "tree", layout)
-  tree = reader.restore(path, restore_args=jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), layout))
-  return tree["params"]
+  return checkpointing.read_latest(workdir / "checkpoints")[1]["params"]
 
 
 def test_downstream_stages_on_two_processes_equal_one(tmp_path, one_process):
