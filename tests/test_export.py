@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import config_files
 from jaxssl import export
+from jaxssl import export_target
 from jaxssl.models.resnet import ResNet
 
 
@@ -84,12 +86,15 @@ def test_values_are_transposed_and_renamed(resnet50):
 
 def test_torchvision_gives_the_same_features(resnet50):
   """Where torch and torchvision are installed (the GPU image): the exported
-  weights in torchvision's resnet50 give the Flax model's pooled features."""
+  weights in the model the sidecar of configs/simclr_resnet50.py builds
+  (torchvision's resnet50) give the Flax model's pooled features."""
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")
   model, variables = resnet50
   state = export.torchvision_state_dict(variables, 50)
-  net = torchvision.models.resnet50()
+  spec = export_target.sidecar(config_files.load("simclr_resnet50")[1],
+                               network="online")
+  net = torchvision.models.get_model(spec["name"], **spec["kwargs"])
   net.load_state_dict({k: torch.from_numpy(np.array(v))
                        for k, v in state.items()}, strict=True)
   net.fc = torch.nn.Identity()
