@@ -15,31 +15,31 @@ from jaxssl import config_variants
 shrink_for_cpu = config_variants.shrink_for_cpu
 
 
+def _use_tfds(c: ml_collections.ConfigDict, *, name: str, eval_split: str,
+              image_size: int, depth: int,
+              cifar_stem: bool) -> ml_collections.ConfigDict:
+  c.data.source = "tfds"
+  c.data.name = name
+  c.data.train_split = "train"
+  c.data.eval_split = eval_split
+  c.data.image_size = image_size
+  c.model.depth = depth
+  c.model.width = 1.0
+  c.model.cifar_stem = cifar_stem
+  return c
+
+
 def use_imagenet(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """TFDS imagenet2012 at 224 px with a ResNet-50 (standard stem)."""
-  c.data.source = "tfds"
-  c.data.name = "imagenet2012"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_size = 224
-  c.model.depth = 50
-  c.model.width = 1.0
-  c.model.cifar_stem = False
-  return c
+  return _use_tfds(c, name="imagenet2012", eval_split="validation",
+                   image_size=224, depth=50, cifar_stem=False)
 
 
 def use_cifar10(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """TFDS cifar10 (or the JPEG zip via data.source/path) at 32 px with a
   ResNet-18 whose stem is a 3×3 stride-1 conv without max-pooling."""
-  c.data.source = "tfds"
-  c.data.name = "cifar10"
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.image_size = 32
-  c.model.depth = 18
-  c.model.width = 1.0
-  c.model.cifar_stem = True
-  return c
+  return _use_tfds(c, name="cifar10", eval_split="test", image_size=32,
+                   depth=18, cifar_stem=True)
 
 
 def use_vit(c: ml_collections.ConfigDict, *, variant: str, patch_size: int,
