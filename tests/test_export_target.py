@@ -75,6 +75,10 @@ def test_sidecar_names_the_trained_architecture_of_every_config():
       assert spec["name"] == (f"resnet{c.model.depth}" if standard
                               else None), where
       assert standard or spec["reason"], where
+      assert spec["architecture"] == {
+          "depth": c.model.depth, "width": c.model.width,
+          "cifar_stem": bool(c.model.cifar_stem),
+          "img_size": c.data.image_size}, where
       continue
     made = _timm_model(spec)
     assert made["num_classes"] == 0, where
