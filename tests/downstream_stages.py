@@ -15,6 +15,7 @@ it in 2 processes × 4 devices and in its own process × 8 devices.
 import argparse
 import os
 import sys
+import time
 
 import jax
 
@@ -64,6 +65,8 @@ def run_stages(pretrained: str, images: str, root: str,
     config = stage_config(stage, pretrained, images, root)
     run = distill.run if stage == "distill" else linear_eval.run
     out[stage] = run(config, os.path.join(root, stage))
+    print(f"[{time.strftime('%X')}] {stage} done", file=sys.stderr,
+          flush=True)
   return out
 
 
@@ -83,10 +86,14 @@ def main() -> None:
                              num_processes=args.num_processes,
                              process_id=args.process_id)
   run_stages(args.pretrained, args.images, args.root)
-  # Leave together: a process reaching JAX's shutdown barrier long before
-  # the other (process 0 writes the results) may time it out.
+  # Leave together, before the interpreter's teardown: a process reaching
+  # JAX's shutdown barrier (an exit handler) long after the other, as a
+  # starved process 0 can on a loaded machine, times it out.
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   multihost_utils.sync_global_devices("downstream stages done")
+  jax.distributed.shutdown()
+  print(f"[{time.strftime('%X')}] process {args.process_id}: done",
+        file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
